@@ -1,0 +1,27 @@
+# `make run`: set up .venv and run the main job.  `make test`: set up .venv and run the tests.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+READY := $(VENV)/.metakit-installed
+
+.PHONY: run test install clean
+
+run: $(READY)
+	$(VENV)/bin/metakit quickstart
+
+test: $(READY)
+	$(VENV)/bin/ruff check metakit tests
+	$(PY) -m pytest
+
+install: $(READY)
+
+# learn2learn 0.2.0 must be built from its sdist with Cython 3 before pip resolves metakit.
+$(READY): setup.cfg pyproject.toml tools/install_learn2learn.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "torch>=2.1,<=2.14.1" "torchvision>=0.16,<=0.29.1" "cython>=3" setuptools wheel numpy
+	bash tools/install_learn2learn.sh $(PY)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(READY)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,90 @@
+"""A run directory: ``config.json``, ``metrics.jsonl`` and ``checkpoint.pt``."""
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from metakit.experiments.config import TrainConfig, build_algorithm
+from metakit.experiments.models import sinusoid_mlp
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+CHECKPOINT = "checkpoint.pt"
+FORMAT_VERSION = 1
+
+
+class RunError(ValueError):
+    """A path that is not (or cannot become) a run directory, or an unreadable checkpoint."""
+
+
+def check_new_run_dir(path: Path, force: bool) -> None:
+    """Refuse to write into an existing non-empty directory unless ``force``."""
+    if path.exists() and not path.is_dir():
+        raise RunError(f"--out {path} exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise RunError(f"--out {path} is not empty; choose another directory or pass --force")
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON so that a crash leaves either the old file or the new one."""
+    _atomic(path, lambda f: f.write(json.dumps(data, indent=2).encode() + b"\n"))
+
+
+def save_checkpoint(run_dir: Path, state: dict) -> None:
+    """Atomically write ``state`` (tensors and plain containers) as the run's checkpoint."""
+    _atomic(run_dir / CHECKPOINT, lambda f: torch.save({"format": FORMAT_VERSION, **state}, f))
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def append_metrics(run_dir: Path, record: dict) -> None:
+    """Append one line to ``metrics.jsonl``."""
+    with open(run_dir / METRICS, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_config(run_dir: Path) -> TrainConfig:
+    """The run's configuration."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file() or not (Path(run_dir) / CHECKPOINT).is_file():
+        raise RunError(f"{run_dir} is not a metakit run (no {CONFIG} and {CHECKPOINT}); train one with `metakit train`")
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError) as err:
+        raise RunError(f"{path} is not a valid run config: {err}") from None
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint safely (``weights_only``: no code can run) and check its format."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for corrupt or unsafe files
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RunError(f"cannot load checkpoint {path}: {first_line}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+        raise RunError(f"checkpoint {path} has an unsupported format (expected version {FORMAT_VERSION})")
+    return state
+
+
+def build_model(config: TrainConfig) -> torch.nn.Module:
+    """The model for the config's task family."""
+    return sinusoid_mlp()
+
+
+def load_run(run_dir: Path):
+    """``(config, algorithm, state)`` of a trained run, with the checkpoint's meta-parameters."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    algo = build_algorithm(config, build_model(config))
+    algo.load_state_dict(state["algorithm"])
+    return config, algo, state

@@ -1,0 +1,47 @@
+"""MAML and first-order MAML on learn2learn's primitives."""
+
+from typing import Sequence
+
+import torch
+
+from metakit._l2l import learn2learn as l2l
+from metakit.wrappers.functional import scaled_updates
+
+
+class MAML(l2l.algorithms.MAML):
+    """Model-Agnostic Meta-Learning, a drop-in for ``learn2learn.algorithms.MAML``.
+
+    It is learn2learn's MAML (``clone()`` copies the model with learn2learn's ``clone_module``;
+    ``adapt(loss)`` takes one differentiable SGD step with ``update_module``), plus
+    ``inner_updates`` so that metakit's higher and ``torch.func`` backends apply the same rule.
+
+    Args:
+        model: any ``nn.Module``.
+        lr: inner-loop (fast adaptation) learning rate α.
+        first_order: use first-order MAML (do not differentiate through the inner gradient).
+        allow_unused, allow_nograd: as in learn2learn.
+
+    Example::
+
+        maml = MAML(model, lr=0.01)
+        learner = maml.clone()
+        learner.adapt(loss_fn(learner(x_support), y_support))
+        loss_fn(learner(x_query), y_query).backward()
+
+    Reference: Finn et al., "Model-Agnostic Meta-Learning", ICML 2017, arXiv:1703.03400.
+    """
+
+    def clone(self, first_order=None, allow_unused=None, allow_nograd=None) -> "MAML":
+        """A differentiable copy of the wrapped model, ready for ``adapt``."""
+        pick = lambda value, default: default if value is None else value  # noqa: E731
+        return MAML(
+            l2l.clone_module(self.module),
+            lr=self.lr,
+            first_order=pick(first_order, self.first_order),
+            allow_unused=pick(allow_unused, self.allow_unused),
+            allow_nograd=pick(allow_nograd, self.allow_nograd),
+        )
+
+    def inner_updates(self, grads: Sequence[torch.Tensor], step: int) -> list:
+        """The inner-loop step ``α·g`` for each gradient (subtracted from the parameters)."""
+        return scaled_updates(grads, [self.lr] * len(grads))
