@@ -6,8 +6,12 @@ READY := $(VENV)/.metakit-installed
 
 .PHONY: run test install clean
 
+QUICK := --iterations 3000 --shots 10 --force --quiet
 run: $(READY)
-	$(VENV)/bin/metakit quickstart
+	$(VENV)/bin/metakit train --method maml $(QUICK) --out runs/quickstart/maml
+	$(VENV)/bin/metakit train --method enhanced $(QUICK) --out runs/quickstart/enhanced
+	$(VENV)/bin/metakit eval runs/quickstart/maml --shots 5,10 --steps 0,1,10
+	$(VENV)/bin/metakit eval runs/quickstart/enhanced --shots 5,10 --steps 0,1,10
 
 test: $(READY)
 	$(VENV)/bin/ruff check metakit tests

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import click
 
-from metakit.experiments.config import METHODS, TrainConfig
-from metakit.experiments.runs import RunError
-from metakit.wrappers.backends import BACKENDS
+from metakit.experiments.config import BACKENDS, METHODS, TrainConfig
 
 DEFAULTS = TrainConfig()
 
@@ -87,7 +85,7 @@ def cli():
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(out, force, quiet, **options):
     """Meta-train a model and save the run (config.json, metrics.jsonl, checkpoint.pt)."""
-    from metakit.experiments.runs import check_new_run_dir
+    from metakit.experiments.runs import RunError, check_new_run_dir
 
     config = TrainConfig(**options)
     _check_train_options(config)
@@ -127,7 +125,7 @@ def _check_train_options(config: TrainConfig) -> None:
 def evaluate(run_dir, tasks, shots, steps, seed, as_json):
     """Adapt a trained run to held-out tasks; print query MSE ± 95% CI per (shots, steps)."""
     from metakit.experiments.evaluate import describe_learned_rates, evaluate_algorithm, format_table
-    from metakit.experiments.runs import load_run
+    from metakit.experiments.runs import RunError, load_run
 
     try:
         config, algo, _ = load_run(run_dir)

@@ -2,13 +2,8 @@
 
 from dataclasses import asdict, dataclass, fields
 
-from torch import nn
-
-from metakit.wrappers.enhanced import MAMLEnhanced
-from metakit.wrappers.maml import MAML
-from metakit.wrappers.reptile import Reptile
-
 METHODS = ("maml", "fomaml", "reptile", "mc", "lslr", "enhanced")
+BACKENDS = ("func", "l2l", "higher")
 
 
 @dataclass
@@ -60,8 +55,10 @@ class TrainConfig:
         return cls(**data)
 
 
-def build_algorithm(config: TrainConfig, model: nn.Module) -> nn.Module:
-    """The wrapper for ``config.method`` around ``model``."""
+def build_algorithm(config: TrainConfig, model):
+    """The wrapper for ``config.method`` around ``model`` (an ``nn.Module``)."""
+    from metakit.wrappers import MAML, MAMLEnhanced, Reptile  # heavy: torch and learn2learn
+
     method, lr = config.method, config.inner_lr
     if method in ("maml", "fomaml"):
         return MAML(model, lr=lr, first_order=method == "fomaml")

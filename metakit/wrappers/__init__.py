@@ -1,0 +1,20 @@
+"""The algorithms, usable from any learn2learn-style training loop."""
+
+from metakit.wrappers.backends import TaskBatch, meta_backward
+from metakit.wrappers.curvature import MetaCurvatureTransform
+from metakit.wrappers.enhanced import MAMLEnhanced
+from metakit.wrappers.lslr import LayerwiseLR
+from metakit.wrappers.maml import MAML
+from metakit.wrappers.reptile import Reptile
+from metakit.wrappers.vectorized import VectorizedEngine
+
+__all__ = [
+    "MAML",
+    "MAMLEnhanced",
+    "LayerwiseLR",
+    "MetaCurvatureTransform",
+    "Reptile",
+    "TaskBatch",
+    "VectorizedEngine",
+    "meta_backward",
+]

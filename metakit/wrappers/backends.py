@@ -13,8 +13,6 @@ import torch.nn.functional as F
 from metakit.wrappers.functional import reptile_gradient
 from metakit.wrappers.reptile import Reptile
 
-BACKENDS = ("func", "l2l", "higher")
-
 
 class TaskBatch(NamedTuple):
     """Support and query tensors of a batch of tasks, each of shape ``[tasks, points, features]``."""
@@ -63,7 +61,9 @@ def meta_backward(
         return _reptile_backward(algo, batch, steps, loss_fn)
     if first_order is None:
         first_order = algo.first_order
-    adapt_task = {"l2l": _adapt_l2l, "higher": _adapt_higher}[backend]
+    if backend not in ("l2l", "higher"):
+        raise ValueError(f"unknown backend {backend!r}: meta_backward serves 'l2l' and 'higher'")
+    adapt_task = _adapt_l2l if backend == "l2l" else _adapt_higher
     total = 0.0
     for i in range(len(batch)):
         task = batch.task(i)
