@@ -56,7 +56,9 @@ def usage_error(message: str):
     raise click.UsageError(message)
 
 
-@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.group(
+    cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "show_default": True}
+)
 def cli():
     """metakit: gradient-based meta-learning (MAML, first-order MAML, Reptile, MAML Enhanced).
 
@@ -65,22 +67,81 @@ def cli():
 
 
 @cli.command()
-@click.option("--method", type=click.Choice(METHODS), default=DEFAULTS.method, help="Meta-learning algorithm.")
+@click.option(
+    "--method", type=click.Choice(METHODS), default=DEFAULTS.method, help="Meta-learning algorithm."
+)
 @click.option("--task", type=click.Choice(["sinusoid"]), default=DEFAULTS.task, help="Task family.")
-@click.option("--shots", type=click.IntRange(min=1), default=DEFAULTS.shots, help="Support (and query) points per task, K.")
-@click.option("--inner-steps", type=click.IntRange(min=1), default=DEFAULTS.inner_steps, help="Inner-loop steps per task.")
-@click.option("--inner-lr", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.inner_lr, help="Inner learning rate α (initial value of learned rates).")
-@click.option("--meta-batch", type=click.IntRange(min=1), default=DEFAULTS.meta_batch, help="Tasks per meta-update.")
-@click.option("--meta-lr", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.meta_lr, help="Adam learning rate of the meta-update.")
+@click.option(
+    "--shots",
+    type=click.IntRange(min=1),
+    default=DEFAULTS.shots,
+    help="Support (and query) points per task, K.",
+)
+@click.option(
+    "--inner-steps",
+    type=click.IntRange(min=1),
+    default=DEFAULTS.inner_steps,
+    help="Inner-loop steps per task.",
+)
+@click.option(
+    "--inner-lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULTS.inner_lr,
+    help="Inner learning rate α (initial value of learned rates).",
+)
+@click.option(
+    "--meta-batch", type=click.IntRange(min=1), default=DEFAULTS.meta_batch, help="Tasks per meta-update."
+)
+@click.option(
+    "--meta-lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULTS.meta_lr,
+    help="Adam learning rate of the meta-update.",
+)
 @click.option("--iterations", type=click.IntRange(min=1), default=DEFAULTS.iterations, help="Meta-updates.")
-@click.option("--seed", type=int, default=DEFAULTS.seed, help="Seed of the model initialisation and the task stream.")
-@click.option("--backend", type=click.Choice(BACKENDS), default=DEFAULTS.backend, help="func: vectorised torch.func engine; l2l / higher: per-task reference loops.")
-@click.option("--log-every", type=click.IntRange(min=1), default=DEFAULTS.log_every, help="Iterations between lines of metrics.jsonl.")
-@click.option("--multi-step-loss/--no-multi-step-loss", default=DEFAULTS.multi_step_loss, help="MAML++ multi-step loss (query loss after every inner step, annealed weights).")
-@click.option("--msl-anneal", type=click.IntRange(min=0), default=DEFAULTS.msl_anneal, help="Iterations over which multi-step weights move to the last step.")
-@click.option("--first-order-until", type=click.IntRange(min=0), default=DEFAULTS.first_order_until, help="MAML++ derivative-order annealing: first-order for the first N iterations.")
-@click.option("--cosine-lr/--no-cosine-lr", default=DEFAULTS.cosine_lr, help="MAML++ cosine annealing of the meta learning rate.")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run directory.  [default: runs/METHOD-TIMESTAMP]")
+@click.option(
+    "--seed", type=int, default=DEFAULTS.seed, help="Seed of the model initialisation and the task stream."
+)
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default=DEFAULTS.backend,
+    help="func: vectorised torch.func engine; l2l / higher: per-task reference loops.",
+)
+@click.option(
+    "--log-every",
+    type=click.IntRange(min=1),
+    default=DEFAULTS.log_every,
+    help="Iterations between lines of metrics.jsonl.",
+)
+@click.option(
+    "--multi-step-loss/--no-multi-step-loss",
+    default=DEFAULTS.multi_step_loss,
+    help="MAML++ multi-step loss (query loss after every inner step, annealed weights).",
+)
+@click.option(
+    "--msl-anneal",
+    type=click.IntRange(min=0),
+    default=DEFAULTS.msl_anneal,
+    help="Iterations over which multi-step weights move to the last step.",
+)
+@click.option(
+    "--first-order-until",
+    type=click.IntRange(min=0),
+    default=DEFAULTS.first_order_until,
+    help="MAML++ derivative-order annealing: first-order for the first N iterations.",
+)
+@click.option(
+    "--cosine-lr/--no-cosine-lr",
+    default=DEFAULTS.cosine_lr,
+    help="MAML++ cosine annealing of the meta learning rate.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Run directory.  [default: runs/METHOD-TIMESTAMP]",
+)
 @click.option("--force", is_flag=True, help="Allow writing into an existing non-empty --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(out, force, quiet, **options):
@@ -95,18 +156,23 @@ def train(out, force, quiet, **options):
     except RunError as err:
         usage_error(str(err))
 
-    from metakit.experiments.train import Divergence, train as run_training
+    from metakit.experiments.train import Divergence
+    from metakit.experiments.train import train as run_training
 
     try:
         summary = run_training(config, out, progress=not quiet)
     except Divergence as err:
         raise click.ClickException(f"{err}; the run was stopped, see {out / 'metrics.jsonl'}") from None
-    click.echo(f"trained {config.method} for {summary['iterations']} iterations in {summary['seconds']:.1f}s; run saved to {out}")
+    click.echo(
+        f"trained {config.method} for {summary['iterations']} iterations in {summary['seconds']:.1f}s; run saved to {out}"
+    )
 
 
 def _check_train_options(config: TrainConfig) -> None:
     if config.method == "reptile" and config.backend == "higher":
-        usage_error("--method reptile does not differentiate through the inner loop; use --backend func or l2l")
+        usage_error(
+            "--method reptile does not differentiate through the inner loop; use --backend func or l2l"
+        )
     if config.method == "reptile" and (config.multi_step_loss or config.first_order_until):
         usage_error("--multi-step-loss and --first-order-until apply to MAML-family methods, not reptile")
     if config.method == "fomaml" and config.first_order_until:
@@ -118,7 +184,9 @@ def _check_train_options(config: TrainConfig) -> None:
 @cli.command(name="eval")
 @click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--tasks", type=click.IntRange(min=2), default=600, help="Held-out tasks.")
-@click.option("--shots", type=IntList(1), default="5,10,20", help="Support points per task (comma-separated).")
+@click.option(
+    "--shots", type=IntList(1), default="5,10,20", help="Support points per task (comma-separated)."
+)
 @click.option("--steps", type=IntList(0), default="0,1,5,10", help="Inner steps to report (comma-separated).")
 @click.option("--seed", type=int, default=1, help="Seed of the held-out task set.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")

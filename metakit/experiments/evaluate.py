@@ -18,7 +18,9 @@ def mean_ci95(values: torch.Tensor):
     return values.mean().item(), 1.96 * std / math.sqrt(n)
 
 
-def evaluate_algorithm(algo, task: str, tasks: int, shots: Sequence[int], steps: Sequence[int], seed: int) -> list:
+def evaluate_algorithm(
+    algo, task: str, tasks: int, shots: Sequence[int], steps: Sequence[int], seed: int
+) -> list:
     """Query MSE mean ± CI for every (shots, steps) pair on the same held-out tasks."""
     held_out = TASKS[task]().held_out(tasks, max(shots), seed)
     engine = VectorizedEngine(algo)
@@ -33,9 +35,14 @@ def evaluate_algorithm(algo, task: str, tasks: int, shots: Sequence[int], steps:
 
 def format_table(report: dict) -> str:
     """A plain-text table of an evaluation report."""
-    lines = [f"{report['method']} — {report['run']}", f"{'shots':>5}  {'steps':>5}  {'MSE':>8}  {'±95% CI':>8}  {'tasks':>5}"]
+    lines = [
+        f"{report['method']} — {report['run']}",
+        f"{'shots':>5}  {'steps':>5}  {'MSE':>8}  {'±95% CI':>8}  {'tasks':>5}",
+    ]
     for r in report["results"]:
-        lines.append(f"{r['shots']:>5}  {r['steps']:>5}  {r['mse']:>8.4f}  {r['ci95']:>8.4f}  {r['tasks']:>5}")
+        lines.append(
+            f"{r['shots']:>5}  {r['steps']:>5}  {r['mse']:>8.4f}  {r['ci95']:>8.4f}  {r['tasks']:>5}"
+        )
     return "\n".join(lines)
 
 

@@ -56,7 +56,9 @@ def read_config(run_dir: Path) -> TrainConfig:
     """The run's configuration."""
     path = Path(run_dir) / CONFIG
     if not path.is_file() or not (Path(run_dir) / CHECKPOINT).is_file():
-        raise RunError(f"{run_dir} is not a metakit run (no {CONFIG} and {CHECKPOINT}); train one with `metakit train`")
+        raise RunError(
+            f"{run_dir} is not a metakit run (no {CONFIG} and {CHECKPOINT}); train one with `metakit train`"
+        )
     try:
         return TrainConfig.from_dict(json.loads(path.read_text()))
     except (ValueError, TypeError) as err:

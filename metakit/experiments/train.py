@@ -31,7 +31,9 @@ def make_meta_step(config: TrainConfig, algo: torch.nn.Module):
             weights = multi_step_weights(iteration, steps, config.msl_anneal).tolist()
         if engine is not None:
             return engine.meta_backward(batch, steps, first_order=first_order, step_weights=weights)
-        return meta_backward(algo, batch, steps, config.backend, first_order=first_order, step_weights=weights)
+        return meta_backward(
+            algo, batch, steps, config.backend, first_order=first_order, step_weights=weights
+        )
 
     return step
 
@@ -56,14 +58,20 @@ def train(config: TrainConfig, run_dir: Path, progress: bool = True) -> dict:
     meta_step = make_meta_step(config, algo)
 
     start, window = time.perf_counter(), []
-    bar = tqdm(range(config.iterations), desc=config.method, disable=not progress, mininterval=0.5, leave=False)
+    bar = tqdm(
+        range(config.iterations), desc=config.method, disable=not progress, mininterval=0.5, leave=False
+    )
     for iteration in bar:
         batch = tasks.sample(config.meta_batch, config.shots, generator)
         optimizer.zero_grad(set_to_none=True)
         loss = meta_step(batch, iteration)
-        if not math.isfinite(loss) or not all(torch.isfinite(p.grad).all() for p in algo.parameters() if p.grad is not None):
+        if not math.isfinite(loss) or not all(
+            torch.isfinite(p.grad).all() for p in algo.parameters() if p.grad is not None
+        ):
             runs.append_metrics(run_dir, {"iteration": iteration + 1, "diverged": True, "meta_loss": loss})
-            raise Divergence(f"{config.method}: non-finite meta-loss or gradient at iteration {iteration + 1}")
+            raise Divergence(
+                f"{config.method}: non-finite meta-loss or gradient at iteration {iteration + 1}"
+            )
         optimizer.step()
         if scheduler is not None:
             scheduler.step()

@@ -65,7 +65,7 @@ class MetaCurvatureTransform(nn.Module):
 
     def forward(self, grad: torch.Tensor) -> torch.Tensor:
         """Return the transformed gradient (same shape as ``grad``)."""
-        if tuple(grad.shape[-len(self.shape):]) != self.shape:
+        if tuple(grad.shape[-len(self.shape) :]) != self.shape:
             raise ValueError(f"gradient of shape {tuple(grad.shape)} given to a transform for {self.shape}")
         update = curvature_product(
             grad,
