@@ -164,7 +164,8 @@ def train(out, force, quiet, **options):
     except Divergence as err:
         raise click.ClickException(f"{err}; the run was stopped, see {out / 'metrics.jsonl'}") from None
     click.echo(
-        f"trained {config.method} for {summary['iterations']} iterations in {summary['seconds']:.1f}s; run saved to {out}"
+        f"trained {config.method} for {summary['iterations']} iterations "
+        f"in {summary['seconds']:.1f}s; run saved to {out}"
     )
 
 
