@@ -1,0 +1,84 @@
+"""Tasks, the training loop and evaluation on the sinusoid benchmark."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from metakit.experiments.config import TrainConfig, build_algorithm
+from metakit.experiments.evaluate import evaluate_algorithm, mean_ci95
+from metakit.experiments.runs import load_run
+from metakit.experiments.tasks import Sinusoid
+from metakit.experiments.train import train
+from metakit.wrappers.functional import multi_step_weights
+
+
+def test_sinusoid_follows_the_protocol_and_is_seeded():
+    tasks = Sinusoid()
+    batch = tasks.sample(200, 10, torch.Generator().manual_seed(0))
+    again = tasks.sample(200, 10, torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(batch, again))
+    assert batch.x_support.shape == (200, 10, 1) and batch.x_query.shape == (200, 10, 1)
+    x = torch.cat([batch.x_support, batch.x_query], 1)
+    y = torch.cat([batch.y_support, batch.y_query], 1)
+    assert x.min() >= -5 and x.max() <= 5
+    # Recover amplitude and phase of each task from y = A sin(x − φ) = a sin x + b cos x.
+    design = torch.stack([torch.sin(x), torch.cos(x)], -1).squeeze(-2)
+    coef = torch.linalg.lstsq(design, y).solution.squeeze(-1)
+    amp = coef.norm(dim=-1)
+    phase = torch.atan2(-coef[:, 1], coef[:, 0])
+    assert amp.min() >= 0.1 - 1e-4 and amp.max() <= 5.0 + 1e-4
+    assert phase.min() >= -1e-4 and phase.max() <= math.pi + 1e-4
+    torch.testing.assert_close(design @ coef.unsqueeze(-1), y, atol=1e-4, rtol=0)
+
+
+def test_held_out_set_is_fixed_by_seed_and_nested_across_shots():
+    a, b = Sinusoid().held_out(50, 20, seed=1), Sinusoid().held_out(50, 20, seed=1)
+    assert torch.equal(a.x_support, b.x_support) and torch.equal(a.y_query, b.y_query)
+    assert not torch.equal(a.x_support, Sinusoid().held_out(50, 20, seed=2).x_support)
+    five, ten = a.batch(5), a.batch(10)
+    assert torch.equal(five.x_support, ten.x_support[:, :5]) and torch.equal(five.x_query, ten.x_query)
+
+
+def test_multi_step_weights_anneal_from_uniform_to_last():
+    torch.testing.assert_close(multi_step_weights(0, 4, 100), torch.full((4,), 0.25, dtype=torch.float64))
+    torch.testing.assert_close(
+        multi_step_weights(100, 4, 100), torch.tensor([0, 0, 0, 1.0], dtype=torch.float64)
+    )
+    mid = multi_step_weights(50, 4, 100)
+    assert mid.sum().item() == pytest.approx(1.0)
+    assert mid[-1] > 0.25 and (mid[:-1] < 0.25).all()
+
+
+def test_mean_ci95():
+    values = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    mean, ci = mean_ci95(values)
+    assert mean == pytest.approx(2.5)
+    assert ci == pytest.approx(1.96 * values.std().item() / 2)
+
+
+def test_short_maml_run_learns_to_adapt(tmp_path):
+    config = TrainConfig(method="maml", iterations=400, meta_batch=10, meta_lr=3e-3, seed=3, log_every=50)
+    train(config, tmp_path / "run", progress=False)
+    _, algo, _ = load_run(tmp_path / "run")
+    results = evaluate_algorithm(algo, "sinusoid", tasks=200, shots=[10], steps=[0, 10], seed=1)
+    before, after = results[0]["mse"], results[1]["mse"]
+    assert after < 0.5 * before
+
+
+def test_cosine_schedule_and_derivative_annealing_are_applied(tmp_path):
+    config = TrainConfig(
+        method="enhanced", iterations=20, meta_batch=2, inner_steps=2, log_every=10,
+        multi_step_loss=True, msl_anneal=10, first_order_until=5, cosine_lr=True,
+    )  # fmt: skip
+    train(config, tmp_path / "run", progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [10, 20]
+    assert records[0]["meta_lr"] == pytest.approx(0.5e-3)  # cosine annealing: half way at mid-run
+    assert records[-1]["meta_lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_build_algorithm_rejects_unknown_method():
+    with pytest.raises(ValueError, match="unknown method"):
+        build_algorithm(TrainConfig(method="nope"), torch.nn.Linear(1, 1))
