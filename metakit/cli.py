@@ -142,29 +142,64 @@ def cli():
     default=None,
     help="Run directory.  [default: runs/METHOD-TIMESTAMP]",
 )
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=1),
+    default=DEFAULTS.checkpoint_every,
+    help="Iterations between checkpoints (also written at the end and on Ctrl-C/SIGTERM).",
+)
 @click.option("--force", is_flag=True, help="Allow writing into an existing non-empty --out.")
+@click.option(
+    "--resume",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=None,
+    help="Continue the run in this directory from its last checkpoint (takes no other training option).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(out, force, quiet, **options):
+def train(out, force, resume, quiet, **options):
     """Meta-train a model and save the run (config.json, metrics.jsonl, checkpoint.pt)."""
-    from metakit.experiments.runs import RunError, check_new_run_dir
+    from metakit.experiments.runs import RunError, check_new_run_dir, read_config
 
-    config = TrainConfig(**options)
-    _check_train_options(config)
-    out = out or Path("runs") / f"{config.method}-{datetime.now():%Y%m%d-%H%M%S}"
-    try:
-        check_new_run_dir(out, force)
-    except RunError as err:
-        usage_error(str(err))
+    if resume is not None:
+        ctx = click.get_current_context()
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in [*options, "out", "force"]
+            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+        ]
+        if given:
+            usage_error(f"--resume continues a run with its saved config; drop {', '.join(given)}")
+        try:
+            config = read_config(resume)
+        except RunError as err:
+            usage_error(str(err))
+        out = resume
+    else:
+        config = TrainConfig(**options)
+        _check_train_options(config)
+        out = out or Path("runs") / f"{config.method}-{datetime.now():%Y%m%d-%H%M%S}"
+        try:
+            check_new_run_dir(out, force)
+        except RunError as err:
+            usage_error(str(err))
 
-    from metakit.experiments.train import Divergence
+    from metakit.experiments.train import Divergence, Interrupted
     from metakit.experiments.train import train as run_training
 
     try:
-        summary = run_training(config, out, progress=not quiet)
+        summary = run_training(config, out, progress=not quiet, resume=resume is not None)
+    except RunError as err:
+        usage_error(str(err))
     except Divergence as err:
-        raise click.ClickException(f"{err}; the run was stopped, see {out / 'metrics.jsonl'}") from None
+        raise click.ClickException(f"{err}; see {out / 'metrics.jsonl'}") from None
+    except Interrupted as err:
+        click.echo(f"Interrupted: {err}; continue with `metakit train --resume {out}`", err=True)
+        sys.exit(130)
+    if summary["note"]:
+        click.echo(f"Warning: {summary['note']}", err=True)
+    resumed = "" if summary["resumed_from"] is None else f" (resumed at {summary['resumed_from']})"
     click.echo(
-        f"trained {config.method} for {summary['iterations']} iterations "
+        f"trained {config.method} for {summary['iterations']} iterations{resumed} "
         f"in {summary['seconds']:.1f}s; run saved to {out}"
     )
 
@@ -197,9 +232,11 @@ def evaluate(run_dir, tasks, shots, steps, seed, as_json):
     from metakit.experiments.runs import RunError, load_run
 
     try:
-        config, algo, _ = load_run(run_dir)
+        config, algo, note = load_run(run_dir)
     except RunError as err:
         usage_error(str(err))
+    if note:
+        click.echo(f"Warning: {note}", err=True)
     results = evaluate_algorithm(algo, config.task, tasks, shots, steps, seed)
     report = {"run": str(run_dir), "method": config.method, "results": results}
     if as_json:

@@ -32,6 +32,8 @@ class TrainConfig:
     """func (vectorised torch.func engine), l2l (learn2learn clone/adapt) or higher."""
     log_every: int = 100
     """Iterations between lines of metrics.jsonl."""
+    checkpoint_every: int = 1000
+    """Iterations between checkpoints (one is also written at the end and on SIGINT/SIGTERM)."""
     multi_step_loss: bool = False
     """MAML++ multi-step loss: weighted query loss after every inner step."""
     msl_anneal: int = 10_000

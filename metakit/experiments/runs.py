@@ -12,6 +12,7 @@ from metakit.experiments.models import sinusoid_mlp
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
+PREVIOUS = "checkpoint.prev.pt"
 FORMAT_VERSION = 1
 
 
@@ -25,6 +26,9 @@ def check_new_run_dir(path: Path, force: bool) -> None:
         raise RunError(f"--out {path} exists and is not a directory")
     if path.is_dir() and any(path.iterdir()) and not force:
         raise RunError(f"--out {path} is not empty; choose another directory or pass --force")
+    existing = next(p for p in [path, *path.absolute().parents] if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise RunError(f"--out {path} cannot be created: {existing} is not a writable directory")
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -33,17 +37,60 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 
 def save_checkpoint(run_dir: Path, state: dict) -> None:
-    """Atomically write ``state`` (tensors and plain containers) as the run's checkpoint."""
-    _atomic(run_dir / CHECKPOINT, lambda f: torch.save({"format": FORMAT_VERSION, **state}, f))
+    """Write ``state`` (tensors and plain containers) as the run's checkpoint, crash-safely.
+
+    The new file is written and fsynced under a temporary name; then the current checkpoint
+    becomes ``checkpoint.prev.pt`` and the new one takes its place. At every moment at least one
+    complete checkpoint exists.
+    """
+    current = run_dir / CHECKPOINT
+    _atomic(
+        current,
+        lambda f: torch.save({"format": FORMAT_VERSION, **state}, f),
+        before_replace=lambda: current.exists() and os.replace(current, run_dir / PREVIOUS),
+    )
 
 
-def _atomic(path: Path, write) -> None:
+def _atomic(path: Path, write, before_replace=None) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         write(f)
         f.flush()
         os.fsync(f.fileno())
+    if before_replace is not None:
+        before_replace()
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def clear_run(run_dir: Path) -> None:
+    """Remove the files a previous run left in ``run_dir`` (used with ``--force``)."""
+    for name in (CONFIG, METRICS, CHECKPOINT, PREVIOUS, CHECKPOINT + ".tmp"):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def truncate_metrics(run_dir: Path, iteration: int) -> None:
+    """Drop metric lines past ``iteration`` (written after the checkpoint a resume starts from)."""
+    path = run_dir / METRICS
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a crash
+            continue
+        if record.get("iteration", 0) <= iteration:
+            kept.append(line + "\n")
+    _atomic(path, lambda f: f.write("".join(kept).encode()))
 
 
 def append_metrics(run_dir: Path, record: dict) -> None:
@@ -55,7 +102,8 @@ def append_metrics(run_dir: Path, record: dict) -> None:
 def read_config(run_dir: Path) -> TrainConfig:
     """The run's configuration."""
     path = Path(run_dir) / CONFIG
-    if not path.is_file() or not (Path(run_dir) / CHECKPOINT).is_file():
+    has_checkpoint = any((Path(run_dir) / name).is_file() for name in (CHECKPOINT, PREVIOUS))
+    if not path.is_file() or not has_checkpoint:
         raise RunError(
             f"{run_dir} is not a metakit run (no {CONFIG} and {CHECKPOINT}); train one with `metakit train`"
         )
@@ -82,11 +130,32 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
     return sinusoid_mlp()
 
 
+def load_latest_checkpoint(run_dir: Path):
+    """``(state, note)``: the newest loadable checkpoint of a run.
+
+    If ``checkpoint.pt`` is missing, truncated, corrupt, unsafe or of another version, the previous
+    checkpoint is used and ``note`` says why; if neither loads, :class:`RunError` names both.
+    """
+    run_dir = Path(run_dir)
+    errors = []
+    for name in (CHECKPOINT, PREVIOUS):
+        path = run_dir / name
+        if not path.exists():
+            continue
+        try:
+            state = load_checkpoint(path)
+        except RunError as err:
+            errors.append(str(err))
+            continue
+        return state, ("; ".join(errors) + f"; using {path}") if errors else None
+    raise RunError("; ".join(errors) or f"{run_dir} has no checkpoint")
+
+
 def load_run(run_dir: Path):
-    """``(config, algorithm, state)`` of a trained run, with the checkpoint's meta-parameters."""
+    """``(config, algorithm, note)`` of a run, with its newest loadable checkpoint's meta-parameters."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
-    state = load_checkpoint(run_dir / CHECKPOINT)
+    state, note = load_latest_checkpoint(run_dir)
     algo = build_algorithm(config, build_model(config))
     algo.load_state_dict(state["algorithm"])
-    return config, algo, state
+    return config, algo, note

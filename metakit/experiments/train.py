@@ -1,6 +1,8 @@
-"""The one meta-training loop shared by every method and backend."""
+"""The one meta-training loop shared by every method and backend, with checkpoints and resume."""
 
+import contextlib
 import math
+import signal
 import time
 from pathlib import Path
 
@@ -19,6 +21,10 @@ class Divergence(RuntimeError):
     """The meta-loss or meta-gradient became non-finite."""
 
 
+class Interrupted(RuntimeError):
+    """Training was stopped by SIGINT or SIGTERM after a checkpoint was written."""
+
+
 def make_meta_step(config: TrainConfig, algo: torch.nn.Module):
     """``step(batch, iteration) -> loss``: fills ``.grad`` with the config's backend and MAML++ options."""
     engine = VectorizedEngine(algo) if config.backend == "func" else None
@@ -27,7 +33,7 @@ def make_meta_step(config: TrainConfig, algo: torch.nn.Module):
     def step(batch, iteration):
         first_order = True if iteration < config.first_order_until else None
         weights = None
-        if config.multi_step_loss and config.method != "reptile":
+        if config.multi_step_loss:
             weights = multi_step_weights(iteration, steps, config.msl_anneal).tolist()
         if engine is not None:
             return engine.meta_backward(batch, steps, first_order=first_order, step_weights=weights)
@@ -38,13 +44,33 @@ def make_meta_step(config: TrainConfig, algo: torch.nn.Module):
     return step
 
 
-def train(config: TrainConfig, run_dir: Path, progress: bool = True) -> dict:
-    """Meta-train ``config`` and write the run to ``run_dir``; returns a short summary."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / runs.METRICS).unlink(missing_ok=True)
-    runs.write_json_atomic(run_dir / runs.CONFIG, config.to_dict())
+@contextlib.contextmanager
+def _stop_requests():
+    """Turn SIGINT/SIGTERM into a flag the loop checks between iterations."""
+    received = []
+    handler = lambda signum, frame: received.append(signum)  # noqa: E731
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
+
+def _finite(loss: float, algo: torch.nn.Module) -> bool:
+    grads = [p.grad for p in algo.parameters() if p.grad is not None]
+    return math.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
+
+
+def train(config: TrainConfig, run_dir: Path, progress: bool = True, resume: bool = False) -> dict:
+    """Meta-train ``config`` into ``run_dir`` (or continue it with ``resume``); returns a summary.
+
+    A checkpoint is written atomically every ``config.checkpoint_every`` iterations, at the end,
+    and when SIGINT/SIGTERM arrives (then :class:`Interrupted` is raised). Resuming restores the
+    meta-parameters, optimizer, scheduler, task-stream RNG and the partial logging window, so a
+    resumed run ends bit-for-bit where an uninterrupted one does.
+    """
+    run_dir = Path(run_dir)
     torch.manual_seed(config.seed)
     algo = build_algorithm(config, runs.build_model(config))
     optimizer = torch.optim.Adam(algo.parameters(), lr=config.meta_lr)
@@ -53,48 +79,83 @@ def train(config: TrainConfig, run_dir: Path, progress: bool = True) -> dict:
         if config.cosine_lr
         else None
     )
-    tasks = TASKS[config.task]()
     generator = torch.Generator().manual_seed(config.seed)
-    meta_step = make_meta_step(config, algo)
-
-    start, window = time.perf_counter(), []
-    bar = tqdm(
-        range(config.iterations), desc=config.method, disable=not progress, mininterval=0.5, leave=False
-    )
-    for iteration in bar:
-        batch = tasks.sample(config.meta_batch, config.shots, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss = meta_step(batch, iteration)
-        if not math.isfinite(loss) or not all(
-            torch.isfinite(p.grad).all() for p in algo.parameters() if p.grad is not None
-        ):
-            runs.append_metrics(run_dir, {"iteration": iteration + 1, "diverged": True, "meta_loss": loss})
-            raise Divergence(
-                f"{config.method}: non-finite meta-loss or gradient at iteration {iteration + 1}"
-            )
-        optimizer.step()
+    start, window, note = 0, [], None
+    if resume:
+        state, note = runs.load_latest_checkpoint(run_dir)
+        algo.load_state_dict(state["algorithm"])
+        optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
-            scheduler.step()
-        window.append(loss)
-        done = iteration + 1
-        if done % config.log_every == 0 or done == config.iterations:
-            record = {
+            scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["task_rng"])
+        start, window = state["iteration"], list(state["window"])
+        runs.truncate_metrics(run_dir, start)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        runs.clear_run(run_dir)
+        runs.write_json_atomic(run_dir / runs.CONFIG, config.to_dict())
+
+    def checkpoint(done):
+        runs.save_checkpoint(
+            run_dir,
+            {
+                "config": config.to_dict(),
+                "algorithm": algo.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": None if scheduler is None else scheduler.state_dict(),
+                "task_rng": generator.get_state(),
                 "iteration": done,
-                "meta_loss": sum(window) / len(window),
-                "meta_lr": optimizer.param_groups[0]["lr"],
-                "seconds": round(time.perf_counter() - start, 3),
-            }
-            runs.append_metrics(run_dir, record)
-            bar.set_postfix(meta_loss=f"{record['meta_loss']:.3f}")
-            window = []
-    bar.close()
-    seconds = time.perf_counter() - start
-    runs.save_checkpoint(
-        run_dir,
-        {
-            "algorithm": algo.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "iteration": config.iterations,
-        },
+                "window": list(window),
+            },
+        )
+
+    tasks = TASKS[config.task]()
+    meta_step = make_meta_step(config, algo)
+    clock = time.perf_counter()
+    bar = tqdm(
+        range(start, config.iterations),
+        initial=start,
+        total=config.iterations,
+        desc=config.method,
+        disable=not progress,
+        mininterval=0.5,
+        leave=False,
     )
-    return {"run": str(run_dir), "iterations": config.iterations, "seconds": seconds}
+    with _stop_requests() as stop:
+        for iteration in bar:
+            done = iteration + 1
+            batch = tasks.sample(config.meta_batch, config.shots, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss = meta_step(batch, iteration)
+            if not _finite(loss, algo):
+                runs.append_metrics(run_dir, {"iteration": done, "diverged": True, "meta_loss": str(loss)})
+                raise Divergence(
+                    f"{config.method}: non-finite meta-loss or gradient at iteration {done}; "
+                    "the last checkpoint is kept"
+                )
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            window.append(loss)
+            if done % config.log_every == 0 or done == config.iterations:
+                record = {
+                    "iteration": done,
+                    "meta_loss": sum(window) / len(window),
+                    "meta_lr": optimizer.param_groups[0]["lr"],
+                    "seconds": round(time.perf_counter() - clock, 3),
+                }
+                runs.append_metrics(run_dir, record)
+                bar.set_postfix(meta_loss=f"{record['meta_loss']:.3f}")
+                window = []
+            if done % config.checkpoint_every == 0 or done == config.iterations or stop:
+                checkpoint(done)
+            if stop and done < config.iterations:
+                raise Interrupted(f"stopped by signal at iteration {done}; checkpoint saved")
+    bar.close()
+    return {
+        "run": str(run_dir),
+        "iterations": config.iterations,
+        "resumed_from": start if resume else None,
+        "seconds": time.perf_counter() - clock,
+        "note": note,
+    }
