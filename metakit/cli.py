@@ -209,8 +209,10 @@ def _check_train_options(config: TrainConfig) -> None:
         usage_error(
             "--method reptile does not differentiate through the inner loop; use --backend func or l2l"
         )
-    if config.method == "reptile" and (config.multi_step_loss or config.first_order_until):
-        usage_error("--multi-step-loss and --first-order-until apply to MAML-family methods, not reptile")
+    if config.method in ("reptile", "pretrain") and (config.multi_step_loss or config.first_order_until):
+        usage_error(
+            f"--multi-step-loss and --first-order-until apply to MAML-family methods, not {config.method}"
+        )
     if config.method == "fomaml" and config.first_order_until:
         usage_error("--first-order-until has no effect with --method fomaml (always first-order)")
     if config.multi_step_loss and config.inner_steps < 2:

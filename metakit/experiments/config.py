@@ -2,7 +2,7 @@
 
 from dataclasses import asdict, dataclass, fields
 
-METHODS = ("maml", "fomaml", "reptile", "mc", "lslr", "enhanced")
+METHODS = ("maml", "fomaml", "reptile", "mc", "lslr", "enhanced", "pretrain")
 BACKENDS = ("func", "l2l", "higher")
 
 
@@ -11,7 +11,8 @@ class TrainConfig:
     """Everything that defines a meta-training run; defaults are the MAML paper's sinusoid protocol."""
 
     method: str = "maml"
-    """maml, fomaml, reptile, mc (Meta-Curvature), lslr (layerwise rates) or enhanced (both)."""
+    """maml, fomaml, reptile, mc (Meta-Curvature), lslr (layerwise rates), enhanced (both) or
+    pretrain (joint regression on all tasks, fine-tuned at test time: the MAML paper's baseline)."""
     task: str = "sinusoid"
     """Task family."""
     shots: int = 10
@@ -59,13 +60,15 @@ class TrainConfig:
 
 def build_algorithm(config: TrainConfig, model):
     """The wrapper for ``config.method`` around ``model`` (an ``nn.Module``)."""
-    from metakit.wrappers import MAML, MAMLEnhanced, Reptile  # heavy: torch and learn2learn
+    from metakit.wrappers import MAML, MAMLEnhanced, Pretrain, Reptile  # heavy: torch and learn2learn
 
     method, lr = config.method, config.inner_lr
     if method in ("maml", "fomaml"):
         return MAML(model, lr=lr, first_order=method == "fomaml")
     if method == "reptile":
         return Reptile(model, lr=lr)
+    if method == "pretrain":
+        return Pretrain(model, lr=lr)
     if method in ("mc", "lslr", "enhanced"):
         return MAMLEnhanced(
             model,

@@ -54,7 +54,12 @@ class Sinusoid:
         x_support = self.sample_x(tasks, max_shots, generator)
         x_query = self.sample_x(tasks, EVAL_QUERY_POINTS, generator)
         return HeldOut(
-            x_support, self.targets(x_support, amp, phase), x_query, self.targets(x_query, amp, phase)
+            x_support,
+            self.targets(x_support, amp, phase),
+            x_query,
+            self.targets(x_query, amp, phase),
+            amp,
+            phase,
         )
 
 
@@ -67,6 +72,8 @@ class HeldOut:
     y_support: torch.Tensor
     x_query: torch.Tensor
     y_query: torch.Tensor
+    amplitude: torch.Tensor
+    phase: torch.Tensor
 
     def batch(self, shots: int) -> TaskBatch:
         """The tasks with a ``shots``-point support set."""

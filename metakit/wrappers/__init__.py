@@ -5,6 +5,7 @@ from metakit.wrappers.curvature import MetaCurvatureTransform
 from metakit.wrappers.enhanced import MAMLEnhanced
 from metakit.wrappers.lslr import LayerwiseLR
 from metakit.wrappers.maml import MAML
+from metakit.wrappers.pretrain import Pretrain
 from metakit.wrappers.reptile import Reptile
 from metakit.wrappers.vectorized import VectorizedEngine
 
@@ -13,6 +14,7 @@ __all__ = [
     "MAMLEnhanced",
     "LayerwiseLR",
     "MetaCurvatureTransform",
+    "Pretrain",
     "Reptile",
     "TaskBatch",
     "VectorizedEngine",

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from metakit.wrappers.functional import reptile_gradient
+from metakit.wrappers.pretrain import Pretrain, joint_backward
 from metakit.wrappers.reptile import Reptile
 
 
@@ -42,7 +43,8 @@ def meta_backward(
     """Accumulate the meta-gradient of ``batch`` into ``.grad`` and return the mean query loss.
 
     Args:
-        algo: a :class:`MAML`, :class:`MAMLEnhanced` or :class:`Reptile`.
+        algo: a :class:`MAML`, :class:`MAMLEnhanced`, :class:`Reptile` or :class:`Pretrain` (whose
+            gradient is that of its joint loss on all points, whatever the backend).
         batch: the tasks.
         steps: inner steps per task.
         backend: ``"l2l"`` (clone/adapt per task) or ``"higher"`` (differentiable optimizer);
@@ -55,6 +57,8 @@ def meta_backward(
     The meta-loss is the mean over tasks of the (weighted) query loss after adaptation; the
     returned value is the unweighted query loss after the last step, for logging.
     """
+    if isinstance(algo, Pretrain):
+        return joint_backward(algo, batch, loss_fn)
     if isinstance(algo, Reptile):
         if backend == "higher":
             raise ValueError("reptile does not differentiate through the inner loop; use backend l2l or func")

@@ -13,6 +13,7 @@ from torch.func import functional_call, grad, vmap
 
 from metakit.wrappers.backends import TaskBatch, accumulate_grad
 from metakit.wrappers.functional import reptile_gradient, sgd_step
+from metakit.wrappers.pretrain import Pretrain, joint_backward
 from metakit.wrappers.reptile import Reptile
 
 
@@ -59,6 +60,8 @@ class VectorizedEngine:
         step_weights: Optional[Sequence[float]] = None,
     ) -> float:
         """Same contract as :func:`metakit.wrappers.backends.meta_backward`."""
+        if isinstance(self.algo, Pretrain):
+            return joint_backward(self.algo, batch, self.loss_fn)
         if isinstance(self.algo, Reptile):
             return self._reptile_backward(batch, steps)
         if first_order is None:

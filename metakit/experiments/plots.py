@@ -1,0 +1,95 @@
+"""Figures, saved as PNG: adaptation (MAML Fig. 2), MSE vs steps (Fig. 3), training curves."""
+
+import json
+from pathlib import Path
+from typing import Dict, List
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from metakit.experiments.tasks import Sinusoid  # noqa: E402
+
+DPI = 100
+
+
+def adaptation_curves(algo, x_support, y_support, x_grid, steps=(1, 10)) -> Dict[int, torch.Tensor]:
+    """Predictions on ``x_grid`` before adaptation (key 0) and after each of ``steps`` inner steps."""
+    learner = algo.clone()
+    curves = {0: learner(x_grid).detach()}
+    for s in range(1, max(steps) + 1):
+        learner.adapt(F.mse_loss(learner(x_support), y_support))
+        if s in steps:
+            curves[s] = learner(x_grid).detach()
+    return curves
+
+
+def plot_adaptation(
+    algos: Dict[str, torch.nn.Module], path: Path, tasks: int = 2, shots: int = 5, seed: int = 1
+):
+    """One column per method, one row per held-out task: truth, support, before / after 1 and 10 steps."""
+    held_out = Sinusoid().held_out(tasks, shots, seed)
+    x_grid = torch.linspace(-5, 5, 200).reshape(-1, 1)
+    fig, axes = plt.subplots(tasks, len(algos), figsize=(3.2 * len(algos), 2.6 * tasks), squeeze=False)
+    for t in range(tasks):
+        xs, ys = held_out.x_support[t], held_out.y_support[t]
+        truth = Sinusoid.targets(x_grid, held_out.amplitude[t], held_out.phase[t])
+        for col, (name, algo) in enumerate(algos.items()):
+            ax = axes[t][col]
+            curves = adaptation_curves(algo, xs, ys, x_grid)
+            ax.plot(x_grid, truth, color="black", lw=2, label="ground truth")
+            ax.plot(x_grid, curves[0], "--", color="tab:gray", label="before adaptation")
+            ax.plot(x_grid, curves[1], color="tab:blue", label="after 1 step")
+            ax.plot(x_grid, curves[10], color="tab:green", label="after 10 steps")
+            ax.scatter(xs, ys, color="tab:red", marker="^", zorder=3, label=f"{shots} support points")
+            ax.set_ylim(-6, 6)
+            if t == 0:
+                ax.set_title(name)
+            if t == tasks - 1:
+                ax.set_xlabel("x")
+            if col == 0:
+                ax.set_ylabel("y")
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def plot_mse_vs_steps(results: Dict[str, List[dict]], path: Path, shots: int = 5):
+    """Query MSE against the number of inner steps, one line per method with its 95% CI band."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, rows in results.items():
+        rows = sorted((r for r in rows if r["shots"] == shots), key=lambda r: r["steps"])
+        steps = [r["steps"] for r in rows]
+        mse = torch.tensor([r["mse"] for r in rows])
+        ci = torch.tensor([r["ci95"] for r in rows])
+        (line,) = ax.plot(steps, mse, marker="o", ms=3, label=name)
+        ax.fill_between(steps, mse - ci, mse + ci, color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("gradient steps at test time")
+    ax.set_ylabel(f"query MSE ({shots}-shot)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def plot_training_curves(run_dirs: Dict[str, Path], path: Path):
+    """Meta-loss against iteration from each run's ``metrics.jsonl``."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, run_dir in run_dirs.items():
+        records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+        records = [r for r in records if "meta_loss" in r and not r.get("diverged")]
+        ax.plot([r["iteration"] for r in records], [r["meta_loss"] for r in records], label=name)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("meta-training loss (query MSE)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
