@@ -1,6 +1,7 @@
 """The ``metakit`` command line: parses and validates options, then calls ``metakit.experiments``."""
 
 import json
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -182,6 +183,7 @@ def train(out, force, resume, quiet, **options):
             check_new_run_dir(out, force)
         except RunError as err:
             usage_error(str(err))
+        _check_writable_dir(out, "--out")
 
     from metakit.experiments.train import Divergence, Interrupted
     from metakit.experiments.train import train as run_training
@@ -231,14 +233,8 @@ def _check_train_options(config: TrainConfig) -> None:
 def evaluate(run_dir, tasks, shots, steps, seed, as_json):
     """Adapt a trained run to held-out tasks; print query MSE ± 95% CI per (shots, steps)."""
     from metakit.experiments.evaluate import describe_learned_rates, evaluate_algorithm, format_table
-    from metakit.experiments.runs import RunError, load_run
 
-    try:
-        config, algo, note = load_run(run_dir)
-    except RunError as err:
-        usage_error(str(err))
-    if note:
-        click.echo(f"Warning: {note}", err=True)
+    config, algo = _load_run(run_dir)
     results = evaluate_algorithm(algo, config.task, tasks, shots, steps, seed)
     report = {"run": str(run_dir), "method": config.method, "results": results}
     if as_json:
@@ -248,6 +244,98 @@ def evaluate(run_dir, tasks, shots, steps, seed, as_json):
     summary = describe_learned_rates(algo)
     if summary:
         click.echo(summary)
+
+
+def _load_run(run_dir: Path):
+    """``(config, algorithm)`` of a run, or a usage error; warns when an older checkpoint is used."""
+    from metakit.experiments.runs import RunError, load_run
+
+    try:
+        config, algo, note = load_run(run_dir)
+    except RunError as err:
+        usage_error(str(err))
+    if note:
+        click.echo(f"Warning: {note}", err=True)
+    return config, algo
+
+
+def _check_writable_dir(path: Path, option: str) -> None:
+    existing = next(p for p in [path, *path.absolute().parents] if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        usage_error(f"{option} {path} cannot be written: {existing} is not a writable directory")
+
+
+@cli.command()
+@click.argument(
+    "run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, file_okay=False)
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder for the PNGs.  [default: FIRST_RUN/plots]",
+)
+@click.option(
+    "--tasks", type=click.IntRange(min=2), default=600, help="Held-out tasks for the MSE-vs-steps curve."
+)
+@click.option("--shots", type=click.IntRange(min=1), default=5, help="Support points per held-out task.")
+@click.option("--seed", type=int, default=1, help="Seed of the held-out task set.")
+def plot(run_dirs, out, tasks, shots, seed):
+    """Plot one or more runs: adaptation (MAML Fig. 2), MSE vs steps (Fig. 3), training curves."""
+    loaded = [(run_dir, *_load_run(run_dir)) for run_dir in run_dirs]
+    out = out or run_dirs[0] / "plots"
+    _check_writable_dir(out, "--out")
+
+    from metakit.experiments.evaluate import evaluate_algorithm
+    from metakit.experiments.plots import plot_adaptation, plot_mse_vs_steps, plot_training_curves
+
+    methods = [config.method for _, config, _ in loaded]
+    label = {
+        d: (c.method if methods.count(c.method) == 1 else f"{c.method} ({d.name})") for d, c, _ in loaded
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    plot_adaptation({label[d]: algo for d, _, algo in loaded}, out / "adaptation.png", shots=shots, seed=seed)
+    curves = {
+        label[d]: evaluate_algorithm(algo, config.task, tasks, [shots], range(11), seed)
+        for d, config, algo in loaded
+    }
+    plot_mse_vs_steps(curves, out / "mse_vs_steps.png", shots=shots)
+    plot_training_curves({label[d]: d for d, _, _ in loaded}, out / "training_curves.png")
+    for name in ("adaptation.png", "mse_vs_steps.png", "training_curves.png"):
+        click.echo(out / name)
+
+
+@cli.command()
+@click.argument("benchmark", type=click.Choice(["sinusoid"]))
+@click.option("--seeds", type=click.IntRange(min=1), default=3, help="Seeds per method.")
+@click.option(
+    "--iterations", type=click.IntRange(min=1), default=DEFAULTS.iterations, help="Meta-updates per run."
+)
+@click.option("--tasks", type=click.IntRange(min=2), default=600, help="Held-out tasks.")
+@click.option("--methods", default=",".join(METHODS), help="Methods to run (comma-separated).")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("runs/reproduce-sinusoid"), help="Output folder."
+)
+@click.option("--quiet", is_flag=True, help="No progress bars (one line per finished run is still printed).")
+def reproduce(benchmark, seeds, iterations, tasks, methods, out, quiet):
+    """Train every method on the paper protocol, evaluate, and write results.csv, results.md and plots.
+
+    Resumable: finished runs are not retrained, interrupted ones continue from their checkpoint.
+    """
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = sorted(set(chosen) - set(METHODS))
+    if unknown or not chosen:
+        usage_error(
+            f"--methods: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}"
+        )
+    _check_writable_dir(out, "--out")
+
+    from metakit.experiments.reproduce import reproduce_sinusoid
+
+    paths = reproduce_sinusoid(
+        out, seeds, iterations, tasks=tasks, methods=chosen, progress=not quiet, echo=click.echo
+    )
+    click.echo(f"results: {paths['markdown']} and {paths['csv']}; plots: {out}")
 
 
 main = cli.main

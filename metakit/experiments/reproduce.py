@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Callable, Dict, List
 
 from metakit.experiments import runs
-from metakit.experiments.config import TrainConfig
+from metakit.experiments.config import METHODS, TrainConfig
 from metakit.experiments.evaluate import evaluate_algorithm
 from metakit.experiments.plots import plot_adaptation, plot_mse_vs_steps, plot_training_curves
 from metakit.experiments.train import train
 
-METHODS = ("maml", "fomaml", "reptile", "mc", "lslr", "enhanced", "pretrain")
 SHOTS = (5, 10, 20)
 STEPS = tuple(range(11))
 REPORTED_STEPS = (0, 1, 5, 10)

@@ -26,9 +26,6 @@ def check_new_run_dir(path: Path, force: bool) -> None:
         raise RunError(f"--out {path} exists and is not a directory")
     if path.is_dir() and any(path.iterdir()) and not force:
         raise RunError(f"--out {path} is not empty; choose another directory or pass --force")
-    existing = next(p for p in [path, *path.absolute().parents] if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise RunError(f"--out {path} cannot be created: {existing} is not a writable directory")
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
