@@ -1,0 +1,119 @@
+"""The pretrain baseline, `metakit reproduce` and `metakit plot` end to end on a tiny budget."""
+
+import copy
+import csv
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from helpers import grads_of, mlp, regression_batch
+from PIL import Image
+
+from metakit.cli import cli
+from metakit.experiments import runs
+from metakit.experiments.config import TrainConfig
+from metakit.experiments.train import train
+from metakit.wrappers import Pretrain, VectorizedEngine, meta_backward
+
+
+@pytest.mark.parametrize("backend", ["l2l", "func"])
+def test_pretrain_gradient_is_joint_regression_gradient(backend):
+    torch.manual_seed(0)
+    base = mlp()
+    batch = regression_batch(tasks=3, points=4, seed=1)
+    x = torch.cat([batch.x_support, batch.x_query], 1).reshape(-1, 2)
+    y = torch.cat([batch.y_support, batch.y_query], 1).reshape(-1, 1)
+    params = list(base.parameters())
+    expected = torch.autograd.grad(((base(x) - y) ** 2).mean(), params)
+    algo = Pretrain(copy.deepcopy(base), lr=0.1)
+    if backend == "func":
+        VectorizedEngine(algo).meta_backward(batch, steps=1)
+    else:
+        meta_backward(algo, batch, 1, backend)
+    for a, e in zip(grads_of(algo), expected):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-14)
+
+
+def test_pretrain_fine_tuning_is_sgd_and_evaluation_uses_it():
+    torch.manual_seed(2)
+    model = mlp()
+    task = regression_batch(tasks=1, points=5, seed=3)
+    algo = Pretrain(model, lr=0.05)
+    learner = algo.clone()
+    loss = ((model(task.x_support[0]) - task.y_support[0]) ** 2).mean()
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    learner.adapt(((learner(task.x_support[0]) - task.y_support[0]) ** 2).mean())
+    for p, theta, g in zip(learner.parameters(), model.parameters(), grads):
+        torch.testing.assert_close(p, theta - 0.05 * g, rtol=1e-12, atol=1e-14)
+    after_one = ((learner(task.x_query[0]) - task.y_query[0]) ** 2).mean()
+    curve = VectorizedEngine(algo).query_losses(task, max_steps=1)
+    torch.testing.assert_close(curve[1, 0], after_one.detach(), rtol=1e-12, atol=1e-14)
+
+
+def png_size(path):
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        return image.format, image.size
+
+
+def test_reproduce_and_plot_end_to_end(tmp_path):
+    out = tmp_path / "repro"
+    args = ["reproduce", "sinusoid", "--seeds", "2", "--iterations", "3", "--tasks", "6", "--quiet"]
+    result = CliRunner().invoke(
+        cli, [*args, "--methods", "maml,reptile,enhanced,pretrain", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.count("trained") == 8
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["method", "seed", "shots", "steps", "mse", "ci95", "tasks"]
+    assert len(rows) == 4 * 2 * 3 * 11  # methods × seeds × shots × steps 0..10
+    assert {r["method"] for r in rows} == {"maml", "reptile", "enhanced", "pretrain"}
+    assert all(float(r["mse"]) > 0 and float(r["ci95"]) >= 0 and r["tasks"] == "6" for r in rows)
+    markdown = (out / "results.md").read_text()
+    assert "| maml (published) | — | 0.67 | 0.38 | 0.35 |" in markdown
+    for name in ("adaptation.png", "mse_vs_steps.png", "training_curves.png"):
+        fmt, (width, height) = png_size(out / name)
+        assert fmt == "PNG" and 400 <= width <= 1600 and 300 <= height <= 1000
+    # Running again retrains nothing and gives the same table.
+    again = CliRunner().invoke(cli, [*args, "--methods", "maml,reptile,enhanced,pretrain", "--out", str(out)])
+    assert again.exit_code == 0 and again.output.count("done earlier") == 8
+    assert (out / "results.md").read_text() == markdown
+
+    plots = tmp_path / "plots"
+    run_dirs = [str(out / "runs" / "maml-it3-seed0"), str(out / "runs" / "maml-it3-seed1")]
+    result = CliRunner().invoke(cli, ["plot", *run_dirs, "--out", str(plots), "--tasks", "4"])
+    assert result.exit_code == 0, result.output
+    for name in ("adaptation.png", "mse_vs_steps.png", "training_curves.png"):
+        assert png_size(plots / name)[0] == "PNG"
+
+
+def test_reproduce_resumes_an_interrupted_run(tmp_path):
+    out = tmp_path / "repro"
+    args = [
+        "reproduce",
+        "sinusoid",
+        "--seeds",
+        "1",
+        "--tasks",
+        "4",
+        "--methods",
+        "maml",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
+    assert CliRunner().invoke(cli, [*args, "--iterations", "4"]).exit_code == 0
+    run_dir = out / "runs" / "maml-it4-seed0"
+    # Pretend the run stopped after its checkpoint at iteration 2 of 4.
+    config = TrainConfig(**json.loads((run_dir / runs.CONFIG).read_text()))
+    short = tmp_path / "short"
+    train(TrainConfig(**{**config.to_dict(), "iterations": 2}), short, progress=False)
+    state = torch.load(short / runs.CHECKPOINT, weights_only=True)
+    for name in (runs.CHECKPOINT, runs.PREVIOUS):
+        (run_dir / name).unlink(missing_ok=True)
+    torch.save(state, run_dir / runs.CHECKPOINT)
+    result = CliRunner().invoke(cli, [*args, "--iterations", "4"])
+    assert result.exit_code == 0 and "resumed at 2" in result.output
