@@ -1,6 +1,7 @@
 """The ``metakit`` command line: parses and validates options, then calls ``metakit.experiments``."""
 
 import json
+import math
 import os
 import sys
 from datetime import datetime
@@ -23,19 +24,42 @@ class OneLineErrors(click.Group):
         except click.exceptions.Abort:
             click.echo("Aborted.", err=True)
             sys.exit(130)
+        except NO_ARGS_IS_HELP as err:  # bare `metakit`: the help, not an error
+            click.echo(err.format_message())
+            sys.exit(0)
         except click.ClickException as err:
             click.echo(f"Error: {err.format_message()}", err=True)
             sys.exit(err.exit_code)
         sys.exit(code if isinstance(code, int) else 0)
 
 
+NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+SEED = click.IntRange(0, 2**32 - 1)
+
+
+class PositiveFloat(click.ParamType):
+    """A finite number greater than zero."""
+
+    name = "FLOAT"
+
+    def convert(self, value, param, ctx):
+        """Parse and check the number."""
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number) or number <= 0:
+            self.fail(f"{value!r} must be a finite number > 0", param, ctx)
+        return number
+
+
 class IntList(click.ParamType):
-    """Comma-separated integers, each at least ``minimum``."""
+    """Comma-separated integers, each in ``[minimum, maximum]``."""
 
     name = "INTS"
 
-    def __init__(self, minimum: int):
-        self.minimum = minimum
+    def __init__(self, minimum: int, maximum: int):
+        self.minimum, self.maximum = minimum, maximum
 
     def convert(self, value, param, ctx):
         """Parse ``"5,10,20"`` into ``[5, 10, 20]``."""
@@ -47,8 +71,8 @@ class IntList(click.ParamType):
             self.fail(f"{value!r} is not a comma-separated list of integers", param, ctx)
         if not items:
             self.fail("give at least one value", param, ctx)
-        if min(items) < self.minimum:
-            self.fail(f"{value!r}: every value must be >= {self.minimum}", param, ctx)
+        if min(items) < self.minimum or max(items) > self.maximum:
+            self.fail(f"{value!r}: every value must be in [{self.minimum}, {self.maximum}]", param, ctx)
         return sorted(set(items))
 
 
@@ -86,7 +110,7 @@ def cli():
 )
 @click.option(
     "--inner-lr",
-    type=click.FloatRange(min=0, min_open=True),
+    type=PositiveFloat(),
     default=DEFAULTS.inner_lr,
     help="Inner learning rate α (initial value of learned rates).",
 )
@@ -95,13 +119,13 @@ def cli():
 )
 @click.option(
     "--meta-lr",
-    type=click.FloatRange(min=0, min_open=True),
+    type=PositiveFloat(),
     default=DEFAULTS.meta_lr,
     help="Adam learning rate of the meta-update.",
 )
 @click.option("--iterations", type=click.IntRange(min=1), default=DEFAULTS.iterations, help="Meta-updates.")
 @click.option(
-    "--seed", type=int, default=DEFAULTS.seed, help="Seed of the model initialisation and the task stream."
+    "--seed", type=SEED, default=DEFAULTS.seed, help="Seed of the model initialisation and the task stream."
 )
 @click.option(
     "--backend",
@@ -225,10 +249,12 @@ def _check_train_options(config: TrainConfig) -> None:
 @click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--tasks", type=click.IntRange(min=2), default=600, help="Held-out tasks.")
 @click.option(
-    "--shots", type=IntList(1), default="5,10,20", help="Support points per task (comma-separated)."
+    "--shots", type=IntList(1, 1000), default="5,10,20", help="Support points per task (comma-separated)."
 )
-@click.option("--steps", type=IntList(0), default="0,1,5,10", help="Inner steps to report (comma-separated).")
-@click.option("--seed", type=int, default=1, help="Seed of the held-out task set.")
+@click.option(
+    "--steps", type=IntList(0, 1000), default="0,1,5,10", help="Inner steps to report (comma-separated)."
+)
+@click.option("--seed", type=SEED, default=1, help="Seed of the held-out task set.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def evaluate(run_dir, tasks, shots, steps, seed, as_json):
     """Adapt a trained run to held-out tasks; print query MSE ± 95% CI per (shots, steps)."""
@@ -279,7 +305,7 @@ def _check_writable_dir(path: Path, option: str) -> None:
     "--tasks", type=click.IntRange(min=2), default=600, help="Held-out tasks for the MSE-vs-steps curve."
 )
 @click.option("--shots", type=click.IntRange(min=1), default=5, help="Support points per held-out task.")
-@click.option("--seed", type=int, default=1, help="Seed of the held-out task set.")
+@click.option("--seed", type=SEED, default=1, help="Seed of the held-out task set.")
 def plot(run_dirs, out, tasks, shots, seed):
     """Plot one or more runs: adaptation (MAML Fig. 2), MSE vs steps (Fig. 3), training curves."""
     loaded = [(run_dir, *_load_run(run_dir)) for run_dir in run_dirs]

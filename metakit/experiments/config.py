@@ -50,12 +50,19 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
-        """Rebuild from :meth:`to_dict`; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
+        """Rebuild from :meth:`to_dict` and check every value; anything unknown is a ``ValueError``."""
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = set(data) - set(known)
         if unknown:
             raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
-        return cls(**data)
+        for name, value in data.items():
+            kind = (int, float) if known[name] is float else known[name]
+            if not isinstance(value, kind) or (known[name] is int and isinstance(value, bool)):
+                raise ValueError(f"{name} must be of type {known[name].__name__}, got {value!r}")
+        config = cls(**data)
+        if config.method not in METHODS or config.backend not in BACKENDS or config.task != "sinusoid":
+            raise ValueError(f"unknown method, backend or task in {data}")
+        return config
 
 
 def build_algorithm(config: TrainConfig, model):

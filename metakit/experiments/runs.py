@@ -154,5 +154,9 @@ def load_run(run_dir: Path):
     config = read_config(run_dir)
     state, note = load_latest_checkpoint(run_dir)
     algo = build_algorithm(config, build_model(config))
-    algo.load_state_dict(state["algorithm"])
+    try:
+        algo.load_state_dict(state["algorithm"])
+    except (KeyError, RuntimeError) as err:
+        first_line = str(err).strip().splitlines()[0]
+        raise RunError(f"the checkpoint in {run_dir} does not match its {CONFIG}: {first_line}") from None
     return config, algo, note

@@ -1,0 +1,272 @@
+"""``metakit bench``: meta-training throughput and peak memory of every backend on the sinusoid protocol.
+
+Each contender runs whole meta-training iterations (sample a task batch, zero the gradients,
+meta-gradient, Adam step) from the same initialisation and task stream:
+
+* ``func``: metakit's vectorised ``torch.func`` engine, eager;
+* ``func-compiled``: the same engine with ``compile=True`` (its compilation is timed apart);
+* ``l2l`` and ``higher``: metakit's per-task reference backends (:func:`meta_backward`);
+* ``learn2learn``: the plain loop of learn2learn's own sine example (``l2l.algorithms.MAML``,
+  ``clone()`` / ``adapt()`` per task, one ``backward()`` per task, gradients divided by the
+  batch), the baseline of every speed-up. It is second-order MAML whatever the method.
+
+Contenders are interleaved round by round (in a rotating order, so none always follows the
+same one); the reported time is the median over rounds.
+"""
+
+import ctypes
+import math
+import re
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from metakit._l2l import learn2learn as l2l
+from metakit.experiments import runs
+from metakit.experiments.config import TrainConfig, build_algorithm
+from metakit.experiments.models import sinusoid_mlp
+from metakit.experiments.tasks import Sinusoid
+from metakit.wrappers.backends import meta_backward
+from metakit.wrappers.vectorized import VectorizedEngine
+
+BASELINE = "learn2learn"
+CONTENDERS = ("func", "func-compiled", "l2l", "higher", BASELINE)
+METHODS = ("maml", "enhanced")
+MEMORY_METRIC = (
+    "growth of the process's peak resident set during one meta-iteration, after warm-up, with the "
+    "heap trimmed and the kernel's high-water mark reset first (Linux; null elsewhere)"
+)
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """The settings and contenders of a benchmark; every method × meta-batch × inner-steps is run."""
+
+    methods: tuple = METHODS
+    meta_batch: tuple = (25, 100)
+    inner_steps: tuple = (1, 5)
+    contenders: tuple = CONTENDERS
+    repeats: int = 5
+    """Timed rounds per contender and setting; the median is reported."""
+    min_time: float = 0.3
+    """Seconds each contender runs per round (at least one iteration)."""
+    threads: int = 1
+    """``torch.set_num_threads`` for the whole benchmark."""
+    shots: int = 10
+    seed: int = 0
+
+
+QUICK = BenchPlan(
+    methods=("maml",),
+    meta_batch=(5,),
+    inner_steps=(1,),
+    contenders=tuple(c for c in CONTENDERS if c != "func-compiled"),
+    repeats=3,
+    min_time=0.0,
+)
+
+
+def make_plan(quick: bool = False, **options) -> BenchPlan:
+    """The full (or ``quick``) plan with ``options`` overriding it; names given as comma-separated
+    strings (``methods``, ``contenders``) are checked here and raise :class:`ValueError`."""
+    for key, allowed in (("methods", METHODS), ("contenders", CONTENDERS)):
+        if isinstance(options.get(key), str):
+            chosen = tuple(dict.fromkeys(v.strip() for v in options[key].split(",") if v.strip()))
+            unknown = [v for v in chosen if v not in allowed]
+            if unknown or not chosen:
+                raise ValueError(
+                    f"--{key}: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(allowed)}"
+                )
+            options[key] = chosen
+    return replace(QUICK if quick else BenchPlan(), **{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+
+
+def plain_learn2learn_iteration(config: TrainConfig) -> Callable[[], None]:
+    """One iteration of the plain learn2learn MAML loop, as in learn2learn's sine example."""
+    torch.manual_seed(config.seed)
+    maml = l2l.algorithms.MAML(sinusoid_mlp(), lr=config.inner_lr)
+    optimizer = torch.optim.Adam(maml.parameters(), lr=config.meta_lr)
+    tasks, generator = Sinusoid(), torch.Generator().manual_seed(config.seed)
+
+    def iteration():
+        batch = tasks.sample(config.meta_batch, config.shots, generator)
+        optimizer.zero_grad()
+        for i in range(config.meta_batch):
+            x_support, y_support, x_query, y_query = batch.task(i)
+            learner = maml.clone()
+            for _ in range(config.inner_steps):
+                learner.adapt(F.mse_loss(learner(x_support), y_support))
+            F.mse_loss(learner(x_query), y_query).backward()
+        for p in maml.parameters():
+            p.grad.mul_(1.0 / config.meta_batch)
+        optimizer.step()
+
+    return iteration
+
+
+def metakit_iteration(config: TrainConfig, contender: str) -> Callable[[], None]:
+    """One iteration of ``metakit train``'s loop (without logging) on a metakit backend."""
+    torch.manual_seed(config.seed)
+    algo = build_algorithm(config, runs.build_model(config))
+    optimizer = torch.optim.Adam(algo.parameters(), lr=config.meta_lr)
+    tasks, generator = Sinusoid(), torch.Generator().manual_seed(config.seed)
+    if contender.startswith("func"):
+        engine = VectorizedEngine(algo, compile=contender == "func-compiled")
+        meta_step = lambda batch: engine.meta_backward(batch, config.inner_steps)  # noqa: E731
+    else:
+        meta_step = lambda batch: meta_backward(algo, batch, config.inner_steps, contender)  # noqa: E731
+
+    def iteration():
+        batch = tasks.sample(config.meta_batch, config.shots, generator)
+        optimizer.zero_grad(set_to_none=True)
+        meta_step(batch)
+        optimizer.step()
+
+    return iteration
+
+
+def peak_memory_growth(fn: Callable[[], None]) -> Optional[int]:
+    """Bytes by which the peak resident set grows while ``fn()`` runs, or ``None`` off Linux.
+
+    Freed heap memory is first returned to the system (glibc ``malloc_trim``) so that it cannot
+    hide new allocations, and the kernel's high-water mark is reset to the current resident set
+    (``/proc/self/clear_refs``).
+    """
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _proc_status("VmRSS")
+        fn()
+        return max(0, _proc_status("VmHWM") - before)
+    except (OSError, AttributeError):
+        return None
+
+
+def _proc_status(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.M).group(1)) * 1024
+
+
+def bench_setting(plan: BenchPlan, method: str, meta_batch: int, steps: int) -> list:
+    """Measure every contender of ``plan`` on one setting; one result dict per contender."""
+    config = TrainConfig(method=method, meta_batch=meta_batch, inner_steps=steps, shots=plan.shots, seed=plan.seed)
+    if "func-compiled" in plan.contenders:
+        torch.compiler.reset()  # a fresh engine recompiles; stale entries would count toward dynamo's limit
+    iterations, first_call = {}, {}
+    for name in plan.contenders:
+        fn = plain_learn2learn_iteration(config) if name == BASELINE else metakit_iteration(config, name)
+        start = time.perf_counter()
+        fn()  # warm-up; compiles func-compiled
+        first_call[name] = time.perf_counter() - start
+        iterations[name] = fn
+    per_round = {}
+    for name, fn in iterations.items():
+        start = time.perf_counter()
+        fn()
+        per_round[name] = max(1, math.ceil(plan.min_time / (time.perf_counter() - start)))
+    seconds = {name: [] for name in iterations}
+    names = list(iterations)
+    for r in range(plan.repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            fn, n = iterations[name], per_round[name]
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            seconds[name].append((time.perf_counter() - start) / n)
+    median = {name: statistics.median(times) for name, times in seconds.items()}
+    return [
+        {
+            "method": method,
+            "meta_batch": meta_batch,
+            "inner_steps": steps,
+            "contender": name,
+            "seconds_per_iteration": median[name],
+            "tasks_per_second": meta_batch / median[name],
+            "speedup": median[BASELINE] / median[name] if BASELINE in median else None,
+            "peak_memory_bytes": peak_memory_growth(iterations[name]),
+            "compile_seconds": first_call[name] if name == "func-compiled" else None,
+        }
+        for name in names
+    ]
+
+
+def run_bench(plan: BenchPlan, echo: Callable[[str], None] = lambda _: None) -> dict:
+    """Run ``plan``; returns a JSON-ready report (``results``: one dict per setting × contender)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(plan.threads)
+    try:
+        results = []
+        for method in plan.methods:
+            for meta_batch in plan.meta_batch:
+                for steps in plan.inner_steps:
+                    echo(f"bench: {method}, meta-batch {meta_batch}, {steps} inner step(s)")
+                    results += bench_setting(plan, method, meta_batch, steps)
+    finally:
+        torch.set_num_threads(threads)
+    return {
+        "task": "sinusoid",
+        "torch": torch.__version__,
+        "baseline": BASELINE,
+        "memory_metric": MEMORY_METRIC,
+        "plan": asdict(plan),
+        "results": results,
+    }
+
+
+def format_table(report: dict) -> str:
+    """A plain-text table of a :func:`run_bench` report."""
+    plan = report["plan"]
+    lines = [
+        f"sinusoid, K={plan['shots']}, {plan['threads']} thread(s), median of {plan['repeats']} rounds; "
+        f"speed-up against the plain {report['baseline']} loop; peak = RSS growth in one iteration",
+        f"{'method':<9} {'batch':>5} {'steps':>5}  {'contender':<13} {'ms/iter':>9} {'tasks/s':>9} "
+        f"{'speed-up':>8} {'peak MiB':>8} {'compile s':>9}",
+    ]
+    for r in report["results"]:
+        speedup = "" if r["speedup"] is None else f"{r['speedup']:.1f}x"
+        peak = "" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**20:.1f}"
+        compiled = "" if r["compile_seconds"] is None else f"{r['compile_seconds']:.1f}"
+        lines.append(
+            f"{r['method']:<9} {r['meta_batch']:>5} {r['inner_steps']:>5}  {r['contender']:<13} "
+            f"{r['seconds_per_iteration'] * 1e3:>9.2f} {r['tasks_per_second']:>9.0f} {speedup:>8} {peak:>8} "
+            f"{compiled:>9}"
+        )
+    return "\n".join(lines)
+
+
+def time_paper_protocol(iterations: int = TrainConfig.iterations, threads: int = 1, progress: bool = True) -> dict:
+    """Wall time of ``metakit train`` for MAML on the paper protocol (func backend), into a
+    temporary run directory that is deleted afterwards."""
+    config = TrainConfig(method="maml", backend="func", iterations=iterations)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        from metakit.experiments.train import train
+
+        with tempfile.TemporaryDirectory() as tmp:
+            summary = train(config, Path(tmp) / "run", progress=progress)
+    finally:
+        torch.set_num_threads(previous)
+    return {
+        "protocol": config.to_dict(),
+        "threads": threads,
+        "seconds": summary["seconds"],
+        "iterations_per_second": iterations / summary["seconds"],
+    }
+
+
+def format_protocol(report: dict) -> str:
+    """One line for a :func:`time_paper_protocol` report."""
+    config = report["protocol"]
+    return (
+        f"{config['method']} on the paper protocol ({config['iterations']} iterations, meta-batch "
+        f"{config['meta_batch']}, K={config['shots']}, backend {config['backend']}, {report['threads']} "
+        f"thread(s)): {report['seconds']:.1f} s, {report['iterations_per_second']:.1f} it/s"
+    )
