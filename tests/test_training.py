@@ -82,3 +82,16 @@ def test_cosine_schedule_and_derivative_annealing_are_applied(tmp_path):
 def test_build_algorithm_rejects_unknown_method():
     with pytest.raises(ValueError, match="unknown method"):
         build_algorithm(TrainConfig(method="nope"), torch.nn.Linear(1, 1))
+
+
+def test_tensorboard_logging_writes_the_metrics(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = TrainConfig(method="maml", iterations=6, meta_batch=2, log_every=3, tensorboard=True)
+    train(config, tmp_path / "run", progress=False)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("meta_loss")]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [step for step, _ in logged] == [r["iteration"] for r in records] == [3, 6]
+    assert [value for _, value in logged] == pytest.approx([r["meta_loss"] for r in records], rel=1e-6)

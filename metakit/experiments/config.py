@@ -43,6 +43,8 @@ class TrainConfig:
     """MAML++ derivative-order annealing: first-order for the first N iterations."""
     cosine_lr: bool = False
     """MAML++ cosine annealing of the meta learning rate to zero over the run."""
+    tensorboard: bool = False
+    """Also log the training metrics to RUN/tensorboard (needs the tensorboard package)."""
 
     def to_dict(self) -> dict:
         """A JSON-ready dict."""

@@ -57,6 +57,13 @@ def _stop_requests():
             signal.signal(sig, old)
 
 
+def tensorboard_writer(run_dir: Path):
+    """A TensorBoard ``SummaryWriter`` logging to ``RUN/tensorboard`` (needs the tensorboard package)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+
+
 def _finite(loss: float, algo: torch.nn.Module) -> bool:
     grads = [p.grad for p in algo.parameters() if p.grad is not None]
     return math.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
@@ -109,6 +116,7 @@ def train(config: TrainConfig, run_dir: Path, progress: bool = True, resume: boo
             },
         )
 
+    board = tensorboard_writer(run_dir) if config.tensorboard else None
     tasks = TASKS[config.task]()
     meta_step = make_meta_step(config, algo)
     clock = time.perf_counter()
@@ -145,6 +153,9 @@ def train(config: TrainConfig, run_dir: Path, progress: bool = True, resume: boo
                     "seconds": round(time.perf_counter() - clock, 3),
                 }
                 runs.append_metrics(run_dir, record)
+                if board is not None:
+                    board.add_scalar("meta_loss", record["meta_loss"], done)
+                    board.add_scalar("meta_lr", record["meta_lr"], done)
                 bar.set_postfix(meta_loss=f"{record['meta_loss']:.3f}")
                 window = []
             if done % config.checkpoint_every == 0 or done == config.iterations or stop:
@@ -152,6 +163,8 @@ def train(config: TrainConfig, run_dir: Path, progress: bool = True, resume: boo
             if stop and done < config.iterations:
                 raise Interrupted(f"stopped by signal at iteration {done}; checkpoint saved")
     bar.close()
+    if board is not None:
+        board.close()
     return {
         "run": str(run_dir),
         "iterations": config.iterations,
