@@ -1,5 +1,6 @@
 """The ``metakit`` command line: parses and validates options, then calls ``metakit.experiments``."""
 
+import importlib.util
 import json
 import math
 import os
@@ -168,6 +169,11 @@ def cli():
     help="Run directory.  [default: runs/METHOD-TIMESTAMP]",
 )
 @click.option(
+    "--tensorboard/--no-tensorboard",
+    default=DEFAULTS.tensorboard,
+    help="Also log metrics to RUN/tensorboard (needs `pip install tensorboard`).",
+)
+@click.option(
     "--checkpoint-every",
     type=click.IntRange(min=1),
     default=DEFAULTS.checkpoint_every,
@@ -243,6 +249,8 @@ def _check_train_options(config: TrainConfig) -> None:
         usage_error("--first-order-until has no effect with --method fomaml (always first-order)")
     if config.multi_step_loss and config.inner_steps < 2:
         usage_error("--multi-step-loss needs --inner-steps of at least 2")
+    if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        usage_error("--tensorboard needs the tensorboard package: pip install tensorboard")
 
 
 @cli.command(name="eval")
@@ -362,6 +370,68 @@ def reproduce(benchmark, seeds, iterations, tasks, methods, out, quiet):
         out, seeds, iterations, tasks=tasks, methods=chosen, progress=not quiet, echo=click.echo
     )
     click.echo(f"results: {paths['markdown']} and {paths['csv']}; plots: {out}")
+
+
+@cli.command()
+@click.option(
+    "--quick", is_flag=True, help="Seconds-long smoke run: maml, meta-batch 5, 1 step, no compiling."
+)
+@click.option("--methods", default=None, help="Comma-separated, from maml, enhanced.  [default: both]")
+@click.option(
+    "--meta-batch", type=IntList(1, 10_000), default=None, help="Tasks per meta-update.  [default: 25,100]"
+)
+@click.option("--inner-steps", type=IntList(1, 100), default=None, help="Inner-loop steps.  [default: 1,5]")
+@click.option(
+    "--contenders",
+    default=None,
+    help="Comma-separated, from func, func-compiled, l2l, higher, learn2learn (the plain learn2learn "
+    "loop every speed-up is relative to).  [default: all]",
+)
+@click.option(
+    "--repeats", type=click.IntRange(min=1), default=None, help="Interleaved timed rounds.  [default: 5]"
+)
+@click.option(
+    "--min-time",
+    type=PositiveFloat(),
+    default=None,
+    help="Seconds per contender per round.  [default: 0.3]",
+)
+@click.option("--seed", type=SEED, default=None, help="Seed of the models and task streams.  [default: 0]")
+@click.option("--threads", type=click.IntRange(1, 256), default=1, help="torch intra-op threads.")
+@click.option(
+    "--paper-protocol",
+    is_flag=True,
+    help="Instead, time `metakit train` of MAML on the paper protocol (func backend) in a temporary folder.",
+)
+@click.option(
+    "--protocol-iterations",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Iterations for --paper-protocol.  [default: 70000]",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def bench(quick, threads, paper_protocol, protocol_iterations, as_json, **options):
+    """Meta-training throughput (tasks/s) and peak memory of each backend against a plain learn2learn loop."""
+    options = {name: value for name, value in options.items() if value is not None}
+    if paper_protocol and (quick or options):
+        given = ["--quick"] * quick + [f"--{name.replace('_', '-')}" for name in options]
+        usage_error(f"--paper-protocol times one training run; drop {', '.join(given)}")
+    if protocol_iterations is not None and not paper_protocol:
+        usage_error("--protocol-iterations applies to --paper-protocol only")
+
+    from metakit.experiments import bench as benchmarks
+
+    if paper_protocol:
+        iterations = protocol_iterations or DEFAULTS.iterations
+        report = benchmarks.time_paper_protocol(iterations, threads, progress=not as_json)
+        click.echo(json.dumps(report) if as_json else benchmarks.format_protocol(report))
+        return
+    try:
+        plan = benchmarks.make_plan(quick, threads=threads, **options)
+    except ValueError as err:
+        usage_error(str(err))
+    report = benchmarks.run_bench(plan, echo=lambda line: click.echo(line, err=True))
+    click.echo(json.dumps(report) if as_json else benchmarks.format_table(report))
 
 
 main = cli.main

@@ -32,6 +32,7 @@ from metakit.experiments import runs
 from metakit.experiments.config import TrainConfig, build_algorithm
 from metakit.experiments.models import sinusoid_mlp
 from metakit.experiments.tasks import Sinusoid
+from metakit.experiments.train import train
 from metakit.wrappers.backends import meta_backward
 from metakit.wrappers.vectorized import VectorizedEngine
 
@@ -73,18 +74,26 @@ QUICK = BenchPlan(
 
 
 def make_plan(quick: bool = False, **options) -> BenchPlan:
-    """The full (or ``quick``) plan with ``options`` overriding it; names given as comma-separated
-    strings (``methods``, ``contenders``) are checked here and raise :class:`ValueError`."""
+    """The full (or ``quick``) plan with ``options`` (plan fields) overriding it.
+
+    ``methods`` and ``contenders`` are comma-separated strings; an unknown or empty list raises
+    :class:`ValueError`.
+    """
     for key, allowed in (("methods", METHODS), ("contenders", CONTENDERS)):
-        if isinstance(options.get(key), str):
-            chosen = tuple(dict.fromkeys(v.strip() for v in options[key].split(",") if v.strip()))
-            unknown = [v for v in chosen if v not in allowed]
-            if unknown or not chosen:
-                raise ValueError(
-                    f"--{key}: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(allowed)}"
-                )
-            options[key] = chosen
-    return replace(QUICK if quick else BenchPlan(), **{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+        if key in options:
+            options[key] = _names(options[key], allowed, key)
+    options = {key: tuple(v) if isinstance(v, list) else v for key, v in options.items()}
+    return replace(QUICK if quick else BenchPlan(), **options)
+
+
+def _names(value: str, allowed: tuple, option: str) -> tuple:
+    chosen = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    unknown = [v for v in chosen if v not in allowed]
+    if unknown or not chosen:
+        raise ValueError(
+            f"--{option}: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(allowed)}"
+        )
+    return chosen
 
 
 def plain_learn2learn_iteration(config: TrainConfig) -> Callable[[], None]:
@@ -156,9 +165,13 @@ def _proc_status(key: str) -> int:
 
 def bench_setting(plan: BenchPlan, method: str, meta_batch: int, steps: int) -> list:
     """Measure every contender of ``plan`` on one setting; one result dict per contender."""
-    config = TrainConfig(method=method, meta_batch=meta_batch, inner_steps=steps, shots=plan.shots, seed=plan.seed)
+    config = TrainConfig(
+        method=method, meta_batch=meta_batch, inner_steps=steps, shots=plan.shots, seed=plan.seed
+    )
     if "func-compiled" in plan.contenders:
-        torch.compiler.reset()  # a fresh engine recompiles; stale entries would count toward dynamo's limit
+        # every setting compiles anew; entries of earlier settings would count toward dynamo's
+        # recompile limit, past which it silently runs eagerly
+        torch.compiler.reset()
     iterations, first_call = {}, {}
     for name in plan.contenders:
         fn = plain_learn2learn_iteration(config) if name == BASELINE else metakit_iteration(config, name)
@@ -241,15 +254,15 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def time_paper_protocol(iterations: int = TrainConfig.iterations, threads: int = 1, progress: bool = True) -> dict:
+def time_paper_protocol(
+    iterations: int = TrainConfig.iterations, threads: int = 1, progress: bool = True
+) -> dict:
     """Wall time of ``metakit train`` for MAML on the paper protocol (func backend), into a
     temporary run directory that is deleted afterwards."""
     config = TrainConfig(method="maml", backend="func", iterations=iterations)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        from metakit.experiments.train import train
-
         with tempfile.TemporaryDirectory() as tmp:
             summary = train(config, Path(tmp) / "run", progress=progress)
     finally:
