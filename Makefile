@@ -6,7 +6,7 @@ READY := $(VENV)/.metakit-installed
 
 .PHONY: run test install clean
 
-QUICK := --iterations 3000 --shots 10 --force --quiet
+QUICK := --iterations 2000 --force --quiet
 run: $(READY)
 	$(VENV)/bin/metakit train --method maml $(QUICK) --out runs/quickstart/maml
 	$(VENV)/bin/metakit train --method enhanced $(QUICK) --out runs/quickstart/enhanced
