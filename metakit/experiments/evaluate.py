@@ -21,14 +21,17 @@ def mean_ci95(values: torch.Tensor):
 def evaluate_algorithm(
     algo, task: str, tasks: int, shots: Sequence[int], steps: Sequence[int], seed: int
 ) -> list:
-    """Query MSE mean ± CI for every (shots, steps) pair on the same held-out tasks."""
+    """Query MSE mean ± CI for every (shots, steps) pair on the same held-out tasks.
+
+    Where adaptation diverged on some task (a non-finite loss), ``mse`` and ``ci95`` are ``None``.
+    """
     held_out = TASKS[task]().held_out(tasks, max(shots), seed)
     engine = VectorizedEngine(algo)
     results = []
     for k in shots:
         curves = engine.query_losses(held_out.batch(k), max(steps))  # [steps + 1, tasks]
         for s in steps:
-            mse, ci = mean_ci95(curves[s])
+            mse, ci = mean_ci95(curves[s]) if torch.isfinite(curves[s]).all() else (None, None)
             results.append({"shots": k, "steps": s, "mse": mse, "ci95": ci, "tasks": tasks})
     return results
 
@@ -40,9 +43,8 @@ def format_table(report: dict) -> str:
         f"{'shots':>5}  {'steps':>5}  {'MSE':>8}  {'±95% CI':>8}  {'tasks':>5}",
     ]
     for r in report["results"]:
-        lines.append(
-            f"{r['shots']:>5}  {r['steps']:>5}  {r['mse']:>8.4f}  {r['ci95']:>8.4f}  {r['tasks']:>5}"
-        )
+        mse, ci = ("diverged", "") if r["mse"] is None else (f"{r['mse']:.4f}", f"{r['ci95']:.4f}")
+        lines.append(f"{r['shots']:>5}  {r['steps']:>5}  {mse:>8}  {ci:>8}  {r['tasks']:>5}")
     return "\n".join(lines)
 
 

@@ -59,10 +59,14 @@ def plot_adaptation(
 
 
 def plot_mse_vs_steps(results: Dict[str, List[dict]], path: Path, shots: int = 5):
-    """Query MSE against the number of inner steps, one line per method with its 95% CI band."""
+    """Query MSE against the number of inner steps, one line per method with its 95% CI band.
+
+    Step counts where a method's adaptation diverged (``mse`` is ``None``) are left out."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, rows in results.items():
-        rows = sorted((r for r in rows if r["shots"] == shots), key=lambda r: r["steps"])
+        rows = sorted(
+            (r for r in rows if r["shots"] == shots and r["mse"] is not None), key=lambda r: r["steps"]
+        )
         steps = [r["steps"] for r in rows]
         mse = torch.tensor([r["mse"] for r in rows])
         ci = torch.tensor([r["ci95"] for r in rows])

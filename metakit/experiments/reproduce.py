@@ -76,10 +76,10 @@ def reproduce_sinusoid(
             started = time.perf_counter()
             status = _train_or_resume(run_dir, run_config(method, seed, iterations), progress)
             results = _evaluate_cached(run_dir, tasks, eval_seed)
-            five = {r["steps"]: r["mse"] for r in results if r["shots"] == 5}
+            five = {r["steps"]: _number(r["mse"]) for r in results if r["shots"] == 5}
             echo(
                 f"[{method} seed {seed}] {status} in {time.perf_counter() - started:.0f}s; "
-                f"5-shot MSE after 0/1/10 steps: {five[0]:.3f} / {five[1]:.3f} / {five[10]:.3f}"
+                f"5-shot MSE after 0/1/10 steps: {five[0]} / {five[1]} / {five[10]}"
             )
             rows += [{"method": method, "seed": seed, **r} for r in results]
             run_dirs.setdefault(method, run_dir)
@@ -88,6 +88,11 @@ def reproduce_sinusoid(
     paths["markdown"].write_text(results_markdown(rows, seeds, iterations, tasks))
     paths.update(_plots(out, rows, run_dirs))
     return paths
+
+
+def _number(value, digits: int = 3) -> str:
+    """A result for people: ``diverged`` where adaptation blew up (``None``)."""
+    return "diverged" if value is None else f"{value:.{digits}f}"
 
 
 def _write_csv(path: Path, rows: List[dict]) -> None:
@@ -105,6 +110,9 @@ def summarise(rows: List[dict]) -> Dict[tuple, dict]:
     summary = {}
     for key, group in groups.items():
         mses = [g["mse"] for g in group]
+        if None in mses:
+            summary[key] = {"mse": None, "ci95": None, "seed_std": None}
+            continue
         summary[key] = {
             "mse": statistics.fmean(mses),
             "ci95": statistics.fmean(g["ci95"] for g in group),
@@ -131,7 +139,10 @@ def results_markdown(rows: List[dict], seeds: int, iterations: int, tasks: int) 
             cells = []
             for steps in REPORTED_STEPS:
                 s = summary[(method, shots, steps)]
-                cells.append(f"{s['mse']:.3f} ± {s['ci95']:.3f} [± {s['seed_std']:.3f}]")
+                if s["mse"] is None:
+                    cells.append("diverged")
+                else:
+                    cells.append(f"{s['mse']:.3f} ± {s['ci95']:.3f} [± {s['seed_std']:.3f}]")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         if shots == 5:
             for method, published in PUBLISHED.items():
