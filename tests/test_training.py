@@ -95,3 +95,15 @@ def test_tensorboard_logging_writes_the_metrics(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [step for step, _ in logged] == [r["iteration"] for r in records] == [3, 6]
     assert [value for _, value in logged] == pytest.approx([r["meta_loss"] for r in records], rel=1e-6)
+
+
+def test_diverging_adaptation_is_reported_not_averaged():
+    from metakit.experiments.evaluate import format_table
+    from metakit.wrappers import MAML
+
+    torch.manual_seed(0)
+    algo = MAML(torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1)), lr=1e3)
+    results = evaluate_algorithm(algo, "sinusoid", tasks=10, shots=[5], steps=[0, 10], seed=1)
+    assert results[0]["mse"] is not None and results[1]["mse"] is None and results[1]["ci95"] is None
+    table = format_table({"method": "maml", "run": "r", "results": results})
+    assert "diverged" in table.splitlines()[-1]
