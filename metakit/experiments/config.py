@@ -31,6 +31,9 @@ class TrainConfig:
     """Seeds the model initialisation and the training task stream."""
     backend: str = "func"
     """func (vectorised torch.func engine), l2l (learn2learn clone/adapt) or higher."""
+    compile: bool = False
+    """func backend: compile the meta-gradient with torch.compile (seconds to minutes of compiling,
+    then about 3x faster; pays off from a few thousand iterations)."""
     log_every: int = 100
     """Iterations between lines of metrics.jsonl."""
     checkpoint_every: int = 1000

@@ -27,7 +27,7 @@ class Interrupted(RuntimeError):
 
 def make_meta_step(config: TrainConfig, algo: torch.nn.Module):
     """``step(batch, iteration) -> loss``: fills ``.grad`` with the config's backend and MAML++ options."""
-    engine = VectorizedEngine(algo) if config.backend == "func" else None
+    engine = VectorizedEngine(algo, compile=config.compile) if config.backend == "func" else None
     steps = config.inner_steps
 
     def step(batch, iteration):

@@ -6,23 +6,50 @@ gives the meta-gradient. The update rule is the algorithm's own ``inner_updates`
 are those of the learn2learn and higher backends.
 
 For small models the eager engine is bound by per-operation overhead (``vmap`` and ``grad`` add
-tens of microseconds to every operation), not by arithmetic. ``compile=True`` hands the batched
-meta-loss to ``torch.compile`` (Inductor); AOTAutograd compiles its backward too, which removes
-that overhead and fuses the elementwise work, at the price of a one-off compilation per
-(inner steps, derivative order, loss recording) combination.
+tens of microseconds to every operation), not by arithmetic. ``compile=True`` instead compiles
+:meth:`VectorizedEngine.meta_gradient` (``torch.func.grad_and_value`` of the same meta-loss with
+respect to every meta-parameter) with ``torch.compile``: one Inductor graph holds the forward and
+all derivatives, so neither ``torch.func`` nor the autograd engine runs per iteration. That costs
+a one-off compilation per (inner steps, derivative order, multi-step loss, inner learning rate)
+combination.
 """
 
+import logging
 import warnings
 from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, grad, vmap
+from torch import nn
+from torch.func import functional_call, grad, grad_and_value, vmap
 
 from metakit.wrappers.backends import TaskBatch, accumulate_grad
 from metakit.wrappers.functional import reptile_gradient, sgd_step
 from metakit.wrappers.pretrain import Pretrain, joint_backward
 from metakit.wrappers.reptile import Reptile
+
+
+def meta_objective(losses: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The meta-loss from query losses ``[tasks, recorded steps]``: the mean loss after the last
+    step, or with multi-step ``weights`` the weighted sum over steps of the mean loss."""
+    if weights is None:
+        return losses[:, -1].mean()
+    return (losses.mean(0) * weights).sum()
+
+
+class _MetaObjective(nn.Module):
+    """An engine's meta-loss as a module that owns the algorithm, so that ``functional_call`` can
+    substitute every meta-parameter and ``torch.func.grad`` differentiate with respect to them."""
+
+    def __init__(self, engine: "VectorizedEngine"):
+        super().__init__()
+        self.algo = engine.algo
+        self.engine = engine
+
+    def forward(self, batch, steps, first_order, weights):
+        """``(meta_loss, last_query_loss)``; the second is the mean query loss after the last step."""
+        losses = self.engine.meta_losses(batch, steps, first_order, weights is not None)
+        return meta_objective(losses, weights), losses[:, -1].mean()
 
 
 class VectorizedEngine:
@@ -32,9 +59,9 @@ class VectorizedEngine:
         algo: a :class:`MAML`, :class:`MAMLEnhanced`, :class:`Reptile` or :class:`Pretrain`; its
             meta-parameters are used in place (the engine holds no copy).
         loss_fn: the task loss.
-        compile: compile the MAML-family meta-loss and its backward with ``torch.compile``. Pays
-            off on long runs only (a compilation takes seconds to a minute on CPU); if it
-            fails, the engine warns and stays eager. Reptile, pretraining and
+        compile: compute MAML-family meta-gradients with a ``torch.compile``-d
+            :meth:`meta_gradient`. Pays off on long runs only: a compilation takes seconds to a
+            minute on CPU. If it fails, the engine warns and stays eager. Reptile, pretraining and
             :meth:`query_losses` always run eagerly.
 
     Models with buffers (e.g. batch-norm running statistics) are refused: their in-place
@@ -51,7 +78,10 @@ class VectorizedEngine:
         self.algo = algo
         self.loss_fn = loss_fn
         self.names = [name for name, _ in algo.module.named_parameters()]
-        self._compiled = torch.compile(self.meta_losses, dynamic=False) if compile else None
+        self._objective = _MetaObjective(self)
+        if compile:  # Inductor's CPU build warns that no CUDA runtime exists: not news on a CPU run
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        self._compiled = torch.compile(self.meta_gradient, dynamic=False) if compile else None
 
     def task_loss(self, params: tuple, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Loss of the model with ``params`` (ordered as :attr:`names`) on one task's points."""
@@ -89,6 +119,19 @@ class VectorizedEngine:
 
         return vmap(task_losses)(*batch)
 
+    def meta_gradient(self, params: dict, batch: TaskBatch, steps: int, first_order: bool, weights=None):
+        """``(gradients, (meta_loss, last_query_loss))`` of the meta-loss, computed functionally.
+
+        ``params`` maps the algorithm's parameter names, prefixed ``algo.``, to the (detached)
+        tensors to differentiate at; parameters left out keep their values and get no gradient.
+        ``weights`` is a tensor of multi-step loss weights or ``None``.
+        """
+
+        def objective(values):
+            return functional_call(self._objective, values, (batch, steps, first_order, weights))
+
+        return grad_and_value(objective, has_aux=True)(params)
+
     def meta_backward(
         self,
         batch: TaskBatch,
@@ -103,23 +146,29 @@ class VectorizedEngine:
             return self._reptile_backward(batch, steps)
         if first_order is None:
             first_order = self.algo.first_order
-        losses = self._meta_losses(TaskBatch(*batch), steps, first_order, step_weights is not None)
-        if step_weights is None:
-            meta_loss = losses[:, -1].mean()
-        else:
-            weights = torch.as_tensor(step_weights, dtype=losses.dtype)
-            meta_loss = (losses.mean(0) * weights).sum()
-        meta_loss.backward()
+        batch = TaskBatch(*batch)
+        weights = None
+        if step_weights is not None:
+            weights = torch.as_tensor(step_weights, dtype=next(self.algo.parameters()).dtype)
+        if self._compiled is not None:
+            loss = self._compiled_backward(batch, steps, first_order, weights)
+            if loss is not None:
+                return loss
+        losses = self.meta_losses(batch, steps, first_order, weights is not None)
+        meta_objective(losses, weights).backward()
         return losses[:, -1].mean().item()
 
-    def _meta_losses(self, *args):
-        if self._compiled is not None:
-            try:
-                return self._compiled(*args)
-            except Exception as err:  # e.g. no C++ compiler: the eager engine gives the same numbers
-                warnings.warn(f"torch.compile failed ({type(err).__name__}: {err}); using the eager engine")
-                self._compiled = None
-        return self.meta_losses(*args)
+    def _compiled_backward(self, batch, steps, first_order, weights) -> Optional[float]:
+        params = {name: p for name, p in self._objective.named_parameters() if p.requires_grad}
+        detached = {name: p.detach() for name, p in params.items()}
+        try:
+            grads, (_, last) = self._compiled(detached, batch, steps, first_order, weights)
+        except Exception as err:  # e.g. no C++ compiler: the eager engine gives the same numbers
+            warnings.warn(f"torch.compile failed ({type(err).__name__}: {err}); using the eager engine")
+            self._compiled = None
+            return None
+        accumulate_grad(list(params.values()), [grads[name] for name in params])
+        return last.item()
 
     def _reptile_backward(self, batch, steps):
         theta = tuple(self.algo.module.parameters())

@@ -1,0 +1,104 @@
+"""`metakit bench`: the quick smoke run, its JSON schema, the paper-protocol timer and option checks."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from metakit.cli import cli
+from metakit.experiments import bench
+
+RESULT_KEYS = {
+    "method",
+    "meta_batch",
+    "inner_steps",
+    "contender",
+    "seconds_per_iteration",
+    "tasks_per_second",
+    "speedup",
+    "peak_memory_bytes",
+    "compile_seconds",
+}
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, ["bench", *args])
+
+
+@pytest.fixture(scope="module")
+def quick_report():
+    result = invoke("--quick", "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_quick_json_schema(quick_report):
+    assert quick_report["baseline"] == bench.BASELINE == "learn2learn"
+    assert quick_report["plan"]["contenders"] == list(bench.QUICK.contenders)
+    assert {"task", "torch", "memory_metric", "plan", "results"} <= set(quick_report)
+    results = quick_report["results"]
+    assert [r["contender"] for r in results] == ["func", "l2l", "higher", "learn2learn"]
+    for r in results:
+        assert set(r) == RESULT_KEYS
+        assert (r["method"], r["meta_batch"], r["inner_steps"]) == ("maml", 5, 1)
+        assert r["seconds_per_iteration"] > 0
+        assert r["tasks_per_second"] == pytest.approx(5 / r["seconds_per_iteration"])
+        assert r["speedup"] > 0
+        assert r["peak_memory_bytes"] is None or (
+            isinstance(r["peak_memory_bytes"], int) and r["peak_memory_bytes"] >= 0
+        )
+        assert r["compile_seconds"] is None
+    assert results[-1]["speedup"] == 1.0
+
+
+def test_table_lists_every_contender(quick_report):
+    table = bench.format_table(quick_report)
+    lines = table.splitlines()
+    assert "speed-up" in lines[1] and "peak MiB" in lines[1]
+    assert [line.split()[3] for line in lines[2:]] == ["func", "l2l", "higher", "learn2learn"]
+    assert lines[-1].split()[6] == "1.0x"
+
+
+def test_paper_protocol_times_a_short_training_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke("--paper-protocol", "--protocol-iterations", "3", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["protocol"]["iterations"] == 3 and report["protocol"]["backend"] == "func"
+    assert report["seconds"] > 0 and report["iterations_per_second"] > 0
+    assert list(tmp_path.iterdir()) == []  # no run left behind
+
+
+def test_plan_overrides_and_name_checks():
+    plan = bench.make_plan(True, methods="enhanced, maml,enhanced", meta_batch=[3], repeats=2)
+    assert plan.methods == ("enhanced", "maml") and plan.meta_batch == (3,) and plan.repeats == 2
+    assert plan.contenders == bench.QUICK.contenders and "func-compiled" in bench.BenchPlan().contenders
+    with pytest.raises(ValueError, match="unknown nope"):
+        bench.make_plan(contenders="func,nope")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--methods", "reptile"], "--methods: unknown reptile"),
+        (["--contenders", ","], "--contenders: unknown (none given)"),
+        (["--meta-batch", "0"], "--meta-batch"),
+        (["--inner-steps", "1,x"], "--inner-steps"),
+        (["--repeats", "0"], "--repeats"),
+        (["--min-time", "nan"], "--min-time"),
+        (["--threads", "0"], "--threads"),
+        (["--paper-protocol", "--quick", "--repeats", "2"], "drop --quick, --repeats"),
+        (["--protocol-iterations", "5"], "--paper-protocol only"),
+    ],
+)
+def test_bad_options_are_usage_errors(args, message):
+    result = invoke(*args)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_help_names_every_contender():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for name in bench.CONTENDERS + bench.METHODS:
+        assert name in result.output
