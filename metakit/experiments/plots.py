@@ -72,14 +72,7 @@ def plot_mse_vs_steps(results: Dict[str, List[dict]], path: Path, shots: int = 5
         ci = torch.tensor([r["ci95"] for r in rows])
         (line,) = ax.plot(steps, mse, marker="o", ms=3, label=name)
         ax.fill_between(steps, mse - ci, mse + ci, color=line.get_color(), alpha=0.2)
-    ax.set_xlabel("gradient steps at test time")
-    ax.set_ylabel(f"query MSE ({shots}-shot)")
-    ax.set_yscale("log")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _finish_log_plot(fig, ax, "gradient steps at test time", f"query MSE ({shots}-shot)", path)
 
 
 def plot_training_curves(run_dirs: Dict[str, Path], path: Path):
@@ -89,8 +82,13 @@ def plot_training_curves(run_dirs: Dict[str, Path], path: Path):
         records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
         records = [r for r in records if "meta_loss" in r and not r.get("diverged")]
         ax.plot([r["iteration"] for r in records], [r["meta_loss"] for r in records], label=name)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("meta-training loss (query MSE)")
+    _finish_log_plot(fig, ax, "iteration", "meta-training loss (query MSE)", path)
+
+
+def _finish_log_plot(fig, ax, xlabel: str, ylabel: str, path: Path) -> None:
+    """Label, log-scale, legend and grid one line chart, then save it and free the figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
