@@ -363,8 +363,9 @@ def plot(run_dirs, out, tasks, shots, seed):
 @click.option(
     "--out", type=click.Path(path_type=Path), default=Path("runs/reproduce-sinusoid"), help="Output folder."
 )
+@click.option("--compile", is_flag=True, help="Train with the compiled func engine (see `train --compile`).")
 @click.option("--quiet", is_flag=True, help="No progress bars (one line per finished run is still printed).")
-def reproduce(benchmark, seeds, iterations, tasks, methods, out, quiet):
+def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, quiet):
     """Train every method on the paper protocol, evaluate, and write results.csv, results.md and plots.
 
     Resumable: finished runs are not retrained, interrupted ones continue from their checkpoint.
@@ -380,7 +381,14 @@ def reproduce(benchmark, seeds, iterations, tasks, methods, out, quiet):
     from metakit.experiments.reproduce import reproduce_sinusoid
 
     paths = reproduce_sinusoid(
-        out, seeds, iterations, tasks=tasks, methods=chosen, progress=not quiet, echo=click.echo
+        out,
+        seeds,
+        iterations,
+        tasks=tasks,
+        methods=chosen,
+        compile=compile,
+        progress=not quiet,
+        echo=click.echo,
     )
     click.echo(f"results: {paths['markdown']} and {paths['csv']}; plots: {out}")
 

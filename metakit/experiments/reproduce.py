@@ -25,15 +25,23 @@ PUBLISHED = {  # MAML paper, App. C Table 2: 5-shot sinusoid, model trained at K
 CSV_COLUMNS = ("method", "seed", "shots", "steps", "mse", "ci95", "tasks")
 
 
-def run_config(method: str, seed: int, iterations: int) -> TrainConfig:
+def run_config(method: str, seed: int, iterations: int, compile: bool = False) -> TrainConfig:
     """The paper protocol for one method and seed."""
-    return TrainConfig(method=method, seed=seed, iterations=iterations, **METHOD_OVERRIDES.get(method, {}))
+    overrides = METHOD_OVERRIDES.get(method, {})
+    return TrainConfig(method=method, seed=seed, iterations=iterations, compile=compile, **overrides)
+
+
+def _same_run(a: TrainConfig, b: TrainConfig) -> bool:
+    """Whether two configs train the same run; compiling changes speed, not the experiment."""
+    return {**a.to_dict(), "compile": False} == {**b.to_dict(), "compile": False}
 
 
 def _train_or_resume(run_dir: Path, config: TrainConfig, progress: bool) -> str:
     """Train a run, continue it from its checkpoint, or leave it if it is complete."""
     try:
-        state = runs.load_latest_checkpoint(run_dir)[0] if runs.read_config(run_dir) == config else None
+        state = (
+            runs.load_latest_checkpoint(run_dir)[0] if _same_run(runs.read_config(run_dir), config) else None
+        )
     except runs.RunError:
         state = None
     if state is not None and state["iteration"] == config.iterations:
@@ -63,6 +71,7 @@ def reproduce_sinusoid(
     tasks: int = 600,
     eval_seed: int = 1,
     methods=METHODS,
+    compile: bool = False,
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> Dict[str, Path]:
@@ -74,7 +83,7 @@ def reproduce_sinusoid(
         for seed in range(seeds):
             run_dir = out / "runs" / f"{method}-it{iterations}-seed{seed}"
             started = time.perf_counter()
-            status = _train_or_resume(run_dir, run_config(method, seed, iterations), progress)
+            status = _train_or_resume(run_dir, run_config(method, seed, iterations, compile), progress)
             results = _evaluate_cached(run_dir, tasks, eval_seed)
             five = {r["steps"]: _number(r["mse"]) for r in results if r["shots"] == 5}
             echo(
