@@ -27,7 +27,9 @@ class TaskBatch(NamedTuple):
         """The i-th task alone (no task dimension)."""
         return TaskBatch(*(t[i] for t in self))
 
-    def __len__(self) -> int:  # number of tasks
+    @property
+    def num_tasks(self) -> int:
+        """Number of tasks in the batch (the leading dimension)."""
         return self.x_support.shape[0]
 
 
@@ -69,16 +71,16 @@ def meta_backward(
         raise ValueError(f"unknown backend {backend!r}: meta_backward serves 'l2l' and 'higher'")
     adapt_task = _adapt_l2l if backend == "l2l" else _adapt_higher
     total = 0.0
-    for i in range(len(batch)):
+    for i in range(batch.num_tasks):
         task = batch.task(i)
         query_losses = adapt_task(algo, task, steps, first_order, loss_fn, want_all=step_weights is not None)
         if step_weights is None:
             meta_loss = query_losses[-1]
         else:
             meta_loss = sum(w * q for w, q in zip(step_weights, query_losses))
-        (meta_loss / len(batch)).backward()
+        (meta_loss / batch.num_tasks).backward()
         total += query_losses[-1].item()
-    return total / len(batch)
+    return total / batch.num_tasks
 
 
 def _adapt_l2l(algo, task, steps, first_order, loss_fn, want_all):
@@ -112,7 +114,7 @@ def _adapt_higher(algo, task, steps, first_order, loss_fn, want_all):
 
 def _reptile_backward(algo, batch, steps, loss_fn):
     adapted, total = [], 0.0
-    for i in range(len(batch)):
+    for i in range(batch.num_tasks):
         task = batch.task(i)
         learner = algo.clone()
         for _ in range(steps):
@@ -122,7 +124,7 @@ def _reptile_backward(algo, batch, steps, loss_fn):
         adapted.append([p.detach() for p in learner.module.parameters()])
     theta = list(algo.module.parameters())
     accumulate_grad(theta, reptile_gradient([p.detach() for p in theta], adapted))
-    return total / len(batch)
+    return total / batch.num_tasks
 
 
 def accumulate_grad(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> None:
