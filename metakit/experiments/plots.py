@@ -61,8 +61,10 @@ def plot_adaptation(
 def plot_mse_vs_steps(results: Dict[str, List[dict]], path: Path, shots: int = 5):
     """Query MSE against the number of inner steps, one line per method with its 95% CI band.
 
-    Step counts where a method's adaptation diverged (``mse`` is ``None``) are left out."""
+    Step counts where a method's adaptation diverged (``mse`` is ``None``) are left out, and the
+    axis stops at 3× the highest MSE before adaptation."""
     fig, ax = plt.subplots(figsize=(6, 4))
+    before = [r["mse"] for rows in results.values() for r in rows if r["shots"] == shots and r["steps"] == 0]
     for name, rows in results.items():
         rows = sorted(
             (r for r in rows if r["shots"] == shots and r["mse"] is not None), key=lambda r: r["steps"]
@@ -72,6 +74,8 @@ def plot_mse_vs_steps(results: Dict[str, List[dict]], path: Path, shots: int = 5
         ci = torch.tensor([r["ci95"] for r in rows])
         (line,) = ax.plot(steps, mse, marker="o", ms=3, label=name)
         ax.fill_between(steps, mse - ci, mse + ci, color=line.get_color(), alpha=0.2)
+    if before:  # keep the scale readable when a method diverges: clip at 3× the worst un-adapted MSE
+        ax.set_ylim(top=3 * max(before))
     _finish_log_plot(fig, ax, "gradient steps at test time", f"query MSE ({shots}-shot)", path)
 
 
