@@ -64,7 +64,7 @@ def plot_mse_vs_steps(results: Dict[str, List[dict]], path: Path, shots: int = 5
     Step counts where a method's adaptation diverged (``mse`` is ``None``) are left out, and the
     axis stops at 3× the highest MSE before adaptation."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    before = [r["mse"] for rows in results.values() for r in rows if r["shots"] == shots and r["steps"] == 0]
+    finite = [r for rows in results.values() for r in rows if r["shots"] == shots and r["mse"] is not None]
     for name, rows in results.items():
         rows = sorted(
             (r for r in rows if r["shots"] == shots and r["mse"] is not None), key=lambda r: r["steps"]
@@ -74,9 +74,12 @@ def plot_mse_vs_steps(results: Dict[str, List[dict]], path: Path, shots: int = 5
         ci = torch.tensor([r["ci95"] for r in rows])
         (line,) = ax.plot(steps, mse, marker="o", ms=3, label=name)
         ax.fill_between(steps, mse - ci, mse + ci, color=line.get_color(), alpha=0.2)
-    if before:  # keep the scale readable when a method diverges: clip at 3× the worst un-adapted MSE
-        ax.set_ylim(top=3 * max(before))
-    _finish_log_plot(fig, ax, "gradient steps at test time", f"query MSE ({shots}-shot)", path)
+    # Keep the scale readable when a method diverges: from half the best MSE to 3× the worst
+    # un-adapted one.
+    limits = None
+    if finite:
+        limits = (0.5 * min(r["mse"] for r in finite), 3 * max(r["mse"] for r in finite if r["steps"] == 0))
+    _finish_log_plot(fig, ax, "gradient steps at test time", f"query MSE ({shots}-shot)", path, limits)
 
 
 def plot_training_curves(run_dirs: Dict[str, Path], path: Path):
@@ -89,11 +92,13 @@ def plot_training_curves(run_dirs: Dict[str, Path], path: Path):
     _finish_log_plot(fig, ax, "iteration", "meta-training loss (query MSE)", path)
 
 
-def _finish_log_plot(fig, ax, xlabel: str, ylabel: str, path: Path) -> None:
-    """Label, log-scale, legend and grid one line chart, then save it and free the figure."""
+def _finish_log_plot(fig, ax, xlabel: str, ylabel: str, path: Path, limits=None) -> None:
+    """Label, log-scale (within ``limits`` if given), legend and grid a line chart; save and free it."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_yscale("log")
+    if limits is not None:
+        ax.set_ylim(*limits)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
