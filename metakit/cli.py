@@ -16,9 +16,11 @@ import click
 # explicit OMP_NUM_THREADS from the user wins.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from metakit.experiments.config import BACKENDS, METHODS, TrainConfig
+from metakit.experiments.config import DEVICES, TrainConfig  # noqa: E402
+from metakit.experiments.families import FAMILIES  # noqa: E402
+from metakit.experiments.methods import BACKENDS, METHODS  # noqa: E402
 
-DEFAULTS = TrainConfig()
+FROM_FAMILY = "  [default: the task family's protocol]"
 
 
 class OneLineErrors(click.Group):
@@ -98,80 +100,100 @@ def cli():
     """
 
 
+def _family_default(help_text: str) -> str:
+    return help_text + FROM_FAMILY
+
+
 @cli.command()
+@click.option("--method", type=click.Choice(METHODS.names()), default="maml", help="Meta-learning algorithm.")
+@click.option("--task", type=click.Choice(FAMILIES.names()), default="sinusoid", help="Task family.")
 @click.option(
-    "--method", type=click.Choice(METHODS), default=DEFAULTS.method, help="Meta-learning algorithm."
+    "--ways",
+    type=click.IntRange(min=2),
+    default=None,
+    help=_family_default("Classification: classes per task, N."),
 )
-@click.option("--task", type=click.Choice(["sinusoid"]), default=DEFAULTS.task, help="Task family.")
 @click.option(
     "--shots",
     type=click.IntRange(min=1),
-    default=DEFAULTS.shots,
-    help="Support (and query) points per task, K.",
+    default=None,
+    help=_family_default("Support examples per task (per class for classification), K."),
+)
+@click.option(
+    "--query",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Query examples per task (per class for classification) in training.  [default: --shots]",
 )
 @click.option(
     "--inner-steps",
     type=click.IntRange(min=1),
-    default=DEFAULTS.inner_steps,
-    help="Inner-loop steps per task.",
+    default=None,
+    help=_family_default("Inner-loop steps per task."),
 )
 @click.option(
     "--inner-lr",
     type=PositiveFloat(),
-    default=DEFAULTS.inner_lr,
-    help="Inner learning rate α (initial value of learned rates).",
+    default=None,
+    help=_family_default("Inner learning rate α (initial value of learned rates)."),
 )
 @click.option(
-    "--meta-batch", type=click.IntRange(min=1), default=DEFAULTS.meta_batch, help="Tasks per meta-update."
+    "--meta-batch", type=click.IntRange(min=1), default=None, help=_family_default("Tasks per meta-update.")
 )
 @click.option(
     "--meta-lr",
     type=PositiveFloat(),
-    default=DEFAULTS.meta_lr,
-    help="Adam learning rate of the meta-update.",
+    default=None,
+    help=_family_default("Adam learning rate of the meta-update."),
 )
-@click.option("--iterations", type=click.IntRange(min=1), default=DEFAULTS.iterations, help="Meta-updates.")
-@click.option(
-    "--seed", type=SEED, default=DEFAULTS.seed, help="Seed of the model initialisation and the task stream."
-)
+@click.option("--iterations", type=click.IntRange(min=1), default=None, help=_family_default("Meta-updates."))
+@click.option("--seed", type=SEED, default=0, help="Seed of the model initialisation and the task stream.")
 @click.option(
     "--backend",
     type=click.Choice(BACKENDS),
-    default=DEFAULTS.backend,
+    default="func",
     help="func: vectorised torch.func engine; l2l / higher: per-task reference loops.",
 )
 @click.option(
     "--compile/--no-compile",
-    default=DEFAULTS.compile,
+    default=False,
     help="func backend: compile the meta-gradient with torch.compile (slow start, ~3x faster after).",
 )
+@click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto: CUDA when available.")
 @click.option(
-    "--log-every",
-    type=click.IntRange(min=1),
-    default=DEFAULTS.log_every,
-    help="Iterations between lines of metrics.jsonl.",
+    "--data-root",
+    type=click.Path(path_type=str),
+    default=None,
+    help="Image families: the data folder (omniglot) or the rendered cache (glyphs).  "
+    "[default: ~/.cache/metakit for glyphs]",
+)
+@click.option(
+    "--rotations/--no-rotations",
+    default=None,
+    help=_family_default("Image families: rotated training classes (90°, 180°, 270°) as new classes."),
+)
+@click.option(
+    "--log-every", type=click.IntRange(min=1), default=100, help="Iterations between lines of metrics.jsonl."
 )
 @click.option(
     "--multi-step-loss/--no-multi-step-loss",
-    default=DEFAULTS.multi_step_loss,
+    default=False,
     help="MAML++ multi-step loss (query loss after every inner step, annealed weights).",
 )
 @click.option(
     "--msl-anneal",
     type=click.IntRange(min=0),
-    default=DEFAULTS.msl_anneal,
+    default=10_000,
     help="Iterations over which multi-step weights move to the last step.",
 )
 @click.option(
     "--first-order-until",
     type=click.IntRange(min=0),
-    default=DEFAULTS.first_order_until,
+    default=0,
     help="MAML++ derivative-order annealing: first-order for the first N iterations.",
 )
 @click.option(
-    "--cosine-lr/--no-cosine-lr",
-    default=DEFAULTS.cosine_lr,
-    help="MAML++ cosine annealing of the meta learning rate.",
+    "--cosine-lr/--no-cosine-lr", default=False, help="MAML++ cosine annealing of the meta learning rate."
 )
 @click.option(
     "--out",
@@ -181,13 +203,13 @@ def cli():
 )
 @click.option(
     "--tensorboard/--no-tensorboard",
-    default=DEFAULTS.tensorboard,
+    default=False,
     help="Also log metrics to RUN/tensorboard (needs `pip install tensorboard`).",
 )
 @click.option(
     "--checkpoint-every",
     type=click.IntRange(min=1),
-    default=DEFAULTS.checkpoint_every,
+    default=1000,
     help="Iterations between checkpoints (also written at the end and on Ctrl-C/SIGTERM).",
 )
 @click.option("--force", is_flag=True, help="Allow writing into an existing non-empty --out.")
@@ -200,6 +222,7 @@ def cli():
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(out, force, resume, quiet, **options):
     """Meta-train a model and save the run (config.json, metrics.jsonl, checkpoint.pt)."""
+    from metakit.experiments.config import ConfigError
     from metakit.experiments.runs import RunError, check_new_run_dir, read_config
 
     if resume is not None:
@@ -217,8 +240,12 @@ def train(out, force, resume, quiet, **options):
             usage_error(str(err))
         out = resume
     else:
-        config = TrainConfig(**options)
-        _check_train_options(config)
+        try:
+            config = TrainConfig(**options)
+        except ConfigError as err:
+            usage_error(str(err))
+        if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            usage_error("--tensorboard needs the tensorboard package: pip install tensorboard")
         out = out or Path("runs") / f"{config.method}-{datetime.now():%Y%m%d-%H%M%S}"
         try:
             check_new_run_dir(out, force)
@@ -226,12 +253,13 @@ def train(out, force, resume, quiet, **options):
             usage_error(str(err))
         _check_writable_dir(out, "--out")
 
+    from metakit.experiments.datasets.images import DataError
     from metakit.experiments.train import Divergence, Interrupted
     from metakit.experiments.train import train as run_training
 
     try:
         summary = run_training(config, out, progress=not quiet, resume=resume is not None)
-    except RunError as err:
+    except (RunError, ConfigError, DataError) as err:
         usage_error(str(err))
     except Divergence as err:
         raise click.ClickException(f"{err}; see {out / 'metrics.jsonl'}") from None
@@ -242,47 +270,44 @@ def train(out, force, resume, quiet, **options):
         click.echo(f"Warning: {summary['note']}", err=True)
     resumed = "" if summary["resumed_from"] is None else f" (resumed at {summary['resumed_from']})"
     click.echo(
-        f"trained {config.method} for {summary['iterations']} iterations{resumed} "
-        f"in {summary['seconds']:.1f}s; run saved to {out}"
+        f"trained {config.method} on {config.task} for {summary['iterations']} iterations{resumed} "
+        f"in {summary['seconds']:.1f}s on {summary['device']}; run saved to {out}"
     )
-
-
-def _check_train_options(config: TrainConfig) -> None:
-    if config.method == "reptile" and config.backend == "higher":
-        usage_error(
-            "--method reptile does not differentiate through the inner loop; use --backend func or l2l"
-        )
-    if config.method in ("reptile", "pretrain") and (config.multi_step_loss or config.first_order_until):
-        usage_error(
-            f"--multi-step-loss and --first-order-until apply to MAML-family methods, not {config.method}"
-        )
-    if config.method == "fomaml" and config.first_order_until:
-        usage_error("--first-order-until has no effect with --method fomaml (always first-order)")
-    if config.multi_step_loss and config.inner_steps < 2:
-        usage_error("--multi-step-loss needs --inner-steps of at least 2")
-    if config.compile and config.backend != "func":
-        usage_error("--compile applies to --backend func only")
-    if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        usage_error("--tensorboard needs the tensorboard package: pip install tensorboard")
 
 
 @cli.command(name="eval")
 @click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option("--tasks", type=click.IntRange(min=2), default=600, help="Held-out tasks.")
+@click.option("--tasks", type=click.IntRange(2, 2**24), default=600, help="Held-out tasks.")
 @click.option(
-    "--shots", type=IntList(1, 1000), default="5,10,20", help="Support points per task (comma-separated)."
+    "--shots",
+    type=IntList(1, 1000),
+    default=None,
+    help="Support examples per task or class (comma-separated).  [default: the family's; sinusoid 5,10,20]",
 )
 @click.option(
-    "--steps", type=IntList(0, 1000), default="0,1,5,10", help="Inner steps to report (comma-separated)."
+    "--steps",
+    type=IntList(0, 1000),
+    default=None,
+    help="Inner steps to report (comma-separated).  [default: the family's; sinusoid 0,1,5,10]",
+)
+@click.option(
+    "--ways",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Classification: classes per task.  [default: the run's]",
 )
 @click.option("--seed", type=SEED, default=1, help="Seed of the held-out task set.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto: CUDA when available.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def evaluate(run_dir, tasks, shots, steps, seed, as_json):
-    """Adapt a trained run to held-out tasks; print query MSE ± 95% CI per (shots, steps)."""
+def evaluate(run_dir, tasks, shots, steps, ways, seed, device, as_json):
+    """Adapt a run to held-out tasks; print MSE or accuracy ± 95% CI per (shots, steps)."""
     from metakit.experiments.evaluate import describe_learned_rates, evaluate_algorithm, format_table
 
-    config, algo = _load_run(run_dir)
-    results = evaluate_algorithm(algo, config.task, tasks, shots, steps, seed)
+    config, algo = _load_run(run_dir, device)
+    family = _eval_family(config, ways)
+    shots = shots or list(family.eval_protocol["shots"])
+    steps = steps or list(family.eval_protocol["steps"])
+    results = _guarded(lambda: evaluate_algorithm(algo, family, tasks, shots, steps, seed))
     report = {"run": str(run_dir), "method": config.method, "results": results}
     if as_json:
         click.echo(json.dumps(report))
@@ -293,13 +318,45 @@ def evaluate(run_dir, tasks, shots, steps, seed, as_json):
         click.echo(summary)
 
 
-def _load_run(run_dir: Path):
-    """``(config, algorithm)`` of a run, or a usage error; warns when an older checkpoint is used."""
+def _eval_family(config, ways):
+    """The run's task family, with ``--ways`` (classification only, at most the trained ways)."""
+    from dataclasses import replace
+
+    from metakit.experiments.families import build_family
+
+    if ways is not None:
+        if config.ways is None:
+            usage_error(f"--ways applies to classification runs, not --task {config.task}")
+        if ways > config.ways:
+            usage_error(
+                f"--ways {ways}: the run was trained for {config.ways}-way tasks; use at most {config.ways}"
+            )
+        config = replace(config, ways=ways)
+    return build_family(config)
+
+
+def _guarded(work):
+    """Run ``work()``, turning bad data or impossible settings into one-line usage errors."""
+    from metakit.experiments.config import ConfigError
+    from metakit.experiments.datasets.images import DataError
+
+    try:
+        return work()
+    except (DataError, ConfigError) as err:
+        usage_error(str(err))
+
+
+def _load_run(run_dir: Path, device: str = "cpu"):
+    """``(config, algorithm)`` of a run on ``device``, or a usage error; warns when an older
+    checkpoint is used."""
+    from metakit.experiments.config import ConfigError
     from metakit.experiments.runs import RunError, load_run
+    from metakit.experiments.train import resolve_device
 
     try:
         config, algo, note = load_run(run_dir)
-    except RunError as err:
+        algo.to(resolve_device(device))
+    except (RunError, ConfigError) as err:
         usage_error(str(err))
     if note:
         click.echo(f"Warning: {note}", err=True)
@@ -323,72 +380,107 @@ def _check_writable_dir(path: Path, option: str) -> None:
     help="Folder for the PNGs.  [default: FIRST_RUN/plots]",
 )
 @click.option(
-    "--tasks", type=click.IntRange(min=2), default=600, help="Held-out tasks for the MSE-vs-steps curve."
+    "--tasks",
+    type=click.IntRange(2, 2**24),
+    default=600,
+    help="Held-out tasks for the metric-vs-steps curve.",
 )
-@click.option("--shots", type=click.IntRange(min=1), default=5, help="Support points per held-out task.")
+@click.option(
+    "--shots",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Support examples per held-out task or class.  [default: the family's first eval shots]",
+)
 @click.option("--seed", type=SEED, default=1, help="Seed of the held-out task set.")
 def plot(run_dirs, out, tasks, shots, seed):
-    """Plot one or more runs: adaptation (MAML Fig. 2), MSE vs steps (Fig. 3), training curves."""
+    """Plot runs of one task family: adaptation (regression, MAML Fig. 2), metric vs steps (Fig. 3),
+    training curves."""
     loaded = [(run_dir, *_load_run(run_dir)) for run_dir in run_dirs]
+    tasks_seen = sorted({config.task for _, config, _ in loaded})
+    if len(tasks_seen) > 1:
+        usage_error(f"plot runs of one task family at a time, got {', '.join(tasks_seen)}")
     out = out or run_dirs[0] / "plots"
     _check_writable_dir(out, "--out")
 
     from metakit.experiments.evaluate import evaluate_algorithm
-    from metakit.experiments.plots import plot_adaptation, plot_mse_vs_steps, plot_training_curves
+    from metakit.experiments.families import build_family
+    from metakit.experiments.plots import plot_adaptation, plot_metric_vs_steps, plot_training_curves
 
+    family = build_family(loaded[0][1])
+    shots = shots or family.eval_protocol["shots"][0]
     methods = [config.method for _, config, _ in loaded]
     label = {
         d: (c.method if methods.count(c.method) == 1 else f"{c.method} ({d.name})") for d, c, _ in loaded
     }
     out.mkdir(parents=True, exist_ok=True)
-    plot_adaptation({label[d]: algo for d, _, algo in loaded}, out / "adaptation.png", shots=shots, seed=seed)
+    names = []
+    if family.kind == "regression":
+        plot_adaptation(
+            {label[d]: algo for d, _, algo in loaded}, family, out / "adaptation.png", shots=shots, seed=seed
+        )
+        names.append("adaptation.png")
     curves = {
-        label[d]: evaluate_algorithm(algo, config.task, tasks, [shots], range(11), seed)
+        label[d]: _guarded(
+            lambda a=algo, c=config: evaluate_algorithm(a, build_family(c), tasks, [shots], range(11), seed)
+        )
         for d, config, algo in loaded
     }
-    plot_mse_vs_steps(curves, out / "mse_vs_steps.png", shots=shots)
+    names.append(f"{family.metric}_vs_steps.png")
+    plot_metric_vs_steps(curves, out / names[-1], shots=shots, metric=family.metric)
     plot_training_curves({label[d]: d for d, _, _ in loaded}, out / "training_curves.png")
-    for name in ("adaptation.png", "mse_vs_steps.png", "training_curves.png"):
+    names.append("training_curves.png")
+    for name in names:
         click.echo(out / name)
 
 
 @cli.command()
-@click.argument("benchmark", type=click.Choice(["sinusoid"]))
+@click.argument("benchmark", type=click.Choice(FAMILIES.names()), metavar="TASK")
 @click.option("--seeds", type=click.IntRange(min=1), default=3, help="Seeds per method.")
 @click.option(
-    "--iterations", type=click.IntRange(min=1), default=DEFAULTS.iterations, help="Meta-updates per run."
+    "--iterations", type=click.IntRange(min=1), default=None, help=_family_default("Meta-updates per run.")
 )
-@click.option("--tasks", type=click.IntRange(min=2), default=600, help="Held-out tasks.")
-@click.option("--methods", default=",".join(METHODS), help="Methods to run (comma-separated).")
+@click.option("--tasks", type=click.IntRange(2, 2**24), default=600, help="Held-out tasks.")
+@click.option("--methods", default=",".join(METHODS.names()), help="Methods to run (comma-separated).")
 @click.option(
-    "--out", type=click.Path(path_type=Path), default=Path("runs/reproduce-sinusoid"), help="Output folder."
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output folder.  [default: runs/reproduce-TASK]",
 )
 @click.option("--compile", is_flag=True, help="Train with the compiled func engine (see `train --compile`).")
 @click.option("--quiet", is_flag=True, help="No progress bars (one line per finished run is still printed).")
 def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, quiet):
-    """Train every method on the paper protocol, evaluate, and write results.csv, results.md and plots.
+    """Train every method on a family's protocol (sinusoid, glyphs, ...), evaluate, and write
+    results.csv, results.md and plots.
 
     Resumable: finished runs are not retrained, interrupted ones continue from their checkpoint.
     """
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
-    unknown = sorted(set(chosen) - set(METHODS))
+    unknown = sorted(set(chosen) - set(METHODS.names()))
     if unknown or not chosen:
         usage_error(
-            f"--methods: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}"
+            f"--methods: unknown {', '.join(unknown) or '(none given)'}; "
+            f"choose from {', '.join(METHODS.names())}"
         )
+    out = out or Path("runs") / f"reproduce-{benchmark}"
     _check_writable_dir(out, "--out")
 
-    from metakit.experiments.reproduce import reproduce_sinusoid
+    from metakit.experiments.reproduce import reproduce as run_reproduction
 
-    paths = reproduce_sinusoid(
-        out,
-        seeds,
-        iterations,
-        tasks=tasks,
-        methods=chosen,
-        compile=compile,
-        progress=not quiet,
-        echo=click.echo,
+    if FAMILIES.get(benchmark).reproduction is None:
+        usage_error(f"--task {benchmark} has no reproduction protocol")
+    paths = _guarded(
+        lambda: run_reproduction(
+            benchmark,
+            out,
+            seeds,
+            iterations,
+            tasks=tasks,
+            methods=chosen,
+            compile=compile,
+            progress=not quiet,
+            echo=click.echo,
+        ),
     )
     click.echo(f"results: {paths['markdown']} and {paths['csv']}; plots: {out}")
 
@@ -397,11 +489,25 @@ def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, quiet)
 @click.option(
     "--quick", is_flag=True, help="Seconds-long smoke run: maml, meta-batch 5, 1 step, no compiling."
 )
+@click.option(
+    "--task",
+    type=click.Choice(FAMILIES.names()),
+    default="sinusoid",
+    help="Task family (classification families bench the conv net at meta-batch 32, 1 step).",
+)
 @click.option("--methods", default=None, help="Comma-separated, from maml, enhanced.  [default: both]")
 @click.option(
-    "--meta-batch", type=IntList(1, 10_000), default=None, help="Tasks per meta-update.  [default: 25,100]"
+    "--meta-batch",
+    type=IntList(1, 10_000),
+    default=None,
+    help="Tasks per meta-update.  [default: 25,100; classification 32]",
 )
-@click.option("--inner-steps", type=IntList(1, 100), default=None, help="Inner-loop steps.  [default: 1,5]")
+@click.option(
+    "--inner-steps",
+    type=IntList(1, 100),
+    default=None,
+    help="Inner-loop steps.  [default: 1,5; classification 1]",
+)
 @click.option(
     "--contenders",
     default=None,
@@ -431,11 +537,12 @@ def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, quiet)
     help="Iterations for --paper-protocol.  [default: 70000]",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def bench(quick, threads, paper_protocol, protocol_iterations, as_json, **options):
+def bench(quick, task, threads, paper_protocol, protocol_iterations, as_json, **options):
     """Meta-training throughput (tasks/s) and peak memory of each backend against a plain learn2learn loop."""
     options = {name: value for name, value in options.items() if value is not None}
-    if paper_protocol and (quick or options):
-        given = ["--quick"] * quick + [f"--{name.replace('_', '-')}" for name in options]
+    if paper_protocol and (quick or options or task != "sinusoid"):
+        given = ["--quick"] * quick + ["--task"] * (task != "sinusoid")
+        given += [f"--{name.replace('_', '-')}" for name in options]
         usage_error(f"--paper-protocol times one training run; drop {', '.join(given)}")
     if protocol_iterations is not None and not paper_protocol:
         usage_error("--protocol-iterations applies to --paper-protocol only")
@@ -443,15 +550,15 @@ def bench(quick, threads, paper_protocol, protocol_iterations, as_json, **option
     from metakit.experiments import bench as benchmarks
 
     if paper_protocol:
-        iterations = protocol_iterations or DEFAULTS.iterations
+        iterations = protocol_iterations or TrainConfig().iterations
         report = benchmarks.time_paper_protocol(iterations, threads, progress=not as_json)
         click.echo(json.dumps(report) if as_json else benchmarks.format_protocol(report))
         return
     try:
-        plan = benchmarks.make_plan(quick, threads=threads, **options)
+        plan = benchmarks.make_plan(quick, task=task, threads=threads, **options)
     except ValueError as err:
         usage_error(str(err))
-    report = benchmarks.run_bench(plan, echo=lambda line: click.echo(line, err=True))
+    report = _guarded(lambda: benchmarks.run_bench(plan, echo=lambda line: click.echo(line, err=True)))
     click.echo(json.dumps(report) if as_json else benchmarks.format_table(report))
 
 

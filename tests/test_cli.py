@@ -20,7 +20,9 @@ import torch
 from click.testing import CliRunner
 
 from metakit.cli import cli
-from metakit.experiments.config import METHODS, TrainConfig
+from metakit.experiments.config import FAMILY_DEFAULTS, TrainConfig
+from metakit.experiments.families import FAMILIES
+from metakit.experiments.methods import METHODS
 
 ROW_KEYS = {"shots", "steps", "mse", "ci95", "tasks"}
 EVAL_SHOTS, EVAL_STEPS, EVAL_TASKS = [2, 5], [0, 1, 3], 20
@@ -162,7 +164,7 @@ def test_train_then_eval_round_trip(tmp_path, method, backend):
     assert RUN_FILES <= {p.name for p in run_dir.iterdir()}
     assert not list(run_dir.glob("*.tmp"))
     config = json.loads((run_dir / "config.json").read_text())
-    assert config == {**TrainConfig().to_dict(), **options}
+    assert config == {**TrainConfig().to_dict(), **options, "query": options["shots"]}
 
     records = metrics(run_dir)
     assert [r["iteration"] for r in records] == LOGGED_ITERATIONS
@@ -211,7 +213,8 @@ def test_maml_plus_plus_options_round_trip(tmp_path, method):
         method=method, **TINY, multi_step_loss=True, msl_anneal=3, first_order_until=2, cosine_lr=True
     )
     train_ok(run_dir, **options)
-    assert json.loads((run_dir / "config.json").read_text()) == {**TrainConfig().to_dict(), **options}
+    expected = {**TrainConfig().to_dict(), **options, "query": options["shots"]}
+    assert json.loads((run_dir / "config.json").read_text()) == expected
     lrs = [r["meta_lr"] for r in metrics(run_dir)]
     assert 0 < lrs[0] < TINY["meta_lr"] and lrs == sorted(lrs, reverse=True)
     assert lrs[-1] == pytest.approx(0, abs=1e-12)  # cosine annealing reaches zero at the last iteration
@@ -451,20 +454,28 @@ def test_group_help(flag):
 @pytest.mark.parametrize("flag", ["--help", "-h"])
 def test_train_help_shows_every_option_with_its_default(flag):
     text = help_text("train", flag)
-    assert "default: 70000" in text
     entries = help_entries(text)
-    defaults = TrainConfig()
+    shown_elsewhere = {"query": "--shots", "data_root": "~/.cache/metakit for glyphs"}
     for field in fields(TrainConfig):
         option = "--" + field.name.replace("_", "-")
-        value = getattr(defaults, field.name)
+        value = field.default
         assert option in entries, f"{option} missing from train --help"
-        expected = (option[2:] if value else "no-" + option[2:]) if isinstance(value, bool) else str(value)
+        if field.name in shown_elsewhere:
+            expected = shown_elsewhere[field.name]
+        elif field.name in FAMILY_DEFAULTS:
+            expected = "the task family's protocol"
+        elif isinstance(value, bool):
+            expected = option[2:] if value else "no-" + option[2:]
+        else:
+            expected = str(value)
         assert default_shown(entries[option]) == expected, entries[option]
     assert default_shown(entries["--out"]) == "runs/METHOD-TIMESTAMP"
     for option in ("--force", "--quiet", "--help"):
         assert option in entries
-    for method in METHODS:
+    for method in METHODS.names():
         assert method in entries["--method"]
+    for task in FAMILIES.names():
+        assert task in entries["--task"]
 
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])
@@ -472,7 +483,10 @@ def test_eval_help_shows_every_option_with_its_default(flag):
     text = help_text("eval", flag)
     assert "RUN_DIR" in text.splitlines()[0]
     entries = help_entries(text)
-    expected = {"--tasks": "600", "--shots": "5,10,20", "--steps": "0,1,5,10", "--seed": "1"}
+    expected = {
+        "--tasks": "600", "--shots": "the family's", "--steps": "the family's", "--seed": "1",
+        "--ways": "the run's", "--device": "auto",
+    }  # fmt: skip
     for option, default in expected.items():
         assert default_shown(entries[option]) == default, entries[option]
     assert "--json" in entries and "--help" in entries

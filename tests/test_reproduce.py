@@ -47,7 +47,7 @@ def test_pretrain_fine_tuning_is_sgd_and_evaluation_uses_it():
     for p, theta, g in zip(learner.parameters(), model.parameters(), grads):
         torch.testing.assert_close(p, theta - 0.05 * g, rtol=1e-12, atol=1e-14)
     after_one = ((learner(task.x_query[0]) - task.y_query[0]) ** 2).mean()
-    curve = VectorizedEngine(algo).query_losses(task, max_steps=1)
+    curve = VectorizedEngine(algo).query_curves(task, max_steps=1)["loss"]
     torch.testing.assert_close(curve[1, 0], after_one.detach(), rtol=1e-12, atol=1e-14)
 
 

@@ -164,8 +164,8 @@ def test_forced_nan_stops_with_message_and_keeps_last_checkpoint(tmp_path, monke
 
     real = train_module.make_meta_step
 
-    def poisoned(config, algo):
-        step = real(config, algo)
+    def poisoned(config, algo, loss_fn=None):
+        step = real(config, algo, loss_fn)
         return lambda batch, iteration: float("nan") if iteration == 9 else step(batch, iteration)
 
     monkeypatch.setattr(train_module, "make_meta_step", poisoned)

@@ -1,4 +1,4 @@
-"""Tasks, the training loop and evaluation on the sinusoid benchmark."""
+"""The training loop and evaluation on the sinusoid benchmark."""
 
 import json
 import math
@@ -6,39 +6,12 @@ import math
 import pytest
 import torch
 
-from metakit.experiments.config import TrainConfig, build_algorithm
+from metakit.experiments.config import ConfigError, TrainConfig
 from metakit.experiments.evaluate import evaluate_algorithm, mean_ci95
+from metakit.experiments.families.sinusoid import Sinusoid
 from metakit.experiments.runs import load_run
-from metakit.experiments.tasks import Sinusoid
 from metakit.experiments.train import train
 from metakit.wrappers.functional import multi_step_weights
-
-
-def test_sinusoid_follows_the_protocol_and_is_seeded():
-    tasks = Sinusoid()
-    batch = tasks.sample(200, 10, torch.Generator().manual_seed(0))
-    again = tasks.sample(200, 10, torch.Generator().manual_seed(0))
-    assert all(torch.equal(a, b) for a, b in zip(batch, again))
-    assert batch.x_support.shape == (200, 10, 1) and batch.x_query.shape == (200, 10, 1)
-    x = torch.cat([batch.x_support, batch.x_query], 1)
-    y = torch.cat([batch.y_support, batch.y_query], 1)
-    assert x.min() >= -5 and x.max() <= 5
-    # Recover amplitude and phase of each task from y = A sin(x − φ) = a sin x + b cos x.
-    design = torch.stack([torch.sin(x), torch.cos(x)], -1).squeeze(-2)
-    coef = torch.linalg.lstsq(design, y).solution.squeeze(-1)
-    amp = coef.norm(dim=-1)
-    phase = torch.atan2(-coef[:, 1], coef[:, 0])
-    assert amp.min() >= 0.1 - 1e-4 and amp.max() <= 5.0 + 1e-4
-    assert phase.min() >= -1e-4 and phase.max() <= math.pi + 1e-4
-    torch.testing.assert_close(design @ coef.unsqueeze(-1), y, atol=1e-4, rtol=0)
-
-
-def test_held_out_set_is_fixed_by_seed_and_nested_across_shots():
-    a, b = Sinusoid().held_out(50, 20, seed=1), Sinusoid().held_out(50, 20, seed=1)
-    assert torch.equal(a.x_support, b.x_support) and torch.equal(a.y_query, b.y_query)
-    assert not torch.equal(a.x_support, Sinusoid().held_out(50, 20, seed=2).x_support)
-    five, ten = a.batch(5), a.batch(10)
-    assert torch.equal(five.x_support, ten.x_support[:, :5]) and torch.equal(five.x_query, ten.x_query)
 
 
 def test_multi_step_weights_anneal_from_uniform_to_last():
@@ -62,7 +35,7 @@ def test_short_maml_run_learns_to_adapt(tmp_path):
     config = TrainConfig(method="maml", iterations=400, meta_batch=10, meta_lr=3e-3, seed=3, log_every=50)
     train(config, tmp_path / "run", progress=False)
     _, algo, _ = load_run(tmp_path / "run")
-    results = evaluate_algorithm(algo, "sinusoid", tasks=200, shots=[10], steps=[0, 10], seed=1)
+    results = evaluate_algorithm(algo, Sinusoid(), tasks=200, shots=[10], steps=[0, 10], seed=1)
     before, after = results[0]["mse"], results[1]["mse"]
     assert after < 0.5 * before
 
@@ -79,9 +52,9 @@ def test_cosine_schedule_and_derivative_annealing_are_applied(tmp_path):
     assert records[-1]["meta_lr"] == pytest.approx(0.0, abs=1e-12)
 
 
-def test_build_algorithm_rejects_unknown_method():
-    with pytest.raises(ValueError, match="unknown method"):
-        build_algorithm(TrainConfig(method="nope"), torch.nn.Linear(1, 1))
+def test_config_rejects_unknown_method():
+    with pytest.raises(ConfigError, match="unknown method 'nope'; choose from maml, fomaml"):
+        TrainConfig(method="nope")
 
 
 def test_tensorboard_logging_writes_the_metrics(tmp_path):
@@ -103,7 +76,7 @@ def test_diverging_adaptation_is_reported_not_averaged():
 
     torch.manual_seed(0)
     algo = MAML(torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1)), lr=1e3)
-    results = evaluate_algorithm(algo, "sinusoid", tasks=10, shots=[5], steps=[0, 10], seed=1)
+    results = evaluate_algorithm(algo, Sinusoid(), tasks=10, shots=[5], steps=[0, 10], seed=1)
     assert results[0]["mse"] is not None and results[1]["mse"] is None and results[1]["ci95"] is None
     table = format_table({"method": "maml", "run": "r", "results": results})
     assert "diverged" in table.splitlines()[-1]

@@ -8,26 +8,18 @@ import time
 
 import torch
 
-from metakit.experiments.config import TrainConfig, build_algorithm
-from metakit.experiments.models import sinusoid_mlp
-from metakit.experiments.tasks import Sinusoid
-from metakit.experiments.train import make_meta_step
+from metakit.experiments.config import TrainConfig
+from metakit.experiments.train import build_training
 
 
 def main(iterations: int = 10_000) -> None:
     """Train the paper protocol for ``iterations`` and print the peak RSS at checkpoints."""
     torch.set_num_threads(1)
-    config = TrainConfig()
-    torch.manual_seed(config.seed)
-    algo = build_algorithm(config, sinusoid_mlp())
-    optimizer = torch.optim.Adam(algo.parameters(), lr=config.meta_lr)
-    step = make_meta_step(config, algo)
-    generator = torch.Generator().manual_seed(config.seed)
-    tasks, start = Sinusoid(), time.time()
+    setup, start = build_training(TrainConfig(device="cpu")), time.time()
     for iteration in range(iterations):
-        optimizer.zero_grad()
-        step(tasks.sample(config.meta_batch, config.shots, generator), iteration)
-        optimizer.step()
+        setup.optimizer.zero_grad()
+        setup.meta_step(setup.sample(), iteration)
+        setup.optimizer.step()
         if iteration + 1 in (1_000, 5_000, iterations):
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             print(

@@ -1,4 +1,4 @@
-"""``metakit bench``: meta-training throughput and peak memory of every backend on the sinusoid protocol.
+"""``metakit bench``: meta-training throughput and peak memory of every backend on a task family.
 
 Each contender runs whole meta-training iterations (sample a task batch, zero the gradients,
 meta-gradient, Adam step) from the same initialisation and task stream:
@@ -25,16 +25,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 
 from metakit._l2l import learn2learn as l2l
-from metakit.experiments import runs
-from metakit.experiments.config import TrainConfig, build_algorithm
-from metakit.experiments.models import sinusoid_mlp
-from metakit.experiments.tasks import Sinusoid
-from metakit.experiments.train import train
-from metakit.wrappers.backends import meta_backward
-from metakit.wrappers.vectorized import VectorizedEngine
+from metakit.experiments.config import TrainConfig
+from metakit.experiments.families import FAMILIES, build_family
+from metakit.experiments.train import build_training, train
 
 BASELINE = "learn2learn"
 CONTENDERS = ("func", "func-compiled", "l2l", "higher", BASELINE)
@@ -49,6 +44,7 @@ MEMORY_METRIC = (
 class BenchPlan:
     """The settings and contenders of a benchmark; every method × meta-batch × inner-steps is run."""
 
+    task: str = "sinusoid"
     methods: tuple = METHODS
     meta_batch: tuple = (25, 100)
     inner_steps: tuple = (1, 5)
@@ -59,7 +55,8 @@ class BenchPlan:
     """Seconds each contender runs per round (at least one iteration)."""
     threads: int = 1
     """``torch.set_num_threads`` for the whole benchmark."""
-    shots: int = 10
+    shots: Optional[int] = None
+    """Support examples per task (per class for classification); default: the family's protocol."""
     seed: int = 0
 
 
@@ -73,17 +70,32 @@ QUICK = BenchPlan(
 )
 
 
-def make_plan(quick: bool = False, **options) -> BenchPlan:
-    """The full (or ``quick``) plan with ``options`` (plan fields) overriding it.
+IMAGE_PLAN = BenchPlan(
+    methods=("maml",),
+    meta_batch=(32,),
+    inner_steps=(1,),
+    contenders=("func", "func-compiled", BASELINE),
+    repeats=3,
+    min_time=1.0,
+)
+"""The default for classification families: the conv net, 5-way 1-shot, meta-batch 32."""
 
-    ``methods`` and ``contenders`` are comma-separated strings; an unknown or empty list raises
-    :class:`ValueError`.
+
+def make_plan(quick: bool = False, task: str = "sinusoid", **options) -> BenchPlan:
+    """The full (or ``quick``) plan for ``task`` with ``options`` (plan fields) overriding it.
+
+    ``methods`` and ``contenders`` are comma-separated strings; an unknown or empty list or an
+    unknown task raises :class:`ValueError`.
     """
     for key, allowed in (("methods", METHODS), ("contenders", CONTENDERS)):
         if key in options:
             options[key] = _names(options[key], allowed, key)
     options = {key: tuple(v) if isinstance(v, list) else v for key, v in options.items()}
-    return replace(QUICK if quick else BenchPlan(), **options)
+    if quick:
+        base = QUICK
+    else:
+        base = IMAGE_PLAN if FAMILIES.get(task).kind == "classification" else BenchPlan()
+    return replace(base, task=task, **options)
 
 
 def _names(value: str, allowed: tuple, option: str) -> tuple:
@@ -96,22 +108,23 @@ def _names(value: str, allowed: tuple, option: str) -> tuple:
     return chosen
 
 
-def plain_learn2learn_iteration(config: TrainConfig) -> Callable[[], None]:
-    """One iteration of the plain learn2learn MAML loop, as in learn2learn's sine example."""
+def plain_learn2learn_iteration(config: TrainConfig, family) -> Callable[[], None]:
+    """One iteration of the plain learn2learn MAML loop, written like learn2learn's sine and
+    Omniglot examples: clone, adapt, ``backward()`` per task, gradients divided by the batch."""
     torch.manual_seed(config.seed)
-    maml = l2l.algorithms.MAML(sinusoid_mlp(), lr=config.inner_lr)
+    maml = l2l.algorithms.MAML(family.build_model(), lr=config.inner_lr)
     optimizer = torch.optim.Adam(maml.parameters(), lr=config.meta_lr)
-    tasks, generator = Sinusoid(), torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
 
     def iteration():
-        batch = tasks.sample(config.meta_batch, config.shots, generator)
+        batch = family.sample(config.meta_batch, config.shots, config.query, generator)
         optimizer.zero_grad()
         for i in range(config.meta_batch):
             x_support, y_support, x_query, y_query = batch.task(i)
             learner = maml.clone()
             for _ in range(config.inner_steps):
-                learner.adapt(F.mse_loss(learner(x_support), y_support))
-            F.mse_loss(learner(x_query), y_query).backward()
+                learner.adapt(family.loss(learner(x_support), y_support))
+            family.loss(learner(x_query), y_query).backward()
         for p in maml.parameters():
             p.grad.mul_(1.0 / config.meta_batch)
         optimizer.step()
@@ -119,23 +132,16 @@ def plain_learn2learn_iteration(config: TrainConfig) -> Callable[[], None]:
     return iteration
 
 
-def metakit_iteration(config: TrainConfig, contender: str) -> Callable[[], None]:
+def metakit_iteration(config: TrainConfig, family, contender: str) -> Callable[[], None]:
     """One iteration of ``metakit train``'s loop (without logging) on a metakit backend."""
-    torch.manual_seed(config.seed)
-    algo = build_algorithm(config, runs.build_model(config))
-    optimizer = torch.optim.Adam(algo.parameters(), lr=config.meta_lr)
-    tasks, generator = Sinusoid(), torch.Generator().manual_seed(config.seed)
-    if contender.startswith("func"):
-        engine = VectorizedEngine(algo, compile=contender == "func-compiled")
-        meta_step = lambda batch: engine.meta_backward(batch, config.inner_steps)  # noqa: E731
-    else:
-        meta_step = lambda batch: meta_backward(algo, batch, config.inner_steps, contender)  # noqa: E731
+    backend = "func" if contender.startswith("func") else contender
+    setup = build_training(replace(config, backend=backend, compile=contender == "func-compiled"), family)
 
     def iteration():
-        batch = tasks.sample(config.meta_batch, config.shots, generator)
-        optimizer.zero_grad(set_to_none=True)
-        meta_step(batch)
-        optimizer.step()
+        batch = setup.sample()
+        setup.optimizer.zero_grad(set_to_none=True)
+        setup.meta_step(batch, 0)
+        setup.optimizer.step()
 
     return iteration
 
@@ -166,15 +172,27 @@ def _proc_status(key: str) -> int:
 def bench_setting(plan: BenchPlan, method: str, meta_batch: int, steps: int) -> list:
     """Measure every contender of ``plan`` on one setting; one result dict per contender."""
     config = TrainConfig(
-        method=method, meta_batch=meta_batch, inner_steps=steps, shots=plan.shots, seed=plan.seed
+        task=plan.task,
+        method=method,
+        meta_batch=meta_batch,
+        inner_steps=steps,
+        shots=plan.shots,
+        seed=plan.seed,
+        device="cpu",
     )
+    family = build_family(config)
+    family.prepare()
     if "func-compiled" in plan.contenders:
         # every setting compiles anew; entries of earlier settings would count toward dynamo's
         # recompile limit, past which it silently runs eagerly
         torch.compiler.reset()
     iterations, first_call = {}, {}
     for name in plan.contenders:
-        fn = plain_learn2learn_iteration(config) if name == BASELINE else metakit_iteration(config, name)
+        fn = (
+            plain_learn2learn_iteration(config, family)
+            if name == BASELINE
+            else metakit_iteration(config, family, name)
+        )
         start = time.perf_counter()
         fn()  # warm-up; compiles func-compiled
         first_call[name] = time.perf_counter() - start
@@ -224,7 +242,7 @@ def run_bench(plan: BenchPlan, echo: Callable[[str], None] = lambda _: None) -> 
     finally:
         torch.set_num_threads(threads)
     return {
-        "task": "sinusoid",
+        "task": plan.task,
         "torch": torch.__version__,
         "baseline": BASELINE,
         "memory_metric": MEMORY_METRIC,
@@ -237,7 +255,8 @@ def format_table(report: dict) -> str:
     """A plain-text table of a :func:`run_bench` report."""
     plan = report["plan"]
     lines = [
-        f"sinusoid, K={plan['shots']}, {plan['threads']} thread(s), median of {plan['repeats']} rounds; "
+        f"{plan['task']}, K={plan['shots'] or 'default'}, {plan['threads']} thread(s), "
+        f"median of {plan['repeats']} rounds; "
         f"speed-up against the plain {report['baseline']} loop; peak = RSS growth in one iteration",
         f"{'method':<9} {'batch':>5} {'steps':>5}  {'contender':<13} {'ms/iter':>9} {'tasks/s':>9} "
         f"{'speed-up':>8} {'peak MiB':>8} {'compile s':>9}",

@@ -1,31 +1,63 @@
-"""The training configuration and how it maps to an algorithm."""
+"""The training configuration and every rule on how its options combine.
 
+The rules live here, not in the command line, so that a config built in Python or loaded from a
+run's ``config.json`` is checked exactly as ``metakit train`` checks its options.
+"""
+
+import math
 from dataclasses import asdict, dataclass, fields
+from typing import Optional
 
-METHODS = ("maml", "fomaml", "reptile", "mc", "lslr", "enhanced", "pretrain")
-BACKENDS = ("func", "l2l", "higher")
+from metakit.experiments.families import FAMILIES
+from metakit.experiments.methods import BACKENDS, METHODS
+
+DEVICES = ("auto", "cpu", "cuda")
+FAMILY_DEFAULTS = (
+    "ways",
+    "shots",
+    "inner_steps",
+    "inner_lr",
+    "meta_batch",
+    "meta_lr",
+    "iterations",
+    "rotations",
+)
+"""Options whose default (``None``) is the task family's protocol."""
+FAMILY_OPTIONS = ("ways", "data_root", "rotations")
+"""Options that only some families accept (see ``TaskFamily.options``)."""
+
+
+class ConfigError(ValueError):
+    """Options that are invalid alone or together; the message is one line."""
 
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a meta-training run; defaults are the MAML paper's sinusoid protocol."""
+    """Everything that defines a meta-training run.
+
+    Options left at ``None`` take the task family's protocol (for sinusoid, the MAML paper's); a
+    constructed config holds concrete values and has passed every rule (else :class:`ConfigError`).
+    """
 
     method: str = "maml"
-    """maml, fomaml, reptile, mc (Meta-Curvature), lslr (layerwise rates), enhanced (both) or
-    pretrain (joint regression on all tasks, fine-tuned at test time: the MAML paper's baseline)."""
+    """A registered method: maml, fomaml, reptile, mc, lslr, enhanced, pretrain, ..."""
     task: str = "sinusoid"
-    """Task family."""
-    shots: int = 10
-    """Support (and query) points per training task, K."""
-    inner_steps: int = 1
+    """A registered task family: sinusoid, harmonic, sinusoid-line, glyphs, omniglot, ..."""
+    ways: Optional[int] = None
+    """Classification: classes per task, N."""
+    shots: Optional[int] = None
+    """Support examples per task (regression) or per class (classification), K."""
+    query: Optional[int] = None
+    """Query examples per task or per class during training; default: the same as shots."""
+    inner_steps: Optional[int] = None
     """Inner-loop steps per task during meta-training."""
-    inner_lr: float = 0.01
+    inner_lr: Optional[float] = None
     """Inner learning rate α (initial value of learned rates)."""
-    meta_batch: int = 25
+    meta_batch: Optional[int] = None
     """Tasks per meta-update."""
-    meta_lr: float = 1e-3
+    meta_lr: Optional[float] = None
     """Adam learning rate of the meta-update."""
-    iterations: int = 70_000
+    iterations: Optional[int] = None
     """Meta-updates."""
     seed: int = 0
     """Seeds the model initialisation and the training task stream."""
@@ -34,6 +66,12 @@ class TrainConfig:
     compile: bool = False
     """func backend: compile the meta-gradient with torch.compile (seconds to minutes of compiling,
     then about 3x faster; pays off from a few thousand iterations)."""
+    device: str = "auto"
+    """auto (CUDA when available), cpu or cuda."""
+    data_root: Optional[str] = None
+    """Image families: folder of the data (omniglot: required) or of the rendered cache (glyphs)."""
+    rotations: Optional[bool] = None
+    """Image families: add the 90°, 180° and 270° rotations of every training class as new classes."""
     log_every: int = 100
     """Iterations between lines of metrics.jsonl."""
     checkpoint_every: int = 1000
@@ -49,44 +87,95 @@ class TrainConfig:
     tensorboard: bool = False
     """Also log the training metrics to RUN/tensorboard (needs the tensorboard package)."""
 
+    def __post_init__(self):
+        if self.task not in FAMILIES:
+            raise ConfigError(f"unknown task {self.task!r}; choose from {', '.join(FAMILIES.names())}")
+        family = FAMILIES.get(self.task)
+        for name in FAMILY_OPTIONS:
+            if getattr(self, name) is not None and name not in family.options:
+                raise ConfigError(f"--{_flag(name)} does not apply to --task {self.task}")
+        for name in FAMILY_DEFAULTS:
+            if getattr(self, name) is None and name in family.protocol:
+                setattr(self, name, family.protocol[name])
+        if self.query is None:
+            self.query = self.shots
+        _check(self, family)
+
     def to_dict(self) -> dict:
         """A JSON-ready dict."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
-        """Rebuild from :meth:`to_dict` and check every value; anything unknown is a ``ValueError``."""
-        known = {f.name: f.type for f in fields(cls)}
-        unknown = set(data) - set(known)
+        """Rebuild from :meth:`to_dict` and check every value; anything invalid is a :class:`ConfigError`."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
-        for name, value in data.items():
-            kind = (int, float) if known[name] is float else known[name]
-            if not isinstance(value, kind) or (known[name] is int and isinstance(value, bool)):
-                raise ValueError(f"{name} must be of type {known[name].__name__}, got {value!r}")
-        config = cls(**data)
-        if config.method not in METHODS or config.backend not in BACKENDS or config.task != "sinusoid":
-            raise ValueError(f"unknown method, backend or task in {data}")
-        return config
+            raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        return cls(**data)
 
 
-def build_algorithm(config: TrainConfig, model):
-    """The wrapper for ``config.method`` around ``model`` (an ``nn.Module``)."""
-    from metakit.wrappers import MAML, MAMLEnhanced, Pretrain, Reptile  # heavy: torch and learn2learn
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
 
-    method, lr = config.method, config.inner_lr
-    if method in ("maml", "fomaml"):
-        return MAML(model, lr=lr, first_order=method == "fomaml")
-    if method == "reptile":
-        return Reptile(model, lr=lr)
-    if method == "pretrain":
-        return Pretrain(model, lr=lr)
-    if method in ("mc", "lslr", "enhanced"):
-        return MAMLEnhanced(
-            model,
-            lr=lr,
-            inner_steps=config.inner_steps,
-            curvature=method in ("mc", "enhanced"),
-            layerwise_lr=method in ("lslr", "enhanced"),
+
+TYPES = {
+    "method": str, "task": str, "ways": int, "shots": int, "query": int, "inner_steps": int,
+    "inner_lr": float, "meta_batch": int, "meta_lr": float, "iterations": int, "seed": int,
+    "backend": str, "compile": bool, "device": str, "data_root": str, "rotations": bool,
+    "log_every": int, "checkpoint_every": int, "multi_step_loss": bool, "msl_anneal": int,
+    "first_order_until": int, "cosine_lr": bool, "tensorboard": bool,
+}  # fmt: skip
+MINIMUM = {
+    "ways": 2, "shots": 1, "query": 1, "inner_steps": 1, "meta_batch": 1, "iterations": 1,
+    "seed": 0, "log_every": 1, "checkpoint_every": 1, "msl_anneal": 0, "first_order_until": 0,
+}  # fmt: skip
+
+
+def _check_types(config: TrainConfig) -> None:
+    for name, kind in TYPES.items():
+        value = getattr(config, name)
+        if value is None and name in ("ways", "data_root", "rotations"):
+            continue
+        accepted = (int, float) if kind is float else kind
+        if not isinstance(value, accepted) or (kind is not bool and isinstance(value, bool)):
+            raise ConfigError(f"{name} must be of type {kind.__name__}, got {value!r}")
+        if name in MINIMUM and value < MINIMUM[name]:
+            raise ConfigError(f"--{_flag(name)} must be at least {MINIMUM[name]}, got {value}")
+        if kind is float and not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"--{_flag(name)} must be a finite number > 0, got {value!r}")
+    if config.seed >= 2**32:
+        raise ConfigError(f"--seed must be below 2**32, got {config.seed}")
+
+
+def _check(config: TrainConfig, family) -> None:
+    """Every rule on the options, alone and together."""
+    if config.method not in METHODS:
+        raise ConfigError(f"unknown method {config.method!r}; choose from {', '.join(METHODS.names())}")
+    if config.backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {config.backend!r}; choose from {', '.join(BACKENDS)}")
+    if config.device not in DEVICES:
+        raise ConfigError(f"unknown device {config.device!r}; choose from {', '.join(DEVICES)}")
+    _check_types(config)
+    spec = METHODS.get(config.method)
+    if config.backend not in spec.backends:
+        raise ConfigError(
+            f"--method {config.method} does not run on --backend {config.backend}; "
+            f"use {' or '.join(spec.backends)}"
         )
-    raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if not spec.maml_plus_plus and (config.multi_step_loss or config.first_order_until):
+        raise ConfigError(
+            f"--multi-step-loss and --first-order-until apply to MAML-family methods, not {config.method}"
+        )
+    if spec.always_first_order and config.first_order_until:
+        raise ConfigError(
+            f"--first-order-until has no effect with --method {config.method} (always first-order)"
+        )
+    if config.multi_step_loss and config.inner_steps < 2:
+        raise ConfigError("--multi-step-loss needs --inner-steps of at least 2")
+    if config.compile and config.backend != "func":
+        raise ConfigError("--compile applies to --backend func only")
+    try:
+        family.check_config(config)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None

@@ -1,11 +1,11 @@
-"""Evaluation: adapt to held-out tasks and report query MSE with a 95% confidence interval."""
+"""Evaluation: adapt to held-out tasks and report the family's metric with a 95% confidence interval."""
 
 import math
 from typing import Sequence
 
 import torch
 
-from metakit.experiments.tasks import TASKS
+from metakit.wrappers.backends import TaskBatch
 from metakit.wrappers.enhanced import MAMLEnhanced
 from metakit.wrappers.vectorized import VectorizedEngine
 
@@ -19,32 +19,61 @@ def mean_ci95(values: torch.Tensor):
 
 
 def evaluate_algorithm(
-    algo, task: str, tasks: int, shots: Sequence[int], steps: Sequence[int], seed: int
+    algo, family, tasks: int, shots: Sequence[int], steps: Sequence[int], seed: int
 ) -> list:
-    """Query MSE mean ± CI for every (shots, steps) pair on the same held-out tasks.
+    """The family's metric (mean ± 95% CI over tasks) for every (shots, steps) pair on the same
+    held-out tasks; classification rows also carry ``ways`` and the mean query ``loss``.
 
-    Where adaptation diverged on some task (a non-finite loss), ``mse`` and ``ci95`` are ``None``.
+    Where adaptation diverged on some task (a non-finite loss), the metric, CI and loss are ``None``.
+    Batches are moved to the device of the algorithm's parameters.
     """
-    held_out = TASKS[task]().held_out(tasks, max(shots), seed)
-    engine = VectorizedEngine(algo)
+    family.prepare()
+    held_out = family.held_out(tasks, max(shots), seed)
+    engine = VectorizedEngine(algo, family.loss)
+    device = next(algo.parameters()).device
+    classification = family.kind == "classification"
     results = []
     for k in shots:
-        curves = engine.query_losses(held_out.batch(k), max(steps))  # [steps + 1, tasks]
+        batch = TaskBatch(*(t.to(device) for t in held_out.batch(k)))
+        curves = engine.query_curves(batch, max(steps), score=family.score)
         for s in steps:
-            mse, ci = mean_ci95(curves[s]) if torch.isfinite(curves[s]).all() else (None, None)
-            results.append({"shots": k, "steps": s, "mse": mse, "ci95": ci, "tasks": tasks})
+            finite = bool(torch.isfinite(curves["loss"][s]).all())
+            value, ci = mean_ci95(curves["score"][s]) if finite else (None, None)
+            row = {"ways": family.ways} if classification else {}
+            row.update({"shots": k, "steps": s, family.metric: value, "ci95": ci})
+            if classification:
+                row["loss"] = curves["loss"][s].double().mean().item() if finite else None
+            row["tasks"] = tasks
+            results.append(row)
     return results
 
 
 def format_table(report: dict) -> str:
-    """A plain-text table of an evaluation report."""
-    lines = [
-        f"{report['method']} — {report['run']}",
-        f"{'shots':>5}  {'steps':>5}  {'MSE':>8}  {'±95% CI':>8}  {'tasks':>5}",
-    ]
-    for r in report["results"]:
-        mse, ci = ("diverged", "") if r["mse"] is None else (f"{r['mse']:.4f}", f"{r['ci95']:.4f}")
-        lines.append(f"{r['shots']:>5}  {r['steps']:>5}  {mse:>8}  {ci:>8}  {r['tasks']:>5}")
+    """A plain-text table of an evaluation report (accuracy in percent)."""
+    rows = report["results"]
+    accuracy = bool(rows) and "accuracy" in rows[0]
+    lines = [f"{report['method']} — {report['run']}"]
+    if accuracy:
+        lines.append(
+            f"{'ways':>4}  {'shots':>5}  {'steps':>5}  {'accuracy':>8}  {'±95% CI':>8}  {'loss':>8}  "
+            f"{'tasks':>5}"
+        )
+    else:
+        lines.append(f"{'shots':>5}  {'steps':>5}  {'MSE':>8}  {'±95% CI':>8}  {'tasks':>5}")
+    for r in rows:
+        if accuracy:
+            cells = (
+                ("diverged", "", "")
+                if r["accuracy"] is None
+                else (f"{100 * r['accuracy']:.2f}%", f"{100 * r['ci95']:.2f}%", f"{r['loss']:.4f}")
+            )
+            lines.append(
+                f"{r['ways']:>4}  {r['shots']:>5}  {r['steps']:>5}  {cells[0]:>8}  {cells[1]:>8}  "
+                f"{cells[2]:>8}  {r['tasks']:>5}"
+            )
+        else:
+            mse, ci = ("diverged", "") if r["mse"] is None else (f"{r['mse']:.4f}", f"{r['ci95']:.4f}")
+            lines.append(f"{r['shots']:>5}  {r['steps']:>5}  {mse:>8}  {ci:>8}  {r['tasks']:>5}")
     return "\n".join(lines)
 
 
@@ -62,7 +91,10 @@ def describe_learned_rates(algo) -> str:
         parts.append(f"learned rates {per_step}")
     if algo.curvature is not None:
         drift = max(
-            (p.detach() - (torch.eye(p.shape[0]) if p.dim() == 2 else torch.ones_like(p))).abs().max().item()
+            (p.detach() - (torch.eye(p.shape[0], device=p.device) if p.dim() == 2 else torch.ones_like(p)))
+            .abs()
+            .max()
+            .item()
             for p in algo.curvature.parameters()
         )
         parts.append(f"curvature max |M − I| {drift:.4f}")

@@ -1,4 +1,4 @@
-"""Figures, saved as PNG: adaptation (MAML Fig. 2), MSE vs steps (Fig. 3), training curves."""
+"""Figures, saved as PNG: adaptation (MAML Fig. 2; regression), metric vs steps (Fig. 3), training curves."""
 
 import json
 from pathlib import Path
@@ -10,8 +10,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-
-from metakit.experiments.tasks import Sinusoid  # noqa: E402
 
 DPI = 100
 
@@ -28,15 +26,19 @@ def adaptation_curves(algo, x_support, y_support, x_grid, steps=(1, 10)) -> Dict
 
 
 def plot_adaptation(
-    algos: Dict[str, torch.nn.Module], path: Path, tasks: int = 2, shots: int = 5, seed: int = 1
+    algos: Dict[str, torch.nn.Module], family, path: Path, tasks: int = 2, shots: int = 5, seed: int = 1
 ):
-    """One column per method, one row per held-out task: truth, support, before / after 1 and 10 steps."""
-    held_out = Sinusoid().held_out(tasks, shots, seed)
-    x_grid = torch.linspace(-5, 5, 200).reshape(-1, 1)
+    """One column per method, one row per held-out task of a regression ``family``: truth, support,
+    before / after 1 and 10 steps."""
+    held_out = family.held_out(tasks, shots, seed)
     fig, axes = plt.subplots(tasks, len(algos), figsize=(3.2 * len(algos), 2.6 * tasks), squeeze=False)
     for t in range(tasks):
+        params = held_out.task_params(t)
+        low, high = family.plot_range(params)
+        x_grid = torch.linspace(low, high, 200).reshape(-1, 1)
         xs, ys = held_out.x_support[t], held_out.y_support[t]
-        truth = Sinusoid.targets(x_grid, held_out.amplitude[t], held_out.phase[t])
+        truth = family.truth(params, x_grid[None])[0]
+        span = max(1.0, 1.2 * truth.abs().max().item())
         for col, (name, algo) in enumerate(algos.items()):
             ax = axes[t][col]
             curves = adaptation_curves(algo, xs, ys, x_grid)
@@ -45,7 +47,7 @@ def plot_adaptation(
             ax.plot(x_grid, curves[1], color="tab:blue", label="after 1 step")
             ax.plot(x_grid, curves[10], color="tab:green", label="after 10 steps")
             ax.scatter(xs, ys, color="tab:red", marker="^", zorder=3, label=f"{shots} support points")
-            ax.set_ylim(-6, 6)
+            ax.set_ylim(-span, span)
             if t == 0:
                 ax.set_title(name)
             if t == tasks - 1:
@@ -58,28 +60,33 @@ def plot_adaptation(
     plt.close(fig)
 
 
-def plot_mse_vs_steps(results: Dict[str, List[dict]], path: Path, shots: int = 5):
-    """Query MSE against the number of inner steps, one line per method with its 95% CI band.
+def plot_metric_vs_steps(results: Dict[str, List[dict]], path: Path, shots: int = 5, metric: str = "mse"):
+    """The metric (``mse`` on a log axis, or ``accuracy``) against the number of inner steps, one
+    line per method with its 95% CI band.
 
-    Step counts where a method's adaptation diverged (``mse`` is ``None``) are left out, and the
+    Step counts where a method's adaptation diverged (the metric is ``None``) are left out; an MSE
     axis stops at 3× the highest MSE before adaptation."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    finite = [r for rows in results.values() for r in rows if r["shots"] == shots and r["mse"] is not None]
+    finite = [r for rows in results.values() for r in rows if r["shots"] == shots and r[metric] is not None]
     for name, rows in results.items():
         rows = sorted(
-            (r for r in rows if r["shots"] == shots and r["mse"] is not None), key=lambda r: r["steps"]
+            (r for r in rows if r["shots"] == shots and r[metric] is not None), key=lambda r: r["steps"]
         )
         steps = [r["steps"] for r in rows]
-        mse = torch.tensor([r["mse"] for r in rows])
+        value = torch.tensor([r[metric] for r in rows])
         ci = torch.tensor([r["ci95"] for r in rows])
-        (line,) = ax.plot(steps, mse, marker="o", ms=3, label=name)
-        ax.fill_between(steps, mse - ci, mse + ci, color=line.get_color(), alpha=0.2)
+        (line,) = ax.plot(steps, value, marker="o", ms=3, label=name)
+        ax.fill_between(steps, value - ci, value + ci, color=line.get_color(), alpha=0.2)
+    xlabel = "gradient steps at test time"
+    if metric == "accuracy":
+        _finish_plot(fig, ax, xlabel, f"query accuracy ({shots}-shot)", path, log=False)
+        return
     # Keep the scale readable when a method diverges: from half the best MSE to 3× the worst
     # un-adapted one.
     limits = None
     if finite:
         limits = (0.5 * min(r["mse"] for r in finite), 3 * max(r["mse"] for r in finite if r["steps"] == 0))
-    _finish_log_plot(fig, ax, "gradient steps at test time", f"query MSE ({shots}-shot)", path, limits)
+    _finish_plot(fig, ax, xlabel, f"query MSE ({shots}-shot)", path, limits=limits)
 
 
 def plot_training_curves(run_dirs: Dict[str, Path], path: Path):
@@ -89,14 +96,15 @@ def plot_training_curves(run_dirs: Dict[str, Path], path: Path):
         records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
         records = [r for r in records if "meta_loss" in r and not r.get("diverged")]
         ax.plot([r["iteration"] for r in records], [r["meta_loss"] for r in records], label=name)
-    _finish_log_plot(fig, ax, "iteration", "meta-training loss (query MSE)", path)
+    _finish_plot(fig, ax, "iteration", "meta-training loss (query loss)", path)
 
 
-def _finish_log_plot(fig, ax, xlabel: str, ylabel: str, path: Path, limits=None) -> None:
+def _finish_plot(fig, ax, xlabel: str, ylabel: str, path: Path, limits=None, log: bool = True) -> None:
     """Label, log-scale (within ``limits`` if given), legend and grid a line chart; save and free it."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_yscale("log")
+    if log:
+        ax.set_yscale("log")
     if limits is not None:
         ax.set_ylim(*limits)
     ax.legend(fontsize=8)

@@ -1,34 +1,28 @@
-"""``metakit reproduce sinusoid``: every method on the MAML paper's protocol, beside the published numbers."""
+"""``metakit reproduce TASK``: every method on a family's protocol, beside the published numbers."""
 
 import csv
 import json
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 from metakit.experiments import runs
-from metakit.experiments.config import METHODS, TrainConfig
+from metakit.experiments.config import TrainConfig
 from metakit.experiments.evaluate import evaluate_algorithm
-from metakit.experiments.plots import plot_adaptation, plot_mse_vs_steps, plot_training_curves
+from metakit.experiments.families import FAMILIES, build_family
+from metakit.experiments.methods import METHODS
+from metakit.experiments.plots import plot_adaptation, plot_metric_vs_steps, plot_training_curves
 from metakit.experiments.train import train
 
-SHOTS = (5, 10, 20)
-STEPS = tuple(range(11))
-REPORTED_STEPS = (0, 1, 5, 10)
-METHOD_OVERRIDES = {"reptile": {"inner_steps": 5}}
-"""Reptile's inner loop needs several steps to differ from joint training (Nichol et al. use 5+)."""
-PUBLISHED = {  # MAML paper, App. C Table 2: 5-shot sinusoid, model trained at K = 10
-    "maml": {1: 0.67, 5: 0.38, 10: 0.35},
-    "pretrain": {1: 2.41, 5: 2.23, 10: 2.19},
-}
-CSV_COLUMNS = ("method", "seed", "shots", "steps", "mse", "ci95", "tasks")
 
-
-def run_config(method: str, seed: int, iterations: int, compile: bool = False) -> TrainConfig:
-    """The paper protocol for one method and seed."""
-    overrides = METHOD_OVERRIDES.get(method, {})
-    return TrainConfig(method=method, seed=seed, iterations=iterations, compile=compile, **overrides)
+def run_config(
+    task: str, method: str, seed: int, iterations: Optional[int], overrides: dict, compile: bool = False
+) -> TrainConfig:
+    """The family's reproduction protocol for one method, variant and seed."""
+    reproduction = FAMILIES.get(task).reproduction
+    options = {**overrides, **reproduction.method_overrides.get(method, {})}
+    return TrainConfig(task=task, method=method, seed=seed, iterations=iterations, compile=compile, **options)
 
 
 def _same_run(a: TrainConfig, b: TrainConfig) -> bool:
@@ -50,126 +44,162 @@ def _train_or_resume(run_dir: Path, config: TrainConfig, progress: bool) -> str:
     return "trained" if state is None else f"resumed at {state['iteration']}"
 
 
-def _evaluate_cached(run_dir: Path, tasks: int, seed: int) -> List[dict]:
+def _evaluate_cached(run_dir: Path, shots, steps, tasks: int, seed: int) -> List[dict]:
     """Evaluate a finished run once; the result is kept in ``RUN/eval.json`` for the same settings."""
-    key = {"tasks": tasks, "shots": list(SHOTS), "steps": list(STEPS), "seed": seed}
+    key = {"tasks": tasks, "shots": list(shots), "steps": list(steps), "seed": seed}
     cache = run_dir / "eval.json"
     if cache.exists():
         data = json.loads(cache.read_text())
         if data.get("settings") == key:
             return data["results"]
     config, algo, _ = runs.load_run(run_dir)
-    results = evaluate_algorithm(algo, config.task, tasks, SHOTS, STEPS, seed)
+    results = evaluate_algorithm(algo, build_family(config), tasks, shots, steps, seed)
     runs.write_json_atomic(cache, {"settings": key, "results": results})
     return results
 
 
-def reproduce_sinusoid(
+def reproduce(
+    task: str,
     out: Path,
     seeds: int,
-    iterations: int,
+    iterations: Optional[int] = None,
     tasks: int = 600,
     eval_seed: int = 1,
-    methods=METHODS,
+    methods=None,
     compile: bool = False,
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> Dict[str, Path]:
     """Train (or resume), evaluate and report every method; returns the paths written."""
+    family_class = FAMILIES.get(task)
+    reproduction = family_class.reproduction
+    if reproduction is None:
+        raise ValueError(f"task {task!r} has no reproduction protocol")
+    methods = methods or METHODS.names()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    metric = family_class.metric
     rows, run_dirs = [], {}
-    for method in methods:
-        for seed in range(seeds):
-            run_dir = out / "runs" / f"{method}-it{iterations}-seed{seed}"
-            started = time.perf_counter()
-            status = _train_or_resume(run_dir, run_config(method, seed, iterations, compile), progress)
-            results = _evaluate_cached(run_dir, tasks, eval_seed)
-            five = {r["steps"]: _number(r["mse"]) for r in results if r["shots"] == 5}
-            echo(
-                f"[{method} seed {seed}] {status} in {time.perf_counter() - started:.0f}s; "
-                f"5-shot MSE after 0/1/10 steps: {five[0]} / {five[1]} / {five[10]}"
-            )
-            rows += [{"method": method, "seed": seed, **r} for r in results]
-            run_dirs.setdefault(method, run_dir)
+    for label, overrides in reproduction.variants:
+        for method in methods:
+            for seed in range(seeds):
+                config = run_config(task, method, seed, iterations, overrides, compile)
+                name = "-".join(part for part in (method, label) if part)
+                run_dir = out / "runs" / f"{name}-it{config.iterations}-seed{seed}"
+                started = time.perf_counter()
+                status = _train_or_resume(run_dir, config, progress)
+                shots = reproduction.eval_shots or (config.shots,)
+                results = _evaluate_cached(run_dir, shots, reproduction.eval_steps, tasks, eval_seed)
+                first = {r["steps"]: _number(r[metric], metric) for r in results if r["shots"] == shots[0]}
+                steps = reproduction.reported_steps
+                echo(
+                    f"[{name} seed {seed}] {status} in {time.perf_counter() - started:.0f}s; "
+                    f"{shots[0]}-shot {metric} after {'/'.join(map(str, steps))} steps: "
+                    + " / ".join(first[s] for s in steps)
+                )
+                rows += [{"method": method, "variant": label, "seed": seed, **r} for r in results]
+                if label == reproduction.variants[0][0]:
+                    run_dirs.setdefault(method, run_dir)
     paths = {"csv": out / "results.csv", "markdown": out / "results.md"}
-    _write_csv(paths["csv"], rows)
-    paths["markdown"].write_text(results_markdown(rows, seeds, iterations, tasks))
-    paths.update(_plots(out, rows, run_dirs))
+    _write_csv(paths["csv"], rows, with_variant=len(reproduction.variants) > 1)
+    paths["markdown"].write_text(
+        results_markdown(rows, reproduction, metric, seeds, tasks, config.iterations)
+    )
+    paths.update(_plots(out, family_class, rows, run_dirs, metric))
     return paths
 
 
-def _number(value, digits: int = 3) -> str:
-    """A result for people: ``diverged`` where adaptation blew up (``None``)."""
-    return "diverged" if value is None else f"{value:.{digits}f}"
+def _number(value, metric: str) -> str:
+    """A result for people: ``diverged`` where adaptation blew up (``None``); accuracy in percent."""
+    if value is None:
+        return "diverged"
+    return f"{100 * value:.1f}%" if metric == "accuracy" else f"{value:.3f}"
 
 
-def _write_csv(path: Path, rows: List[dict]) -> None:
+def _write_csv(path: Path, rows: List[dict], with_variant: bool) -> None:
+    columns = ["method"] + ["variant"] * with_variant + ["seed"]
+    columns += [k for k in rows[0] if k not in ("method", "variant", "seed")]
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
-        writer.writerows({k: r[k] for k in CSV_COLUMNS} for r in rows)
+        writer.writerows({k: r[k] for k in columns} for r in rows)
 
 
-def summarise(rows: List[dict]) -> Dict[tuple, dict]:
-    """Per (method, shots, steps): mean MSE and mean 95% CI over seeds, and std across seeds."""
+def summarise(rows: List[dict], metric: str) -> Dict[tuple, dict]:
+    """Per (variant, method, shots, steps): mean metric and mean 95% CI over seeds, std across seeds."""
     groups: Dict[tuple, List[dict]] = {}
     for r in rows:
-        groups.setdefault((r["method"], r["shots"], r["steps"]), []).append(r)
+        groups.setdefault((r["variant"], r["method"], r["shots"], r["steps"]), []).append(r)
     summary = {}
     for key, group in groups.items():
-        mses = [g["mse"] for g in group]
-        if None in mses:
-            summary[key] = {"mse": None, "ci95": None, "seed_std": None}
+        values = [g[metric] for g in group]
+        if None in values:
+            summary[key] = {"value": None, "ci95": None, "seed_std": None}
             continue
         summary[key] = {
-            "mse": statistics.fmean(mses),
+            "value": statistics.fmean(values),
             "ci95": statistics.fmean(g["ci95"] for g in group),
-            "seed_std": statistics.stdev(mses) if len(mses) > 1 else 0.0,
+            "seed_std": statistics.stdev(values) if len(values) > 1 else 0.0,
         }
     return summary
 
 
-def results_markdown(rows: List[dict], seeds: int, iterations: int, tasks: int) -> str:
-    """The results tables: MSE ± 95% CI over tasks (mean over seeds), and ± std across seeds."""
-    summary = summarise(rows)
+def results_markdown(
+    rows: List[dict], reproduction, metric: str, seeds: int, tasks: int, iterations: int
+) -> str:
+    """The results tables: metric ± 95% CI over tasks (mean over seeds), and ± std across seeds."""
+    summary = summarise(rows, metric)
     methods = list(dict.fromkeys(r["method"] for r in rows))
+    name = "query accuracy (%)" if metric == "accuracy" else "query MSE"
     lines = [
-        f"Sinusoid regression, MAML protocol, {iterations} meta-iterations, {seeds} seed(s), "
-        f"{tasks} held-out tasks. Cell: query MSE ± 95% CI over tasks (averaged over seeds) "
-        "[± std across seeds].",
+        f"{reproduction.description}; {iterations} meta-iterations, {seeds} seed(s), {tasks} held-out "
+        f"tasks. Cell: {name} ± 95% CI over tasks (averaged over seeds) [± std across seeds].",
         "",
     ]
-    for shots in SHOTS:
-        lines += [f"### {shots}-shot", ""]
-        header = "| method | " + " | ".join(f"{s} steps" for s in REPORTED_STEPS) + " |"
-        lines += [header, "|---" * (len(REPORTED_STEPS) + 1) + "|"]
+    scale = 100 if metric == "accuracy" else 1
+    digits = 2 if metric == "accuracy" else 3
+    tables = dict.fromkeys((r["variant"], r["shots"]) for r in rows)
+    for variant, shots in tables:
+        title = f"{variant}: {shots}-shot" if variant else f"{shots}-shot"
+        lines += [f"### {title}", ""]
+        header = "| method | " + " | ".join(f"{s} steps" for s in reproduction.reported_steps) + " |"
+        lines += [header, "|---" * (len(reproduction.reported_steps) + 1) + "|"]
         for method in methods:
             cells = []
-            for steps in REPORTED_STEPS:
-                s = summary[(method, shots, steps)]
-                if s["mse"] is None:
+            for steps in reproduction.reported_steps:
+                s = summary[(variant, method, shots, steps)]
+                if s["value"] is None:
                     cells.append("diverged")
                 else:
-                    cells.append(f"{s['mse']:.3f} ± {s['ci95']:.3f} [± {s['seed_std']:.3f}]")
+                    cells.append(
+                        f"{scale * s['value']:.{digits}f} ± {scale * s['ci95']:.{digits}f} "
+                        f"[± {scale * s['seed_std']:.{digits}f}]"
+                    )
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
-        if shots == 5:
-            for method, published in PUBLISHED.items():
-                cells = [f"{published[s]:.2f}" if s in published else "—" for s in REPORTED_STEPS]
-                lines.append(f"| {method} (published) | " + " | ".join(cells) + " |")
+        for label, published in reproduction.published.get(shots, {}).items():
+            cells = [f"{published[s]:.2f}" if s in published else "—" for s in reproduction.reported_steps]
+            lines.append(f"| {label} (published) | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
-def _plots(out: Path, rows: List[dict], run_dirs: Dict[str, Path]) -> Dict[str, Path]:
-    paths = {
-        "adaptation": out / "adaptation.png",
-        "mse_vs_steps": out / "mse_vs_steps.png",
-        "training": out / "training_curves.png",
+def _plots(
+    out: Path, family_class, rows: List[dict], run_dirs: Dict[str, Path], metric: str
+) -> Dict[str, Path]:
+    paths = {f"{metric}_vs_steps": out / f"{metric}_vs_steps.png", "training": out / "training_curves.png"}
+    loaded = {method: runs.load_run(run_dir) for method, run_dir in run_dirs.items()}
+    variant = rows[0]["variant"]
+    first = {
+        m: [r for r in rows if r["method"] == m and r["seed"] == 0 and r["variant"] == variant]
+        for m in run_dirs
     }
-    algos = {method: runs.load_run(run_dir)[1] for method, run_dir in run_dirs.items()}
-    plot_adaptation(algos, paths["adaptation"])
-    seed0 = {m: [r for r in rows if r["method"] == m and r["seed"] == 0] for m in run_dirs}
-    plot_mse_vs_steps(seed0, paths["mse_vs_steps"])
+    shots = rows[0]["shots"]
+    if family_class.kind == "regression":
+        paths["adaptation"] = out / "adaptation.png"
+        config = next(iter(loaded.values()))[0]
+        plot_adaptation(
+            {m: algo for m, (_, algo, _) in loaded.items()}, build_family(config), paths["adaptation"]
+        )
+    plot_metric_vs_steps(first, paths[f"{metric}_vs_steps"], shots=shots, metric=metric)
     plot_training_curves(run_dirs, paths["training"])
     return paths

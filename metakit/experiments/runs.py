@@ -6,8 +6,9 @@ from pathlib import Path
 
 import torch
 
-from metakit.experiments.config import TrainConfig, build_algorithm
-from metakit.experiments.models import sinusoid_mlp
+from metakit.experiments.config import TrainConfig
+from metakit.experiments.families import build_family
+from metakit.experiments.methods import build_algorithm
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -122,11 +123,6 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
-def build_model(config: TrainConfig) -> torch.nn.Module:
-    """The model for the config's task family."""
-    return sinusoid_mlp()
-
-
 def load_latest_checkpoint(run_dir: Path):
     """``(state, note)``: the newest loadable checkpoint of a run.
 
@@ -149,11 +145,12 @@ def load_latest_checkpoint(run_dir: Path):
 
 
 def load_run(run_dir: Path):
-    """``(config, algorithm, note)`` of a run, with its newest loadable checkpoint's meta-parameters."""
+    """``(config, algorithm, note)`` of a run, with its newest loadable checkpoint's meta-parameters
+    (on the CPU)."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     state, note = load_latest_checkpoint(run_dir)
-    algo = build_algorithm(config, build_model(config))
+    algo = build_algorithm(config, build_family(config).build_model())
     try:
         algo.load_state_dict(state["algorithm"])
     except (KeyError, RuntimeError) as err:

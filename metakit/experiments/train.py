@@ -4,14 +4,17 @@ import contextlib
 import math
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 from tqdm import tqdm
 
 from metakit.experiments import runs
-from metakit.experiments.config import TrainConfig, build_algorithm
-from metakit.experiments.tasks import TASKS
+from metakit.experiments.config import TrainConfig
+from metakit.experiments.families import build_family
+from metakit.experiments.methods import build_algorithm
 from metakit.wrappers.backends import meta_backward
 from metakit.wrappers.functional import multi_step_weights
 from metakit.wrappers.vectorized import VectorizedEngine
@@ -25,9 +28,19 @@ class Interrupted(RuntimeError):
     """Training was stopped by SIGINT or SIGTERM after a checkpoint was written."""
 
 
-def make_meta_step(config: TrainConfig, algo: torch.nn.Module):
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else the CPU; ``cuda`` without a GPU is a ``ValueError``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def make_meta_step(config: TrainConfig, algo: torch.nn.Module, loss_fn=None):
     """``step(batch, iteration) -> loss``: fills ``.grad`` with the config's backend and MAML++ options."""
-    engine = VectorizedEngine(algo, compile=config.compile) if config.backend == "func" else None
+    loss_fn = loss_fn or torch.nn.functional.mse_loss
+    engine = VectorizedEngine(algo, loss_fn, compile=config.compile) if config.backend == "func" else None
     steps = config.inner_steps
 
     def step(batch, iteration):
@@ -38,10 +51,49 @@ def make_meta_step(config: TrainConfig, algo: torch.nn.Module):
         if engine is not None:
             return engine.meta_backward(batch, steps, first_order=first_order, step_weights=weights)
         return meta_backward(
-            algo, batch, steps, config.backend, first_order=first_order, step_weights=weights
+            algo, batch, steps, config.backend, first_order=first_order, step_weights=weights, loss_fn=loss_fn
         )
 
     return step
+
+
+@dataclass
+class Training:
+    """Everything one meta-training run steps: built by :func:`build_training` for ``train``,
+    ``bench`` and the tools alike."""
+
+    config: TrainConfig
+    family: object
+    device: torch.device
+    algo: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Optional[object]
+    generator: torch.Generator
+    meta_step: Callable
+
+    def sample(self):
+        """The next meta-training batch of the task stream, on the run's device."""
+        c = self.config
+        batch = self.family.sample(c.meta_batch, c.shots, c.query, self.generator)
+        return type(batch)(*(t.to(self.device, non_blocking=True) for t in batch))
+
+
+def build_training(config: TrainConfig, family=None) -> Training:
+    """The seeded model, algorithm, optimizer, scheduler, task stream and meta-step of ``config``."""
+    family = family or build_family(config)
+    family.prepare()
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    algo = build_algorithm(config, family.build_model().to(device))
+    optimizer = torch.optim.Adam(algo.parameters(), lr=config.meta_lr)
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.iterations)
+        if config.cosine_lr
+        else None
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    meta_step = make_meta_step(config, algo, family.loss)
+    return Training(config, family, device, algo, optimizer, scheduler, generator, meta_step)
 
 
 @contextlib.contextmanager
@@ -78,15 +130,8 @@ def train(config: TrainConfig, run_dir: Path, progress: bool = True, resume: boo
     resumed run ends bit-for-bit where an uninterrupted one does.
     """
     run_dir = Path(run_dir)
-    torch.manual_seed(config.seed)
-    algo = build_algorithm(config, runs.build_model(config))
-    optimizer = torch.optim.Adam(algo.parameters(), lr=config.meta_lr)
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.iterations)
-        if config.cosine_lr
-        else None
-    )
-    generator = torch.Generator().manual_seed(config.seed)
+    setup = build_training(config)
+    algo, optimizer, scheduler, generator = setup.algo, setup.optimizer, setup.scheduler, setup.generator
     start, window, note = 0, [], None
     if resume:
         state, note = runs.load_latest_checkpoint(run_dir)
@@ -117,8 +162,7 @@ def train(config: TrainConfig, run_dir: Path, progress: bool = True, resume: boo
         )
 
     board = tensorboard_writer(run_dir) if config.tensorboard else None
-    tasks = TASKS[config.task]()
-    meta_step = make_meta_step(config, algo)
+    meta_step = setup.meta_step
     clock = time.perf_counter()
     bar = tqdm(
         range(start, config.iterations),
@@ -132,7 +176,7 @@ def train(config: TrainConfig, run_dir: Path, progress: bool = True, resume: boo
     with _stop_requests() as stop:
         for iteration in bar:
             done = iteration + 1
-            batch = tasks.sample(config.meta_batch, config.shots, generator)
+            batch = setup.sample()
             optimizer.zero_grad(set_to_none=True)
             loss = meta_step(batch, iteration)
             if not _finite(loss, algo):
@@ -170,5 +214,6 @@ def train(config: TrainConfig, run_dir: Path, progress: bool = True, resume: boo
         "iterations": config.iterations,
         "resumed_from": start if resume else None,
         "seconds": time.perf_counter() - clock,
+        "device": str(setup.device),
         "note": note,
     }

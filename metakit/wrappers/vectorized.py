@@ -62,7 +62,7 @@ class VectorizedEngine:
         compile: compute MAML-family meta-gradients with a ``torch.compile``-d
             :meth:`meta_gradient`. Pays off on long runs only: a compilation takes seconds to a
             minute on CPU. If it fails, the engine warns and stays eager. Reptile, pretraining and
-            :meth:`query_losses` always run eagerly.
+            :meth:`query_curves` always run eagerly.
 
     Models with buffers (e.g. batch-norm running statistics) are refused: their in-place
     updates cannot be vectorised over tasks.
@@ -94,19 +94,28 @@ class VectorizedEngine:
             grads = tuple(g.detach() for g in grads)
         return tuple(sgd_step(params, self.algo.inner_updates(grads, step)))
 
-    def unroll(self, params: tuple, task: TaskBatch, steps: int, first_order: bool, record: Sequence[int]):
+    def unroll(
+        self,
+        params: tuple,
+        task: TaskBatch,
+        steps: int,
+        first_order: bool,
+        record: Sequence[int],
+        measure: Optional[Callable] = None,
+    ):
         """Adapt ``params`` to one task for ``steps`` inner steps.
 
-        Returns the adapted parameters and the stacked query losses after each step count in
-        ``record`` (0: before adapting).
+        Returns the adapted parameters and the stacked ``measure(params, x_query, y_query)`` (by
+        default the query loss) after each step count in ``record`` (0: before adapting).
         """
-        losses = []
+        measure = measure or self.task_loss
+        values = []
         for s in range(steps + 1):
             if s in record:
-                losses.append(self.task_loss(params, task.x_query, task.y_query))
+                values.append(measure(params, task.x_query, task.y_query))
             if s < steps:
                 params = self.inner_step(params, task.x_support, task.y_support, s, first_order)
-        return params, torch.stack(losses)
+        return params, torch.stack(values)
 
     def meta_losses(self, batch: TaskBatch, steps: int, first_order: bool, every_step: bool) -> torch.Tensor:
         """Query losses ``[tasks, steps if every_step else 1]`` after adaptation from the model's
@@ -183,14 +192,23 @@ class VectorizedEngine:
         return query.mean().item()
 
     @torch.no_grad()
-    def query_losses(self, batch: TaskBatch, max_steps: int) -> torch.Tensor:
-        """Query loss of every task after 0, 1, …, ``max_steps`` inner steps: ``[max_steps + 1, tasks]``.
+    def query_curves(self, batch: TaskBatch, max_steps: int, score: Optional[Callable] = None) -> dict:
+        """Query loss (and ``score(prediction, target)``) of every task after 0, 1, …, ``max_steps``
+        inner steps: ``{"loss": [max_steps + 1, tasks], "score": same shape or None}``.
 
         Adapts with the algorithm's own inner rule (first-order, no meta graph), for evaluation.
         """
         start = tuple(p.detach() for p in self.algo.module.parameters())
 
-        def curve(*task):
-            return self.unroll(start, TaskBatch(*task), max_steps, True, range(max_steps + 1))[1]
+        def measure(params, x, y):
+            prediction = functional_call(self.algo.module, dict(zip(self.names, params)), (x,))
+            values = [self.loss_fn(prediction, y)]
+            if score is not None:
+                values.append(score(prediction, y).to(values[0].dtype))
+            return torch.stack(values)
 
-        return vmap(curve)(*batch).T
+        def curve(*task):
+            return self.unroll(start, TaskBatch(*task), max_steps, True, range(max_steps + 1), measure)[1]
+
+        values = vmap(curve)(*batch)  # [tasks, max_steps + 1, 1 or 2]
+        return {"loss": values[..., 0].T, "score": values[..., 1].T if score is not None else None}

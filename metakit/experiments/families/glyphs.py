@@ -1,0 +1,39 @@
+"""Glyphs: an offline stand-in for Omniglot, rendered from the fonts that ship with matplotlib."""
+
+from pathlib import Path
+
+from metakit.experiments.datasets.glyph_set import glyph_splits, load_glyphs
+from metakit.experiments.families.base import Reproduction
+from metakit.experiments.families.images import ImageEpisodes
+
+
+class Glyphs(ImageEpisodes):
+    """N-way K-shot classification of Unicode characters, each drawn in several fonts with random
+    affine jitter and stroke width (see :mod:`metakit.experiments.datasets.glyph_set`).
+
+    Meta-train and meta-test classes come from disjoint alphabets (Unicode scripts); the set is
+    rendered once into ``--data-root`` (default: the user's cache folder) and loaded from there.
+    """
+
+    protocol = dict(
+        ways=5,
+        shots=1,
+        inner_steps=1,
+        inner_lr=0.4,
+        meta_batch=32,
+        meta_lr=1e-3,
+        iterations=3000,
+        rotations=False,
+    )
+    reproduction = Reproduction(
+        description="Glyphs, 5-way, 4-block conv net (64 filters), MAML's Omniglot settings sized for a CPU",
+        variants=(("1-shot", {"shots": 1}), ("5-shot", {"shots": 5})),
+        eval_shots=None,
+        eval_steps=(0, 1, 2, 3, 5, 10),
+        reported_steps=(0, 1, 5, 10),
+    )
+
+    def load(self):
+        """The glyph set's meta-train and meta-test alphabets."""
+        splits = glyph_splits(load_glyphs(Path(self.data_root) if self.data_root else None, self.image_size))
+        return {"train": splits["train"], "test": splits["test"]}

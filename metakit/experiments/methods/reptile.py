@@ -1,0 +1,12 @@
+"""Reptile (Nichol et al. 2018)."""
+
+from metakit.experiments.methods import MethodSpec
+
+
+def _build(config, model):
+    from metakit.wrappers import Reptile
+
+    return Reptile(model, lr=config.inner_lr)
+
+
+REPTILE_SPEC = MethodSpec(_build, "Reptile", backends=("func", "l2l"), maml_plus_plus=False)
