@@ -44,6 +44,7 @@ class OneLineErrors(click.Group):
 
 NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 SEED = click.IntRange(0, 2**32 - 1)
+TRAIN_SEED = click.IntRange(0, 2**31 - 1)
 
 
 class PositiveFloat(click.ParamType):
@@ -147,7 +148,9 @@ def _family_default(help_text: str) -> str:
     help=_family_default("Adam learning rate of the meta-update."),
 )
 @click.option("--iterations", type=click.IntRange(min=1), default=None, help=_family_default("Meta-updates."))
-@click.option("--seed", type=SEED, default=0, help="Seed of the model initialisation and the task stream.")
+@click.option(
+    "--seed", type=TRAIN_SEED, default=0, help="Seed of the model initialisation and the task stream."
+)
 @click.option(
     "--backend",
     type=click.Choice(BACKENDS),
@@ -523,7 +526,9 @@ def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, quiet)
     default=None,
     help="Seconds per contender per round.  [default: 0.3]",
 )
-@click.option("--seed", type=SEED, default=None, help="Seed of the models and task streams.  [default: 0]")
+@click.option(
+    "--seed", type=TRAIN_SEED, default=None, help="Seed of the models and task streams.  [default: 0]"
+)
 @click.option("--threads", type=click.IntRange(1, 256), default=1, help="torch intra-op threads.")
 @click.option(
     "--paper-protocol",

@@ -12,6 +12,9 @@ from metakit.experiments.families import FAMILIES
 from metakit.experiments.methods import BACKENDS, METHODS
 
 DEVICES = ("auto", "cpu", "cuda")
+TRAIN_SEEDS = 2**31
+"""Training seeds are below 2**31; held-out streams use seeds at or above it (see
+:func:`~metakit.experiments.families.base.held_out_generator`)."""
 FAMILY_DEFAULTS = (
     "ways",
     "shots",
@@ -144,8 +147,8 @@ def _check_types(config: TrainConfig) -> None:
             raise ConfigError(f"--{_flag(name)} must be at least {MINIMUM[name]}, got {value}")
         if kind is float and not (math.isfinite(value) and value > 0):
             raise ConfigError(f"--{_flag(name)} must be a finite number > 0, got {value!r}")
-    if config.seed >= 2**32:
-        raise ConfigError(f"--seed must be below 2**32, got {config.seed}")
+    if config.seed >= TRAIN_SEEDS:
+        raise ConfigError(f"--seed must be below 2**31, got {config.seed}")
 
 
 def _check(config: TrainConfig, family) -> None:

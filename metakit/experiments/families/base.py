@@ -1,6 +1,7 @@
 """What a task family is: the protocol every family implements, and the pieces regression and
 few-shot classification families share."""
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Dict, Optional
@@ -20,13 +21,15 @@ SUPPORT_BLOCK = 20
 def held_out_generator(seed: int, task: int, stream: int) -> torch.Generator:
     """The generator of one held-out task's ``stream`` (0: the task, 1: query, 2+: support blocks).
 
-    Its seed has bit 63 set; training streams are seeded with ``--seed`` < 2**32, so the two never
-    coincide. Each task has its own streams, so a task is the same whatever ``--tasks``,
-    ``--shots`` or ``--steps`` are requested.
+    torch's CPU generator uses the low 32 bits of its seed. Held-out seeds are a hash of
+    ``(seed, task, stream)`` with bit 31 set; training streams are seeded with ``--seed`` < 2**31,
+    so the two never coincide. Each task has its own streams, so a task is the same whatever
+    ``--tasks``, ``--shots`` or ``--steps`` are requested.
     """
     if not (0 <= task < 2**24 and 0 <= stream < 64 and 0 <= seed < 2**32):
         raise ValueError("held-out seed, task or stream out of range")
-    return torch.Generator().manual_seed(2**63 | (seed << 30) | (task << 6) | stream)
+    digest = hashlib.blake2b(f"held-out/{seed}/{task}/{stream}".encode(), digest_size=4).digest()
+    return torch.Generator().manual_seed(2**31 | int.from_bytes(digest, "little") % 2**31)
 
 
 @dataclass(frozen=True)
