@@ -1,0 +1,196 @@
+"""Few-shot image classification: episodes, the held-out set, data errors and conv-net meta-gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from metakit.experiments.config import TrainConfig
+from metakit.experiments.datasets.images import ClassImages, DataError
+from metakit.experiments.families.base import BatchStatNorm2d, conv_net
+from metakit.experiments.families.images import EVAL_QUERY, ImageEpisodes
+from metakit.wrappers import MAML, MAMLEnhanced, TaskBatch, VectorizedEngine, meta_backward
+
+TRAIN_CLASSES, TEST_CLASSES, PER_CLASS = 12, 8, 20
+
+
+def tagged_images(classes: int, offset: int) -> ClassImages:
+    """Images whose pixel (0, 0) names the class (offset + c + 1) and pixel (0, 1) the drawing."""
+    images = torch.zeros(classes, PER_CLASS, 28, 28, dtype=torch.uint8)
+    images[:, :, 0, 0] = torch.arange(offset + 1, offset + classes + 1, dtype=torch.uint8)[:, None]
+    images[:, :, 0, 1] = torch.arange(1, PER_CLASS + 1, dtype=torch.uint8)
+    names = tuple(f"a/{offset + c}" for c in range(classes))
+    return ClassImages(images, names, ("a",) * classes)
+
+
+class Tagged(ImageEpisodes):
+    """An image family defined in the test, with tagged images and a tiny conv net."""
+
+    channels = 4
+    protocol = dict(ways=3, shots=2, inner_steps=1, inner_lr=0.1, meta_batch=4, meta_lr=1e-3, iterations=5)
+
+    def load(self):
+        return {"train": tagged_images(TRAIN_CLASSES, 0), "test": tagged_images(TEST_CLASSES, 100)}
+
+
+def tags(x: torch.Tensor):
+    """(class tag, drawing tag) of float images ``[..., 1, 28, 28]``."""
+    pixels = (x[..., 0, 0, :2] * 255).round().long()
+    return pixels[..., 0], pixels[..., 1]
+
+
+def test_episodes_are_class_major_disjoint_and_from_the_training_classes():
+    family = Tagged(ways=3, min_images=6)
+    batch = family.sample(50, 2, 4, torch.Generator().manual_seed(0))
+    assert batch.x_support.shape == (50, 6, 1, 28, 28) and batch.x_query.shape == (50, 12, 1, 28, 28)
+    assert batch.x_support.dtype == torch.float32 and 0 <= batch.x_support.min() and batch.x_support.max() <= 1
+    assert torch.equal(batch.y_support[0], torch.tensor([0, 0, 1, 1, 2, 2]))
+    assert torch.equal(batch.y_query[0], torch.arange(3).repeat_interleave(4))
+    s_class, s_drawing = tags(batch.x_support)
+    q_class, q_drawing = tags(batch.x_query)
+    assert s_class.min() >= 1 and s_class.max() <= TRAIN_CLASSES and q_class.max() <= TRAIN_CLASSES
+    for t in range(50):
+        per_label = [set(s_class[t][batch.y_support[t] == k].tolist()) for k in range(3)]
+        assert all(len(c) == 1 for c in per_label) and len(set.union(*per_label)) == 3
+        for k in range(3):
+            assert set(q_class[t][batch.y_query[t] == k].tolist()) == per_label[k]
+            drawings = s_drawing[t][batch.y_support[t] == k].tolist() + q_drawing[t][batch.y_query[t] == k].tolist()
+            assert len(set(drawings)) == 6  # no image is both support and query
+    # Every training class is used, in several label positions.
+    assert set(s_class.flatten().tolist()) == set(range(1, TRAIN_CLASSES + 1))
+
+
+def test_rotations_add_rotated_classes():
+    plain = Tagged(ways=3, min_images=2).sample(200, 1, 1, torch.Generator().manual_seed(1))
+    rotated = Tagged(ways=3, rotations=True, min_images=2).sample(200, 1, 1, torch.Generator().manual_seed(1))
+    corner = lambda x: x[..., 0, 0, 0] > 0  # noqa: E731  (the tag stays at (0, 0) only unrotated)
+    assert corner(plain.x_support).all()
+    assert 0.15 < corner(rotated.x_support).float().mean() < 0.35
+
+
+def test_held_out_episodes_are_fixed_and_independent_of_what_is_asked():
+    family = Tagged(ways=3)
+    a = family.held_out(20, 5, seed=1)
+    assert torch.equal(a.support, family.held_out(20, 5, seed=1).support)
+    assert not torch.equal(a.support, family.held_out(20, 5, seed=2).support)
+    one, fewer = family.held_out(20, 1, seed=1), family.held_out(7, 10, seed=1)
+    assert torch.equal(one.batch(1).x_support, a.batch(1).x_support)
+    assert torch.equal(one.batch(1).x_query, a.batch(1).x_query)
+    assert torch.equal(fewer.batch(5).x_support, a.batch(5).x_support[:7])
+    batch = a.batch(5)
+    assert batch.x_support.shape == (20, 15, 1, 28, 28) and batch.x_query.shape == (20, 3 * EVAL_QUERY, 1, 28, 28)
+    s_class, s_drawing = tags(batch.x_support)
+    q_class, q_drawing = tags(batch.x_query)
+    assert s_class.min() > 100 and q_class.min() > 100  # meta-test classes only
+    for t in range(20):
+        for k in range(3):
+            support = set(s_drawing[t][batch.y_support[t] == k].tolist())
+            assert not support & set(q_drawing[t][batch.y_query[t] == k].tolist())
+
+
+@pytest.mark.parametrize(
+    "family, action, message",
+    [
+        (Tagged(ways=13), lambda f: f.prepare(), "meta-train split has 12 classes; 13-way"),
+        (Tagged(ways=9), lambda f: f.prepare(), "meta-test split has 8 classes; 9-way"),
+        (Tagged(ways=3, min_images=21), lambda f: f.prepare(), "21 images per class; the meta-train classes have 20"),
+        (Tagged(ways=3), lambda f: f.held_out(5, 11, seed=0), "--shots can be at most 10"),
+    ],
+)
+def test_too_few_classes_or_images_is_a_one_line_error(family, action, message):
+    with pytest.raises(DataError, match=message) as err:
+        action(family)
+    assert "\n" not in str(err.value)
+
+
+def test_model_has_no_buffers_and_batch_norm_uses_batch_statistics():
+    model = Tagged(ways=3).build_model()
+    assert not list(model.buffers())
+    x = torch.rand(6, 1, 28, 28)
+    model.eval()
+    first = model(x)[0]
+    assert not torch.allclose(first, model(torch.cat([x[:1], 3 * x[1:]]))[0])  # the batch changes the output
+
+
+def image_batch(tasks=3, ways=3, shots=2, size=8, seed=0) -> TaskBatch:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(ways).repeat_interleave(shots).expand(tasks, -1)
+    return TaskBatch(
+        torch.randn(tasks, ways * shots, 1, size, size, generator=g, dtype=torch.float64),
+        labels,
+        torch.randn(tasks, ways * shots, 1, size, size, generator=g, dtype=torch.float64),
+        labels,
+    )
+
+
+def small_conv() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return conv_net(ways=3, channels=3, blocks=2, image_size=8).double()
+
+
+def unrolled_maml_loss(model, batch, steps, alpha):
+    """Second-order MAML meta-loss written out with autograd (cross-entropy), nothing from metakit."""
+    names = [n for n, _ in model.named_parameters()]
+    theta = list(model.parameters())
+    total = 0.0
+    for i in range(batch.num_tasks):
+        fast = theta
+        for _ in range(steps):
+            logits = torch.func.functional_call(model, dict(zip(names, fast)), (batch.x_support[i],))
+            grads = torch.autograd.grad(F.cross_entropy(logits, batch.y_support[i]), fast, create_graph=True)
+            fast = [p - alpha * g for p, g in zip(fast, grads)]
+        logits = torch.func.functional_call(model, dict(zip(names, fast)), (batch.x_query[i],))
+        total = total + F.cross_entropy(logits, batch.y_query[i])
+    return total / batch.num_tasks
+
+
+def meta_grads(algo, batch, steps, backend):
+    algo.zero_grad(set_to_none=True)
+    if backend == "func":
+        VectorizedEngine(algo, F.cross_entropy).meta_backward(batch, steps)
+    else:
+        meta_backward(algo, batch, steps, backend, loss_fn=F.cross_entropy)
+    return {n: p.grad.clone() for n, p in algo.named_parameters()}
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+@pytest.mark.parametrize("method", ["maml", "enhanced"])
+def test_conv_net_meta_gradients_agree_across_backends(method, steps):
+    batch = image_batch()
+    if method == "maml":
+        algo = MAML(small_conv(), lr=0.3)
+    else:
+        algo = MAMLEnhanced(small_conv(), lr=0.3, inner_steps=steps)
+        g = torch.Generator().manual_seed(5)
+        with torch.no_grad():  # curvature and rates away from the identity and α
+            for p in list(algo.curvature.parameters()) + list(algo.lslr.parameters()):
+                p.mul_(1 + 0.2 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    reference = meta_grads(algo, batch, steps, "l2l")
+    assert any(name.startswith("curvature") for name in reference) == (method == "enhanced")
+    assert any("m_filter" in name for name in reference) == (method == "enhanced")  # conv weights: 3 factors
+    for backend in ("func", "higher"):
+        got = meta_grads(algo, batch, steps, backend)
+        for name in reference:
+            torch.testing.assert_close(got[name], reference[name], rtol=1e-9, atol=1e-11, msg=name)
+    if method == "maml":
+        model = algo.module
+        model.zero_grad()
+        expected = torch.autograd.grad(unrolled_maml_loss(model, batch, steps, 0.3), list(model.parameters()))
+        for (name, _), e in zip(model.named_parameters(), expected):
+            torch.testing.assert_close(reference[f"module.{name}"], e, rtol=1e-9, atol=1e-11)
+
+
+def test_config_for_an_image_family_carries_its_protocol():
+    config = TrainConfig(task="glyphs", ways=3, shots=2, query=4)
+    assert (config.ways, config.shots, config.query, config.rotations) == (3, 2, 4, False)
+    assert TrainConfig(task="omniglot", data_root="x").rotations is True
+
+
+def test_batch_stat_norm_equals_torch_batch_norm_in_training_mode():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 4, 5, 5, generator=g, dtype=torch.float64)
+    norm = BatchStatNorm2d(4).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2, generator=g)
+        norm.bias.uniform_(-1, 1, generator=g)
+    expected = F.batch_norm(x, None, None, norm.weight, norm.bias, training=True, eps=norm.eps)
+    torch.testing.assert_close(norm(x), expected, rtol=1e-12, atol=1e-12)
