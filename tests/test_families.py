@@ -127,7 +127,12 @@ def test_config_takes_the_family_protocol_and_applies_its_rules():
     assert (glyphs.ways, glyphs.shots, glyphs.query, glyphs.inner_lr, glyphs.meta_batch) == (5, 1, 1, 0.4, 32)
     assert TrainConfig(task="glyphs", shots=5).query == 5 and TrainConfig(shots=3, query=7).query == 7
     sinusoid = TrainConfig()
-    assert (sinusoid.shots, sinusoid.inner_lr, sinusoid.meta_batch, sinusoid.iterations) == (10, 0.01, 25, 70_000)
+    assert (sinusoid.shots, sinusoid.inner_lr, sinusoid.meta_batch, sinusoid.iterations) == (
+        10,
+        0.01,
+        25,
+        70_000,
+    )
     rules = [
         (dict(ways=5), "--ways does not apply to --task sinusoid"),
         (dict(rotations=True, task="harmonic"), "--rotations does not apply"),
@@ -156,7 +161,10 @@ class Line(RegressionFamily):
     protocol = dict(shots=5, inner_lr=0.05, inner_steps=1, meta_batch=8, meta_lr=3e-3, iterations=150)
 
     def draw_tasks(self, tasks, generator):
-        return {"a": uniform((-2, 2), (tasks, 1, 1), generator), "b": uniform((-2, 2), (tasks, 1, 1), generator)}
+        return {
+            "a": uniform((-2, 2), (tasks, 1, 1), generator),
+            "b": uniform((-2, 2), (tasks, 1, 1), generator),
+        }
 
     def draw_points(self, params, points, generator):
         x = uniform((-3, 3), (params["a"].shape[0], points, 1), generator)

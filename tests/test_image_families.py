@@ -42,7 +42,9 @@ def test_episodes_are_class_major_disjoint_and_from_the_training_classes():
     family = Tagged(ways=3, min_images=6)
     batch = family.sample(50, 2, 4, torch.Generator().manual_seed(0))
     assert batch.x_support.shape == (50, 6, 1, 28, 28) and batch.x_query.shape == (50, 12, 1, 28, 28)
-    assert batch.x_support.dtype == torch.float32 and 0 <= batch.x_support.min() and batch.x_support.max() <= 1
+    assert (
+        batch.x_support.dtype == torch.float32 and 0 <= batch.x_support.min() and batch.x_support.max() <= 1
+    )
     assert torch.equal(batch.y_support[0], torch.tensor([0, 0, 1, 1, 2, 2]))
     assert torch.equal(batch.y_query[0], torch.arange(3).repeat_interleave(4))
     s_class, s_drawing = tags(batch.x_support)
@@ -53,7 +55,9 @@ def test_episodes_are_class_major_disjoint_and_from_the_training_classes():
         assert all(len(c) == 1 for c in per_label) and len(set.union(*per_label)) == 3
         for k in range(3):
             assert set(q_class[t][batch.y_query[t] == k].tolist()) == per_label[k]
-            drawings = s_drawing[t][batch.y_support[t] == k].tolist() + q_drawing[t][batch.y_query[t] == k].tolist()
+            drawings = (
+                s_drawing[t][batch.y_support[t] == k].tolist() + q_drawing[t][batch.y_query[t] == k].tolist()
+            )
             assert len(set(drawings)) == 6  # no image is both support and query
     # Every training class is used, in several label positions.
     assert set(s_class.flatten().tolist()) == set(range(1, TRAIN_CLASSES + 1))
@@ -77,7 +81,13 @@ def test_held_out_episodes_are_fixed_and_independent_of_what_is_asked():
     assert torch.equal(one.batch(1).x_query, a.batch(1).x_query)
     assert torch.equal(fewer.batch(5).x_support, a.batch(5).x_support[:7])
     batch = a.batch(5)
-    assert batch.x_support.shape == (20, 15, 1, 28, 28) and batch.x_query.shape == (20, 3 * EVAL_QUERY, 1, 28, 28)
+    assert batch.x_support.shape == (20, 15, 1, 28, 28) and batch.x_query.shape == (
+        20,
+        3 * EVAL_QUERY,
+        1,
+        28,
+        28,
+    )
     s_class, s_drawing = tags(batch.x_support)
     q_class, q_drawing = tags(batch.x_query)
     assert s_class.min() > 100 and q_class.min() > 100  # meta-test classes only
@@ -92,7 +102,11 @@ def test_held_out_episodes_are_fixed_and_independent_of_what_is_asked():
     [
         (Tagged(ways=13), lambda f: f.prepare(), "meta-train split has 12 classes; 13-way"),
         (Tagged(ways=9), lambda f: f.prepare(), "meta-test split has 8 classes; 9-way"),
-        (Tagged(ways=3, min_images=21), lambda f: f.prepare(), "21 images per class; the meta-train classes have 20"),
+        (
+            Tagged(ways=3, min_images=21),
+            lambda f: f.prepare(),
+            "21 images per class; the meta-train classes have 20",
+        ),
         (Tagged(ways=3), lambda f: f.held_out(5, 11, seed=0), "--shots can be at most 10"),
     ],
 )

@@ -1,0 +1,1 @@
+"""Offline image data for few-shot classification: rendered glyphs and the Omniglot folders."""

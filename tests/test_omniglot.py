@@ -1,0 +1,246 @@
+"""Reading the official Omniglot layout: folders, the omniglot-py level, zips, the cache, each DataError."""
+
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from metakit.experiments.datasets import omniglot_folder
+from metakit.experiments.datasets.images import DataError
+from metakit.experiments.datasets.omniglot_folder import load_omniglot
+
+SIDE = 105
+LAYOUT = {
+    "background": {"Alpha": 3, "Beta_(B)": 3},
+    "evaluation": {"Gamma": 2},
+}
+DRAWINGS = 4
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Caches go to a temporary folder, never to the user's cache."""
+    monkeypatch.setenv("METAKIT_CACHE", str(tmp_path / "cache"))
+
+
+def ink_box(split: str, klass: int, drawing: int) -> tuple:
+    """The black square of one drawing: distinct per split, class and drawing."""
+    x = 7 + 13 * klass + (40 if split == "evaluation" else 0)
+    y = 6 + 11 * drawing
+    return x, y, x + 23, y + 17
+
+
+def expected_images(split: str, size: int = SIDE) -> np.ndarray:
+    """What the loader should return at full size: 255 inside each square, 0 elsewhere."""
+    count = sum(LAYOUT[split].values())
+    images = np.zeros((count, DRAWINGS, size, size), np.uint8)
+    for c in range(count):
+        for d in range(DRAWINGS):
+            x0, y0, x1, y1 = ink_box(split, c, d)
+            images[c, d, y0:y1 + 1, x0:x1 + 1] = 255
+    return images
+
+
+def write_png(path: Path, box) -> None:
+    image = Image.new("1", (SIDE, SIDE), 1)  # the official files: 1-bit, white background
+    ImageDraw.Draw(image).rectangle(box, fill=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def make_split(base: Path, split: str) -> Path:
+    """``base/images_<split>/<alphabet>/characterNN/NNNN_MM.png`` as in the official data."""
+    folder = base / f"images_{split}"
+    klass = 0
+    for alphabet, characters in LAYOUT[split].items():
+        for n in range(1, characters + 1):
+            for d in range(DRAWINGS):
+                write_png(folder / alphabet / f"character{n:02d}" / f"{100 * klass + 1:04d}_{d + 1:02d}.png",
+                          ink_box(split, klass, d))
+            klass += 1
+    return folder
+
+
+def make_root(base: Path) -> Path:
+    for split in LAYOUT:
+        make_split(base, split)
+    return base
+
+
+def zip_split(folder: Path, target: Path) -> None:
+    """Zip a split folder the way the official zips are made (top folder ``images_<split>/``)."""
+    with zipfile.ZipFile(target, "w") as archive:
+        for path in sorted(folder.rglob("*")):
+            archive.write(path, path.relative_to(folder.parent).as_posix())
+
+
+def expected_names(split: str) -> tuple:
+    return tuple(f"{a}/character{n:02d}" for a, count in LAYOUT[split].items() for n in range(1, count + 1))
+
+
+def check(data: dict) -> None:
+    assert set(data) == {"background", "evaluation"}
+    for split in LAYOUT:
+        images = data[split]
+        assert images.names == expected_names(split)
+        assert images.alphabets == tuple(name.split("/")[0] for name in expected_names(split))
+        assert images.images.dtype == torch.uint8
+        np.testing.assert_array_equal(images.images.numpy(), expected_images(split))
+
+
+def test_reads_the_official_layout_with_ink_as_255(tmp_path):
+    data = load_omniglot(make_root(tmp_path / "data"), size=SIDE)
+    check(data)
+    assert data["background"].images.shape == (6, DRAWINGS, SIDE, SIDE)
+    assert data["evaluation"].images.shape == (2, DRAWINGS, SIDE, SIDE)
+    assert data["background"].alphabet_names() == ["Alpha", "Beta_(B)"]
+
+
+def test_reads_under_the_torchvision_level(tmp_path):
+    root = tmp_path / "data"
+    make_root(root / "omniglot-py")
+    check(load_omniglot(root, size=SIDE))
+
+
+def test_reads_from_the_zips_alone(tmp_path):
+    staging, root = tmp_path / "staging", tmp_path / "data"
+    root.mkdir()
+    for split in LAYOUT:
+        zip_split(make_split(staging, split), root / f"images_{split}.zip")
+    check(load_omniglot(root, size=SIDE))
+    nested = tmp_path / "nested" / "omniglot-py"
+    nested.mkdir(parents=True)
+    shutil.copy(root / "images_background.zip", nested)  # one zip under omniglot-py, one folder directly
+    make_split(tmp_path / "nested", "evaluation")
+    check(load_omniglot(tmp_path / "nested", size=SIDE))
+
+
+def test_resizes_with_antialiasing(tmp_path):
+    data = load_omniglot(make_root(tmp_path / "data"), size=28)
+    images = data["background"].images
+    assert images.shape == (6, DRAWINGS, 28, 28)
+    x0, y0, x1, y1 = (round(v * 28 / SIDE) for v in ink_box("background", 0, 0))
+    assert images[0, 0, (y0 + y1) // 2, (x0 + x1) // 2] == 255  # inside the square
+    assert images[0, 0, 27, 27] == 0 and images[0, 0, 0, 0] == 0  # background
+    assert ((images > 0) & (images < 255)).any()  # grey edges: antialiased, not nearest-neighbour
+
+
+def test_every_class_keeps_the_smallest_count_in_name_order(tmp_path):
+    root = make_root(tmp_path / "data")
+    extra = root / "images_background" / "Alpha" / "character01" / "0000_00.png"
+    write_png(extra, (0, 0, 104, 104))  # sorts first, so it is kept and the last drawing dropped
+    (root / "images_evaluation" / "Gamma" / "character02" / "0101_04.png").unlink()
+    data = load_omniglot(root, size=SIDE)
+    assert data["background"].images.shape[1] == DRAWINGS
+    assert data["background"].images[0, 0].min() == 255
+    np.testing.assert_array_equal(data["background"].images[0, 1:].numpy(),
+                                  expected_images("background")[0, :DRAWINGS - 1])
+    assert data["evaluation"].images.shape == (2, DRAWINGS - 1, SIDE, SIDE)
+
+
+def test_the_cache_is_reused_and_invalidated_by_a_new_listing(tmp_path, monkeypatch):
+    root = make_root(tmp_path / "data")
+    first = load_omniglot(root, size=SIDE)
+    assert list((tmp_path / "cache" / "omniglot").glob("*.pt"))
+    calls = []
+    real = omniglot_folder.decode
+    monkeypatch.setattr(omniglot_folder, "decode", lambda *a: calls.append(a) or real(*a))
+    again = load_omniglot(root, size=SIDE)
+    assert calls == []
+    assert torch.equal(again["background"].images, first["background"].images)
+    write_png(root / "images_evaluation" / "Gamma" / "character03" / "0001_01.png", (0, 0, 9, 9))
+    for d in range(2, DRAWINGS + 1):
+        write_png(root / "images_evaluation" / "Gamma" / "character03" / f"0001_{d:02d}.png", (0, 0, 9, 9))
+    changed = load_omniglot(root, size=SIDE)
+    assert calls
+    assert changed["evaluation"].names[-1] == "Gamma/character03"
+
+
+def test_a_read_only_root_works(tmp_path):
+    root = make_root(tmp_path / "data")
+    folders = [p for p in root.rglob("*") if p.is_dir()] + [root]
+    for folder in folders:
+        folder.chmod(0o555)
+    try:
+        check(load_omniglot(root, size=SIDE))
+        check(load_omniglot(root, size=SIDE))
+    finally:
+        for folder in folders:
+            folder.chmod(0o755)
+
+
+def data_error(root, size=SIDE) -> str:
+    with pytest.raises(DataError) as caught:
+        load_omniglot(root, size=size)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_missing_root(tmp_path):
+    message = data_error(tmp_path / "nowhere")
+    assert str(tmp_path / "nowhere") in message and "does not exist" in message
+
+
+def test_wrong_layout_says_what_is_expected(tmp_path):
+    root = tmp_path / "data"
+    (root / "omniglot" / "Alpha" / "character01").mkdir(parents=True)
+    message = data_error(root)
+    assert str(root) in message
+    assert "images_background" in message and "images_evaluation" in message and "omniglot-py" in message
+
+
+def test_a_missing_split_is_named(tmp_path):
+    root = tmp_path / "data"
+    make_split(root, "background")
+    message = data_error(root)
+    assert "images_evaluation" in message and str(root) in message
+
+
+def test_a_split_without_classes(tmp_path):
+    root = tmp_path / "data"
+    make_split(root, "background")
+    (root / "images_evaluation").mkdir()
+    message = data_error(root)
+    assert str(root / "images_evaluation") in message and "no character folders" in message
+
+
+def test_a_corrupt_png_is_named(tmp_path):
+    root = make_root(tmp_path / "data")
+    bad = root / "images_background" / "Beta_(B)" / "character02" / "0401_03.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    message = data_error(root)
+    assert str(bad) in message and "cannot read image" in message
+
+
+def test_a_corrupt_png_inside_a_zip_is_named(tmp_path):
+    staging, root = tmp_path / "staging", tmp_path / "data"
+    root.mkdir()
+    make_split(root, "background")
+    folder = make_split(staging, "evaluation")
+    (folder / "Gamma" / "character01" / "0001_02.png").write_bytes(b"garbage")
+    zip_split(folder, root / "images_evaluation.zip")
+    message = data_error(root)
+    assert "images_evaluation.zip:images_evaluation/Gamma/character01/0001_02.png" in message
+
+
+def test_a_character_folder_without_pngs(tmp_path):
+    root = make_root(tmp_path / "data")
+    empty = root / "images_background" / "Alpha" / "character04"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    message = data_error(root)
+    assert str(empty) in message and ".png" in message
+
+
+def test_the_cache_lives_outside_the_data(tmp_path):
+    root = make_root(tmp_path / "data")
+    before = sorted(os.listdir(root))
+    load_omniglot(root, size=SIDE)
+    assert sorted(os.listdir(root)) == before
+    assert omniglot_folder.cache_path(Path(os.path.abspath(root)), SIDE).is_file()
