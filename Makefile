@@ -14,7 +14,7 @@ run: $(READY)
 	$(VENV)/bin/metakit eval runs/quickstart/enhanced --shots 5,10 --steps 0,1,10
 
 test: $(READY)
-	$(VENV)/bin/ruff check metakit tests
+	$(VENV)/bin/ruff check metakit tests examples tools
 	$(PY) -m pytest
 
 install: $(READY)

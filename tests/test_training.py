@@ -1,7 +1,6 @@
 """The training loop and evaluation on the sinusoid benchmark."""
 
 import json
-import math
 
 import pytest
 import torch

@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from metakit.experiments import runs
-from metakit.experiments.config import TrainConfig
+from metakit.experiments.config import ConfigError, TrainConfig
 from metakit.experiments.families import build_family
 from metakit.experiments.methods import build_algorithm
 from metakit.wrappers.backends import meta_backward
@@ -29,11 +29,11 @@ class Interrupted(RuntimeError):
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else the CPU; ``cuda`` without a GPU is a ``ValueError``."""
+    """``auto`` → CUDA when available, else the CPU; ``cuda`` without a GPU is a :class:`ConfigError`."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+        raise ConfigError("--device cuda: no CUDA device is available (use --device cpu or auto)")
     return torch.device(name)
 
 
