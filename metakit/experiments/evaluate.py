@@ -19,13 +19,14 @@ def mean_ci95(values: torch.Tensor):
 
 
 def evaluate_algorithm(
-    algo, family, tasks: int, shots: Sequence[int], steps: Sequence[int], seed: int
+    algo, family, tasks: int, shots: Sequence[int], steps: Sequence[int], seed: int, chunk: int = 100
 ) -> list:
     """The family's metric (mean ± 95% CI over tasks) for every (shots, steps) pair on the same
     held-out tasks; classification rows also carry ``ways`` and the mean query ``loss``.
 
     Where adaptation diverged on some task (a non-finite loss), the metric, CI and loss are ``None``.
-    Batches are moved to the device of the algorithm's parameters.
+    Tasks are adapted ``chunk`` at a time (each task is independent, so the numbers do not depend
+    on it; it bounds the memory), on the device of the algorithm's parameters.
     """
     family.prepare()
     held_out = family.held_out(tasks, max(shots), seed)
@@ -34,8 +35,14 @@ def evaluate_algorithm(
     classification = family.kind == "classification"
     results = []
     for k in shots:
-        batch = TaskBatch(*(t.to(device) for t in held_out.batch(k)))
-        curves = engine.query_curves(batch, max(steps), score=family.score)
+        batch = held_out.batch(k)
+        chunks = [
+            engine.query_curves(
+                TaskBatch(*(t[i : i + chunk].to(device) for t in batch)), max(steps), family.score
+            )
+            for i in range(0, tasks, chunk)
+        ]
+        curves = {key: torch.cat([c[key] for c in chunks], 1) for key in ("loss", "score")}
         for s in steps:
             finite = bool(torch.isfinite(curves["loss"][s]).all())
             value, ci = mean_ci95(curves["score"][s]) if finite else (None, None)
