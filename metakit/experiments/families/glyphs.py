@@ -22,7 +22,7 @@ class Glyphs(ImageEpisodes):
         inner_lr=0.4,
         meta_batch=32,
         meta_lr=1e-3,
-        iterations=3000,
+        iterations=1000,
         rotations=False,
     )
     reproduction = Reproduction(
