@@ -16,6 +16,7 @@ import click
 # explicit OMP_NUM_THREADS from the user wins.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from metakit.experiments.allocator import keep_freed_memory  # noqa: E402
 from metakit.experiments.config import DEVICES, TrainConfig  # noqa: E402
 from metakit.experiments.families import FAMILIES  # noqa: E402
 from metakit.experiments.methods import BACKENDS, METHODS  # noqa: E402
@@ -28,6 +29,7 @@ class OneLineErrors(click.Group):
 
     def main(self, args=None, prog_name="metakit", **kwargs):
         """Run the CLI; errors become ``Error: ...`` and an exit code."""
+        keep_freed_memory()
         try:
             code = super().main(args=args, prog_name=prog_name, standalone_mode=False, **kwargs)
         except click.exceptions.Abort:
@@ -218,16 +220,29 @@ def _family_default(help_text: str) -> str:
 @click.option("--force", is_flag=True, help="Allow writing into an existing non-empty --out.")
 @click.option(
     "--resume",
-    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    type=click.Path(path_type=Path, file_okay=False),
     default=None,
     help="Continue the run in this directory from its last checkpoint (takes no other training option).",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(out, force, resume, quiet, **options):
-    """Meta-train a model and save the run (config.json, metrics.jsonl, checkpoint.pt)."""
-    from metakit.experiments.config import ConfigError
-    from metakit.experiments.runs import RunError, check_new_run_dir, read_config
+    """Meta-train a model and save the run (config.json, metrics.jsonl, checkpoint.pt).
 
+    Under torchrun (`torchrun --nproc-per-node N -m metakit train ...`) the N processes share each
+    meta-batch; rank 0 alone reads and writes the run, and a restarted job continues its run.
+    """
+    from metakit.experiments import distributed
+    from metakit.experiments.config import ConfigError
+    from metakit.experiments.runs import (
+        RunError,
+        check_new_run_dir,
+        continues_elastic_job,
+        has_checkpoint,
+        read_config,
+    )
+
+    writer = distributed.world().writer  # the other ranks get the config and state from rank 0
+    config = None
     if resume is not None:
         ctx = click.get_current_context()
         given = [
@@ -237,8 +252,10 @@ def train(out, force, resume, quiet, **options):
         ]
         if given:
             usage_error(f"--resume continues a run with its saved config; drop {', '.join(given)}")
+        if writer and not resume.is_dir():
+            raise click.BadParameter(f"Directory '{resume}' does not exist.", param_hint="'--resume'")
         try:
-            config = read_config(resume)
+            config = read_config(resume) if writer else None
         except RunError as err:
             usage_error(str(err))
         out = resume
@@ -247,14 +264,17 @@ def train(out, force, resume, quiet, **options):
             config = TrainConfig(**options)
         except ConfigError as err:
             usage_error(str(err))
-        if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        if writer and config.tensorboard and importlib.util.find_spec("tensorboard") is None:
             usage_error("--tensorboard needs the tensorboard package: pip install tensorboard")
         out = out or Path("runs") / f"{config.method}-{datetime.now():%Y%m%d-%H%M%S}"
-        try:
-            check_new_run_dir(out, force)
-        except RunError as err:
-            usage_error(str(err))
-        _check_writable_dir(out, "--out")
+        if writer and continues_elastic_job(out, config):  # torchrun restarted this job: continue
+            resume = out if has_checkpoint(out) else None
+        elif writer:
+            try:
+                check_new_run_dir(out, force)
+            except RunError as err:
+                usage_error(str(err))
+            _check_writable_dir(out, "--out")
 
     from metakit.experiments.datasets.images import DataError
     from metakit.experiments.train import Divergence, Interrupted
@@ -267,8 +287,11 @@ def train(out, force, resume, quiet, **options):
     except Divergence as err:
         raise click.ClickException(f"{err}; see {out / 'metrics.jsonl'}") from None
     except Interrupted as err:
-        click.echo(f"Interrupted: {err}; continue with `metakit train --resume {out}`", err=True)
+        if writer:
+            click.echo(f"Interrupted: {err}; continue with `metakit train --resume {out}`", err=True)
         sys.exit(130)
+    if not writer:
+        return
     if summary["note"]:
         click.echo(f"Warning: {summary['note']}", err=True)
     resumed = "" if summary["resumed_from"] is None else f" (resumed at {summary['resumed_from']})"
@@ -339,13 +362,15 @@ def _eval_family(config, ways):
 
 
 def _guarded(work):
-    """Run ``work()``, turning bad data or impossible settings into one-line usage errors."""
+    """Run ``work()``, turning bad data, impossible settings or a run being trained elsewhere into
+    one-line usage errors."""
     from metakit.experiments.config import ConfigError
     from metakit.experiments.datasets.images import DataError
+    from metakit.experiments.runs import RunError
 
     try:
         return work()
-    except (DataError, ConfigError) as err:
+    except (DataError, ConfigError, RunError) as err:
         usage_error(str(err))
 
 

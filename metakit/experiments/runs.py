@@ -1,8 +1,13 @@
-"""A run directory: ``config.json``, ``metrics.jsonl`` and ``checkpoint.pt``."""
+"""A run directory: ``config.json``, ``metrics.jsonl``, ``checkpoint.pt`` and the lock ``.lock``."""
 
+import contextlib
+import fcntl
 import json
 import os
+import socket
+import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -14,6 +19,8 @@ CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
+LOCK = ".lock"
+"""Locked (``flock``) by the process training the run; records its pid, host and torchrun job."""
 FORMAT_VERSION = 1
 
 
@@ -22,11 +29,99 @@ class RunError(ValueError):
 
 
 def check_new_run_dir(path: Path, force: bool) -> None:
-    """Refuse to write into an existing non-empty directory unless ``force``."""
+    """Refuse to write into a run being trained, or into an existing non-empty directory unless ``force``."""
     if path.exists() and not path.is_dir():
         raise RunError(f"--out {path} exists and is not a directory")
+    holder, busy = lock_holder(path)
+    if busy:
+        raise RunError(_busy(path, holder))
     if path.is_dir() and any(path.iterdir()) and not force:
         raise RunError(f"--out {path} is not empty; choose another directory or pass --force")
+
+
+@contextlib.contextmanager
+def lock_run(run_dir: Path):
+    """Hold the run's lock for the ``with`` block, or raise :class:`RunError` naming its holder.
+
+    The lock is an ``flock`` on ``RUN/.lock``, which the operating system releases when the
+    process ends, however it ends: a killed run leaves no stale lock. The file stays, recording
+    the last holder (pid, host and ``torchrun`` job id, see :func:`continues_elastic_job`).
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        for wait in (0.02, 0.1, None):  # a moment for a probe by lock_holder to let go
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if wait is None:
+                    raise RunError(_busy(run_dir, _read_holder(fd))) from None
+                time.sleep(wait)
+        job = os.environ.get("TORCHELASTIC_RUN_ID")
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "job": job}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode() + b"\n", 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def lock_holder(run_dir: Path) -> tuple:
+    """``(holder, busy)``: the last trainer recorded in ``RUN/.lock`` (a dict with ``pid``, ``host``
+    and ``job``, or ``None``) and whether it is training the run now. Creates and changes nothing."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY)
+    except OSError:
+        return None, False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return _read_holder(fd), False
+    except BlockingIOError:
+        return _read_holder(fd), True
+    finally:
+        os.close(fd)
+
+
+def _read_holder(fd: int) -> Optional[dict]:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0))
+    except ValueError:
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _busy(run_dir: Path, holder: Optional[dict]) -> str:
+    who = "another process"
+    if holder:
+        who = f"process {holder.get('pid')} on {holder.get('host')}"
+    return f"{run_dir} is being trained by {who}; wait for it to end or stop it first"
+
+
+def continues_elastic_job(run_dir: Path, config: TrainConfig) -> bool:
+    """Whether ``torchrun`` restarted this job after it began training ``run_dir`` with ``config``.
+
+    ``torchrun`` restarts failed workers with the same command line and sets
+    ``TORCHELASTIC_RESTART_COUNT`` > 0; the run is this job's when its lock file records this
+    ``TORCHELASTIC_RUN_ID`` (unique per ``torchrun --standalone``; pass a unique ``--rdzv-id`` to
+    multi-node jobs) and its ``config.json``, if written yet, is ``config``.
+    """
+    job = os.environ.get("TORCHELASTIC_RUN_ID")
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0 or job is None:
+        return False
+    holder, _ = lock_holder(run_dir)
+    if holder is None or holder.get("job") != job:
+        return False
+    path = Path(run_dir) / CONFIG
+    try:
+        return not path.exists() or json.loads(path.read_text()) == config.to_dict()
+    except ValueError:
+        return False
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether the run has a checkpoint file (loadable or not)."""
+    return any((Path(run_dir) / name).is_file() for name in (CHECKPOINT, PREVIOUS))
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -100,8 +195,7 @@ def append_metrics(run_dir: Path, record: dict) -> None:
 def read_config(run_dir: Path) -> TrainConfig:
     """The run's configuration."""
     path = Path(run_dir) / CONFIG
-    has_checkpoint = any((Path(run_dir) / name).is_file() for name in (CHECKPOINT, PREVIOUS))
-    if not path.is_file() or not has_checkpoint:
+    if not path.is_file() or not has_checkpoint(run_dir):
         raise RunError(
             f"{run_dir} is not a metakit run (no {CONFIG} and {CHECKPOINT}); train one with `metakit train`"
         )

@@ -11,8 +11,9 @@ from typing import Callable, Optional
 import torch
 from tqdm import tqdm
 
-from metakit.experiments import runs
+from metakit.experiments import distributed, runs
 from metakit.experiments.config import ConfigError, TrainConfig
+from metakit.experiments.distributed import World
 from metakit.experiments.families import build_family
 from metakit.experiments.methods import build_algorithm
 from metakit.wrappers.backends import meta_backward
@@ -70,19 +71,51 @@ class Training:
     scheduler: Optional[object]
     generator: torch.Generator
     meta_step: Callable
+    world: World = World()
 
     def sample(self):
-        """The next meta-training batch of the task stream, on the run's device."""
+        """This process's slice of the next meta-training batch of the task stream, on the run's
+        device (the whole batch in a single process)."""
         c = self.config
         batch = self.family.sample(c.meta_batch, c.shots, c.query, self.generator)
-        return type(batch)(*(t.to(self.device, non_blocking=True) for t in batch))
+        start, stop = distributed.slice_bounds(c.meta_batch, self.world.rank, self.world.size)
+        return type(batch)(*(t[start:stop].to(self.device, non_blocking=True) for t in batch))
+
+    def gradient(self, iteration: int, stop: bool = False) -> tuple:
+        """Fill ``.grad`` with the meta-gradient of the next batch, over all processes of the run.
+
+        Returns ``(meta-loss, stop)``; with several processes both are agreed by all of them: the
+        loss of the whole batch, and whether any process was asked to ``stop``.
+        """
+        batch = self.sample()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.meta_step(batch, iteration)
+        if self.world.size > 1:
+            loss, stop = distributed.all_reduce_grads(
+                self.algo.parameters(), batch.num_tasks, self.config.meta_batch, loss, stop
+            )
+        return loss, stop
 
 
-def build_training(config: TrainConfig, family=None) -> Training:
-    """The seeded model, algorithm, optimizer, scheduler, task stream and meta-step of ``config``."""
+def build_training(config: TrainConfig, family=None, world: World = World()) -> Training:
+    """The seeded model, algorithm, optimizer, scheduler, task stream and meta-step of ``config``,
+    for this process of ``world``."""
+    if config.meta_batch < world.size:
+        raise ConfigError(
+            f"--meta-batch {config.meta_batch} is smaller than the {world.size} processes of this run; "
+            "every process needs at least one task"
+        )
     family = family or build_family(config)
     family.prepare()
     device = resolve_device(config.device)
+    if device.type == "cuda" and world.size > 1:
+        if world.local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"--device cuda: process {world.rank} has local rank {world.local_rank} but this machine "
+                f"has {torch.cuda.device_count()} GPUs; start at most one process per GPU"
+            )
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
     torch.manual_seed(config.seed)
     algo = build_algorithm(config, family.build_model().to(device))
     optimizer = torch.optim.Adam(algo.parameters(), lr=config.meta_lr)
@@ -93,7 +126,7 @@ def build_training(config: TrainConfig, family=None) -> Training:
     )
     generator = torch.Generator().manual_seed(config.seed)
     meta_step = make_meta_step(config, algo, family.loss)
-    return Training(config, family, device, algo, optimizer, scheduler, generator, meta_step)
+    return Training(config, family, device, algo, optimizer, scheduler, generator, meta_step, world)
 
 
 @contextlib.contextmanager
@@ -121,48 +154,85 @@ def _finite(loss: float, algo: torch.nn.Module) -> bool:
     return math.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
 
 
-def train(config: TrainConfig, run_dir: Path, progress: bool = True, resume: bool = False) -> dict:
+def _state(setup: Training, done: int, window: list) -> dict:
+    """The global training state after ``done`` iterations: what a checkpoint holds."""
+    return {
+        "config": setup.config.to_dict(),
+        "algorithm": setup.algo.state_dict(),
+        "optimizer": setup.optimizer.state_dict(),
+        "scheduler": None if setup.scheduler is None else setup.scheduler.state_dict(),
+        "task_rng": setup.generator.get_state(),
+        "iteration": done,
+        "window": list(window),
+    }
+
+
+def _restore(setup: Training, state: dict) -> None:
+    """Load a state made by :func:`_state` (a checkpoint) into ``setup``."""
+    setup.algo.load_state_dict(state["algorithm"])
+    setup.optimizer.load_state_dict(state["optimizer"])
+    if setup.scheduler is not None:
+        setup.scheduler.load_state_dict(state["scheduler"])
+    setup.generator.set_state(state["task_rng"])
+
+
+def _open_run(config: TrainConfig, run_dir: Path, resume: bool, held: contextlib.ExitStack) -> dict:
+    """Lock the run (for as long as ``held`` lasts), then load its checkpoint or start it afresh."""
+    held.enter_context(runs.lock_run(run_dir))
+    if not resume:
+        runs.clear_run(run_dir)
+        runs.write_json_atomic(run_dir / runs.CONFIG, config.to_dict())
+        return {"state": None, "note": None}
+    state, note = runs.load_latest_checkpoint(run_dir)
+    runs.truncate_metrics(run_dir, state["iteration"])
+    return {"state": state, "note": note}
+
+
+def train(config: Optional[TrainConfig], run_dir: Path, progress: bool = True, resume: bool = False) -> dict:
     """Meta-train ``config`` into ``run_dir`` (or continue it with ``resume``); returns a summary.
 
     A checkpoint is written atomically every ``config.checkpoint_every`` iterations, at the end,
     and when SIGINT/SIGTERM arrives (then :class:`Interrupted` is raised). Resuming restores the
     meta-parameters, optimizer, scheduler, task-stream RNG and the partial logging window, so a
-    resumed run ends bit-for-bit where an uninterrupted one does.
+    resumed run ends bit-for-bit where an uninterrupted one does. The run is locked while it
+    trains (:func:`~metakit.experiments.runs.lock_run`).
+
+    Started by ``torchrun`` (``WORLD_SIZE`` > 1), every process trains the same run on its slice
+    of each meta-batch (see :mod:`metakit.experiments.distributed`). Rank 0 alone reads and writes
+    ``run_dir`` and shows progress; its ``config`` and ``resume`` are the ones used (the other
+    ranks may pass ``None``), and it hands the configuration and any checkpoint to the others.
     """
     run_dir = Path(run_dir)
-    setup = build_training(config)
-    algo, optimizer, scheduler, generator = setup.algo, setup.optimizer, setup.scheduler, setup.generator
-    start, window, note = 0, [], None
-    if resume:
-        state, note = runs.load_latest_checkpoint(run_dir)
-        algo.load_state_dict(state["algorithm"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["task_rng"])
-        start, window = state["iteration"], list(state["window"])
-        runs.truncate_metrics(run_dir, start)
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        runs.clear_run(run_dir)
-        runs.write_json_atomic(run_dir / runs.CONFIG, config.to_dict())
+    world = distributed.world()
+    with contextlib.ExitStack() as held:
+        if world.size > 1:
+            held.enter_context(distributed.process_group(world))
+            config = TrainConfig.from_dict(distributed.share(world, lambda: config.to_dict()))
+        setup = build_training(config, world=world)
+        opened = distributed.share(world, lambda: _open_run(config, run_dir, resume, held))
+        start, window = 0, []
+        if opened["state"] is not None:
+            _restore(setup, opened["state"])
+            start, window = opened["state"]["iteration"], list(opened["state"]["window"])
+        if world.size > 1:
+            distributed.broadcast_parameters(setup.algo.parameters())
+        clock = time.perf_counter()
+        _loop(setup, run_dir, start, window, progress and world.writer)
+        return {
+            "run": str(run_dir),
+            "iterations": config.iterations,
+            "resumed_from": start if opened["state"] is not None else None,
+            "seconds": time.perf_counter() - clock,
+            "device": str(setup.device),
+            "note": opened["note"],
+        }
 
-    def checkpoint(done):
-        runs.save_checkpoint(
-            run_dir,
-            {
-                "config": config.to_dict(),
-                "algorithm": algo.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": None if scheduler is None else scheduler.state_dict(),
-                "task_rng": generator.get_state(),
-                "iteration": done,
-                "window": list(window),
-            },
-        )
 
-    board = tensorboard_writer(run_dir) if config.tensorboard else None
-    meta_step = setup.meta_step
+def _loop(setup: Training, run_dir: Path, start: int, window: list, progress: bool) -> None:
+    """Iterations ``start + 1 … config.iterations``; the writer logs and checkpoints them."""
+    config, algo, optimizer, scheduler = setup.config, setup.algo, setup.optimizer, setup.scheduler
+    writer = setup.world.writer
+    board = tensorboard_writer(run_dir) if config.tensorboard and writer else None
     clock = time.perf_counter()
     bar = tqdm(
         range(start, config.iterations),
@@ -176,11 +246,11 @@ def train(config: TrainConfig, run_dir: Path, progress: bool = True, resume: boo
     with _stop_requests() as stop:
         for iteration in bar:
             done = iteration + 1
-            batch = setup.sample()
-            optimizer.zero_grad(set_to_none=True)
-            loss = meta_step(batch, iteration)
+            loss, stopping = setup.gradient(iteration, bool(stop))
             if not _finite(loss, algo):
-                runs.append_metrics(run_dir, {"iteration": done, "diverged": True, "meta_loss": str(loss)})
+                if writer:
+                    record = {"iteration": done, "diverged": True, "meta_loss": str(loss)}
+                    runs.append_metrics(run_dir, record)
                 raise Divergence(
                     f"{config.method}: non-finite meta-loss or gradient at iteration {done}; "
                     "the last checkpoint is kept"
@@ -196,24 +266,17 @@ def train(config: TrainConfig, run_dir: Path, progress: bool = True, resume: boo
                     "meta_lr": optimizer.param_groups[0]["lr"],
                     "seconds": round(time.perf_counter() - clock, 3),
                 }
-                runs.append_metrics(run_dir, record)
+                if writer:
+                    runs.append_metrics(run_dir, record)
                 if board is not None:
                     board.add_scalar("meta_loss", record["meta_loss"], done)
                     board.add_scalar("meta_lr", record["meta_lr"], done)
                 bar.set_postfix(meta_loss=f"{record['meta_loss']:.3f}")
                 window = []
-            if done % config.checkpoint_every == 0 or done == config.iterations or stop:
-                checkpoint(done)
-            if stop and done < config.iterations:
+            if writer and (done % config.checkpoint_every == 0 or done == config.iterations or stopping):
+                runs.save_checkpoint(run_dir, _state(setup, done, window))
+            if stopping and done < config.iterations:
                 raise Interrupted(f"stopped by signal at iteration {done}; checkpoint saved")
     bar.close()
     if board is not None:
         board.close()
-    return {
-        "run": str(run_dir),
-        "iterations": config.iterations,
-        "resumed_from": start if resume else None,
-        "seconds": time.perf_counter() - clock,
-        "device": str(setup.device),
-        "note": note,
-    }
