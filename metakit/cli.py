@@ -556,6 +556,9 @@ def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, quiet)
 )
 @click.option("--threads", type=click.IntRange(1, 256), default=1, help="torch intra-op threads.")
 @click.option(
+    "--device", type=click.Choice(DEVICES), default=None, help="auto: CUDA when available.  [default: cpu]"
+)
+@click.option(
     "--paper-protocol",
     is_flag=True,
     help="Instead, time `metakit train` of MAML on the paper protocol (func backend) in a temporary folder.",

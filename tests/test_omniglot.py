@@ -42,7 +42,7 @@ def expected_images(split: str, size: int = SIDE) -> np.ndarray:
     for c in range(count):
         for d in range(DRAWINGS):
             x0, y0, x1, y1 = ink_box(split, c, d)
-            images[c, d, y0:y1 + 1, x0:x1 + 1] = 255
+            images[c, d, y0 : y1 + 1, x0 : x1 + 1] = 255
     return images
 
 
@@ -60,8 +60,10 @@ def make_split(base: Path, split: str) -> Path:
     for alphabet, characters in LAYOUT[split].items():
         for n in range(1, characters + 1):
             for d in range(DRAWINGS):
-                write_png(folder / alphabet / f"character{n:02d}" / f"{100 * klass + 1:04d}_{d + 1:02d}.png",
-                          ink_box(split, klass, d))
+                write_png(
+                    folder / alphabet / f"character{n:02d}" / f"{100 * klass + 1:04d}_{d + 1:02d}.png",
+                    ink_box(split, klass, d),
+                )
             klass += 1
     return folder
 
@@ -138,8 +140,9 @@ def test_every_class_keeps_the_smallest_count_in_name_order(tmp_path):
     data = load_omniglot(root, size=SIDE)
     assert data["background"].images.shape[1] == DRAWINGS
     assert data["background"].images[0, 0].min() == 255
-    np.testing.assert_array_equal(data["background"].images[0, 1:].numpy(),
-                                  expected_images("background")[0, :DRAWINGS - 1])
+    np.testing.assert_array_equal(
+        data["background"].images[0, 1:].numpy(), expected_images("background")[0, : DRAWINGS - 1]
+    )
     assert data["evaluation"].images.shape == (2, DRAWINGS - 1, SIDE, SIDE)
 
 

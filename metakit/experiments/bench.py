@@ -29,7 +29,7 @@ import torch
 from metakit._l2l import learn2learn as l2l
 from metakit.experiments.config import TrainConfig
 from metakit.experiments.families import FAMILIES, build_family
-from metakit.experiments.train import build_training, train
+from metakit.experiments.train import build_training, resolve_device, train
 
 BASELINE = "learn2learn"
 CONTENDERS = ("func", "func-compiled", "l2l", "higher", BASELINE)
@@ -58,6 +58,8 @@ class BenchPlan:
     shots: Optional[int] = None
     """Support examples per task (per class for classification); default: the family's protocol."""
     seed: int = 0
+    device: str = "cpu"
+    """Where every contender runs (``auto``: CUDA when available); iterations end with a device sync."""
 
 
 QUICK = BenchPlan(
@@ -112,12 +114,14 @@ def plain_learn2learn_iteration(config: TrainConfig, family) -> Callable[[], Non
     """One iteration of the plain learn2learn MAML loop, written like learn2learn's sine and
     Omniglot examples: clone, adapt, ``backward()`` per task, gradients divided by the batch."""
     torch.manual_seed(config.seed)
-    maml = l2l.algorithms.MAML(family.build_model(), lr=config.inner_lr)
+    device = resolve_device(config.device)
+    maml = l2l.algorithms.MAML(family.build_model().to(device), lr=config.inner_lr)
     optimizer = torch.optim.Adam(maml.parameters(), lr=config.meta_lr)
     generator = torch.Generator().manual_seed(config.seed)
 
     def iteration():
         batch = family.sample(config.meta_batch, config.shots, config.query, generator)
+        batch = type(batch)(*(t.to(device) for t in batch))
         optimizer.zero_grad()
         for i in range(config.meta_batch):
             x_support, y_support, x_query, y_query = batch.task(i)
@@ -169,6 +173,18 @@ def _proc_status(key: str) -> int:
         return int(re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.M).group(1)) * 1024
 
 
+def _synchronised(fn: Callable[[], None], device: torch.device) -> Callable[[], None]:
+    """``fn`` followed by a wait for the device's queued work (a no-op on the CPU)."""
+    if device.type != "cuda":
+        return fn
+
+    def iteration():
+        fn()
+        torch.cuda.synchronize(device)
+
+    return iteration
+
+
 def bench_setting(plan: BenchPlan, method: str, meta_batch: int, steps: int) -> list:
     """Measure every contender of ``plan`` on one setting; one result dict per contender."""
     config = TrainConfig(
@@ -178,7 +194,7 @@ def bench_setting(plan: BenchPlan, method: str, meta_batch: int, steps: int) -> 
         inner_steps=steps,
         shots=plan.shots,
         seed=plan.seed,
-        device="cpu",
+        device=plan.device,
     )
     family = build_family(config)
     family.prepare()
@@ -188,10 +204,11 @@ def bench_setting(plan: BenchPlan, method: str, meta_batch: int, steps: int) -> 
         torch.compiler.reset()
     iterations, first_call = {}, {}
     for name in plan.contenders:
-        fn = (
+        fn = _synchronised(
             plain_learn2learn_iteration(config, family)
             if name == BASELINE
-            else metakit_iteration(config, family, name)
+            else metakit_iteration(config, family, name),
+            resolve_device(config.device),
         )
         start = time.perf_counter()
         fn()  # warm-up; compiles func-compiled

@@ -96,8 +96,9 @@ class Alphabet:
 ALPHABETS = (
     Alphabet("Basic Latin", "train", ((0x0000, 0x007F),)),
     Alphabet("Latin-1 Supplement", "train", ((0x0080, 0x00FF),)),
-    Alphabet("Latin Extended", "train",
-             ((0x0100, 0x024F), (0x1E00, 0x1EFF), (0x2C60, 0x2C7F), (0xA720, 0xA7FF))),
+    Alphabet(
+        "Latin Extended", "train", ((0x0100, 0x024F), (0x1E00, 0x1EFF), (0x2C60, 0x2C7F), (0xA720, 0xA7FF))
+    ),
     Alphabet("IPA", "train", ((0x0250, 0x02AF), (0x1D00, 0x1DBF))),
     Alphabet("Modifier letters", "train", ((0x02B0, 0x02FF), (0xA700, 0xA71F))),
     Alphabet("Greek", "train", ((0x0370, 0x03FF), (0x1F00, 0x1FFF))),
@@ -262,8 +263,9 @@ def ink(char: str, font: ImageFont.FreeTypeFont, stroke: int) -> Optional[Image.
     left, top, right, bottom = font.getbbox(char, stroke_width=stroke)
     pad = 2 + stroke
     canvas = Image.new("L", (right - left + 2 * pad, bottom - top + 2 * pad), 0)
-    ImageDraw.Draw(canvas).text((pad - left, pad - top), char, font=font, fill=255,
-                                stroke_width=stroke, stroke_fill=255)
+    ImageDraw.Draw(canvas).text(
+        (pad - left, pad - top), char, font=font, fill=255, stroke_width=stroke, stroke_fill=255
+    )
     box = canvas.getbbox()
     return canvas.crop(box) if box else None
 
@@ -368,8 +370,9 @@ def drawings(char: str, size: int) -> np.ndarray:
     cycling through :func:`glyph_fonts`."""
     rng = np.random.default_rng([SEED, ord(char)])
     fonts = glyph_fonts(char)
-    return np.stack([draw(char, fonts[i % len(fonts)].path, size, random_jitter(rng))
-                     for i in range(DRAWINGS)])
+    return np.stack(
+        [draw(char, fonts[i % len(fonts)].path, size, random_jitter(rng)) for i in range(DRAWINGS)]
+    )
 
 
 def render_glyphs(alphabets: Optional[Collection[str]] = None, size: int = 28) -> ClassImages:

@@ -28,11 +28,15 @@ class ClassImages:
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise ValueError(f"images must be uint8 [classes, per_class, size, size], got "
-                             f"{self.images.dtype} {tuple(self.images.shape)}")
+            raise ValueError(
+                f"images must be uint8 [classes, per_class, size, size], got "
+                f"{self.images.dtype} {tuple(self.images.shape)}"
+            )
         if not len(self.names) == len(self.alphabets) == self.images.shape[0]:
-            raise ValueError(f"{self.images.shape[0]} classes but {len(self.names)} names "
-                             f"and {len(self.alphabets)} alphabets")
+            raise ValueError(
+                f"{self.images.shape[0]} classes but {len(self.names)} names "
+                f"and {len(self.alphabets)} alphabets"
+            )
 
     @property
     def num_classes(self) -> int:
@@ -87,8 +91,9 @@ def save_atomic(path: Path, payload: dict) -> bool:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                         delete=False) as handle:
+        with tempfile.NamedTemporaryFile(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+        ) as handle:
             tmp = handle.name
             torch.save(payload, handle)
             handle.flush()

@@ -37,8 +37,10 @@ from metakit.experiments.datasets.images import (
 SPLITS = ("background", "evaluation")
 """The two official splits, in the order they are returned."""
 CACHE_VERSION = 1
-LAYOUT = ("images_background/ and images_evaluation/ holding <alphabet>/<character>/*.png "
-          "(or images_background.zip and images_evaluation.zip), directly or under omniglot-py/")
+LAYOUT = (
+    "images_background/ and images_evaluation/ holding <alphabet>/<character>/*.png "
+    "(or images_background.zip and images_evaluation.zip), directly or under omniglot-py/"
+)
 """What :func:`load_omniglot` expects under its root, for error messages."""
 
 
@@ -91,8 +93,11 @@ def _is_png(name: str) -> bool:
 def _entries(folder: Path, folders: bool) -> list:
     """The visible sub-folders (or PNG files) of ``folder``, sorted by name."""
     with os.scandir(folder) as entries:
-        names = [e.name for e in entries if (e.is_dir() if folders else e.is_file() and _is_png(e.name))
-                 and _visible(e.name)]
+        names = [
+            e.name
+            for e in entries
+            if (e.is_dir() if folders else e.is_file() and _is_png(e.name)) and _visible(e.name)
+        ]
     return [folder / name for name in sorted(names)]
 
 
@@ -103,12 +108,14 @@ def list_folder(folder: Path) -> tuple:
         for character in _entries(alphabet, folders=True):
             files = tuple(_entries(character, folders=False))
             if not files:
-                raise DataError(f"character folder {character} holds no .png images; "
-                                f"expected {character}/<drawing>.png")
+                raise DataError(
+                    f"character folder {character} holds no .png images; expected {character}/<drawing>.png"
+                )
             classes.append(CharacterImages(alphabet.name, character.name, files))
     if not classes:
-        raise DataError(f"{folder} holds no character folders; "
-                        f"expected {folder}/<alphabet>/<character>/*.png")
+        raise DataError(
+            f"{folder} holds no character folders; expected {folder}/<alphabet>/<character>/*.png"
+        )
     return tuple(classes)
 
 
@@ -138,12 +145,16 @@ def list_zip(path: Path, split: str) -> tuple:
     for alphabet, character in sorted(folders):
         found = sorted(files.get((alphabet, character), []))
         if not found:
-            raise DataError(f"character folder {path}:{alphabet}/{character}/ holds no .png images; "
-                            f"expected <alphabet>/<character>/<drawing>.png")
+            raise DataError(
+                f"character folder {path}:{alphabet}/{character}/ holds no .png images; "
+                f"expected <alphabet>/<character>/<drawing>.png"
+            )
         classes.append(CharacterImages(alphabet, character, tuple(member for _, member in found)))
     if not classes:
-        raise DataError(f"the zip {path} holds no character folders; "
-                        f"expected images_{split}/<alphabet>/<character>/*.png inside it")
+        raise DataError(
+            f"the zip {path} holds no character folders; "
+            f"expected images_{split}/<alphabet>/<character>/*.png inside it"
+        )
     return tuple(classes)
 
 
