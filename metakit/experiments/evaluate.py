@@ -19,20 +19,21 @@ def mean_ci95(values: torch.Tensor):
 
 
 def evaluate_algorithm(
-    algo, family, tasks: int, shots: Sequence[int], steps: Sequence[int], seed: int, chunk: int = 100
+    algo, family, tasks: int, shots: Sequence[int], steps: Sequence[int], seed: int
 ) -> list:
     """The family's metric (mean ± 95% CI over tasks) for every (shots, steps) pair on the same
     held-out tasks; classification rows also carry ``ways`` and the mean query ``loss``.
 
     Where adaptation diverged on some task (a non-finite loss), the metric, CI and loss are ``None``.
-    Tasks are adapted ``chunk`` at a time (each task is independent, so the numbers do not depend
-    on it; it bounds the memory), on the device of the algorithm's parameters.
+    Tasks are adapted ``family.eval_chunk`` at a time (each task is independent, so the numbers do
+    not depend on it; it bounds the memory), on the device of the algorithm's parameters.
     """
     family.prepare()
     held_out = family.held_out(tasks, max(shots), seed)
     engine = VectorizedEngine(algo, family.loss)
     device = next(algo.parameters()).device
     classification = family.kind == "classification"
+    chunk = family.eval_chunk
     results = []
     for k in shots:
         batch = held_out.batch(k)

@@ -69,7 +69,8 @@ class TaskFamily:
     * ``eval_protocol``: default ``shots`` and ``steps`` lists of ``metakit eval``;
     * ``options``: family-specific training options it accepts (``ways``, ``data_root``,
       ``rotations``); any other family-specific option is refused for it;
-    * ``reproduction``: a :class:`Reproduction`, for families that ``metakit reproduce`` runs.
+    * ``reproduction``: a :class:`Reproduction`, for families that ``metakit reproduce`` runs;
+    * ``eval_chunk``: how many held-out tasks evaluation adapts at once.
 
     Instances are built by :meth:`from_config` (cheap: data loads in :meth:`prepare`) and must
     implement :meth:`sample`,
@@ -82,6 +83,8 @@ class TaskFamily:
     eval_protocol: Dict[str, tuple] = {"shots": (5, 10, 20), "steps": (0, 1, 5, 10)}
     options: tuple = ()
     reproduction: Optional[Reproduction] = None
+    eval_chunk: int = 100
+    """Held-out tasks adapted at once in evaluation (bounds its memory)."""
 
     @classmethod
     def from_config(cls, config) -> "TaskFamily":

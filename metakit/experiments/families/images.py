@@ -30,6 +30,7 @@ class ImageEpisodes(TaskFamily):
     options = ("ways", "data_root", "rotations")
     channels = 64
     image_size = 28
+    eval_chunk = 20  # 20 episodes of 5-way 5-shot: ~1,500 images through the conv net at once
 
     def __init__(
         self, ways: int, data_root: Optional[str] = None, rotations: bool = False, min_images: int = 2
