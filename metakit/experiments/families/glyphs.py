@@ -15,16 +15,7 @@ class Glyphs(ImageEpisodes):
     rendered once into ``--data-root`` (default: the user's cache folder) and loaded from there.
     """
 
-    protocol = dict(
-        ways=5,
-        shots=1,
-        inner_steps=1,
-        inner_lr=0.4,
-        meta_batch=32,
-        meta_lr=1e-3,
-        iterations=1000,
-        rotations=False,
-    )
+    protocol = {**ImageEpisodes.protocol, "iterations": 1000, "rotations": False}
     reproduction = Reproduction(
         description=(
             "Glyphs, 5-way, 4-block conv net (64 filters), MAML's Omniglot settings sized for a CPU: "

@@ -26,6 +26,8 @@ class ImageEpisodes(TaskFamily):
 
     kind = "classification"
     metric = "accuracy"
+    protocol = dict(ways=5, shots=1, inner_steps=1, inner_lr=0.4, meta_batch=32, meta_lr=1e-3)
+    """The MAML paper's Omniglot settings; subclasses add ``iterations`` and ``rotations``."""
     eval_protocol = {"shots": (1, 5), "steps": (0, 1, 5)}
     options = ("ways", "data_root", "rotations")
     channels = 64

@@ -11,16 +11,7 @@ class Omniglot(ImageEpisodes):
     ``images_evaluation`` meta-test; images are resized to 28×28, and the rotations of every
     meta-train class are further classes (on by default, as in the MAML paper)."""
 
-    protocol = dict(
-        ways=5,
-        shots=1,
-        inner_steps=1,
-        inner_lr=0.4,
-        meta_batch=32,
-        meta_lr=1e-3,
-        iterations=60_000,
-        rotations=True,
-    )
+    protocol = {**ImageEpisodes.protocol, "iterations": 60_000, "rotations": True}
 
     @classmethod
     def check_config(cls, config) -> None:
