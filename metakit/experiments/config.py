@@ -138,7 +138,7 @@ MINIMUM = {
 def _check_types(config: TrainConfig) -> None:
     for name, kind in TYPES.items():
         value = getattr(config, name)
-        if value is None and name in ("ways", "data_root", "rotations"):
+        if value is None and name in FAMILY_OPTIONS:
             continue
         accepted = (int, float) if kind is float else kind
         if not isinstance(value, accepted) or (kind is not bool and isinstance(value, bool)):

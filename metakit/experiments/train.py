@@ -38,9 +38,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_meta_step(config: TrainConfig, algo: torch.nn.Module, loss_fn=None):
-    """``step(batch, iteration) -> loss``: fills ``.grad`` with the config's backend and MAML++ options."""
-    loss_fn = loss_fn or torch.nn.functional.mse_loss
+def make_meta_step(config: TrainConfig, algo: torch.nn.Module, loss_fn: Callable):
+    """``step(batch, iteration) -> loss``: fills ``.grad`` with the config's backend, MAML++ options
+    and the family's task loss."""
     engine = VectorizedEngine(algo, loss_fn, compile=config.compile) if config.backend == "func" else None
     steps = config.inner_steps
 

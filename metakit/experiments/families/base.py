@@ -180,24 +180,18 @@ class RegressionFamily(TaskFamily):
             xs.append(torch.cat([d[0] for d in drawn], 1)[:, :max_shots])
             ys.append(torch.cat([d[1] for d in drawn], 1)[:, :max_shots])
         params = {k: torch.cat([p[k] for p in params]) for k in params[0]}
-        return RegressionHeldOut(self, params, torch.cat(xs), torch.cat(ys), torch.cat(xq), torch.cat(yq))
+        return RegressionHeldOut(params, torch.cat(xs), torch.cat(ys), torch.cat(xq), torch.cat(yq))
 
 
 @dataclass(frozen=True)
 class RegressionHeldOut:
     """Held-out regression tasks; ``batch(K)`` uses the first K support points of every task."""
 
-    family: RegressionFamily
     params: Dict[str, torch.Tensor]
     x_support: torch.Tensor
     y_support: torch.Tensor
     x_query: torch.Tensor
     y_query: torch.Tensor
-
-    @property
-    def tasks(self) -> int:
-        """Number of tasks."""
-        return self.x_query.shape[0]
 
     def batch(self, shots: int) -> TaskBatch:
         """The tasks with a ``shots``-point support set."""

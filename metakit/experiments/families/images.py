@@ -155,11 +155,6 @@ class EpisodeHeldOut:
     support: torch.Tensor
     query: torch.Tensor
 
-    @property
-    def tasks(self) -> int:
-        """Number of episodes."""
-        return self.support.shape[0]
-
     def batch(self, shots: int) -> TaskBatch:
         """The episodes with ``shots`` support images per class."""
         tasks, ways = self.support.shape[:2]
