@@ -5,6 +5,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -16,20 +17,33 @@ import click
 # explicit OMP_NUM_THREADS from the user wins.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from metakit.experiments.cache import user_cache  # noqa: E402
+
+# torch.compile caches compiled code on disk, by default under /tmp, which many systems empty at
+# boot; in the user's cache folder a repeated setting compiles in seconds instead of half a minute.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(user_cache() / "torch-compile"))
+
 from metakit.experiments.allocator import keep_freed_memory  # noqa: E402
-from metakit.experiments.config import DEVICES, TrainConfig  # noqa: E402
+from metakit.experiments.config import COMPILE_MODES, DEVICES, OUTER_OPTIMIZERS, TrainConfig  # noqa: E402
 from metakit.experiments.families import FAMILIES  # noqa: E402
 from metakit.experiments.methods import BACKENDS, METHODS  # noqa: E402
 
 FROM_FAMILY = "  [default: the task family's protocol]"
+ENGINES = {
+    "func-compiled": "compiled func engine",
+    "func": "eager func engine",
+    "l2l": "learn2learn backend",
+    "higher": "higher backend",
+}
 
 
 class OneLineErrors(click.Group):
     """A group whose usage errors are one line on stderr with exit code 2 (no usage banner)."""
 
     def main(self, args=None, prog_name="metakit", **kwargs):
-        """Run the CLI; errors become ``Error: ...`` and an exit code."""
+        """Run the CLI; errors become ``Error: ...`` and an exit code, warnings one line each."""
         keep_freed_memory()
+        warnings.formatwarning = lambda message, *args, **kwargs: f"Warning: {message}\n"
         try:
             code = super().main(args=args, prog_name=prog_name, standalone_mode=False, **kwargs)
         except click.exceptions.Abort:
@@ -147,7 +161,7 @@ def _family_default(help_text: str) -> str:
     "--meta-lr",
     type=PositiveFloat(),
     default=None,
-    help=_family_default("Adam learning rate of the meta-update."),
+    help=_family_default("Learning rate of the meta-update (sgd-annealed: its first value)."),
 )
 @click.option("--iterations", type=click.IntRange(min=1), default=None, help=_family_default("Meta-updates."))
 @click.option(
@@ -160,9 +174,11 @@ def _family_default(help_text: str) -> str:
     help="func: vectorised torch.func engine; l2l / higher: per-task reference loops.",
 )
 @click.option(
-    "--compile/--no-compile",
-    default=False,
-    help="func backend: compile the meta-gradient with torch.compile (slow start, ~3x faster after).",
+    "--compile",
+    type=click.Choice(COMPILE_MODES),
+    default="auto",
+    help="func backend: compile the meta-gradient with torch.compile (a compilation costs seconds, "
+    "then ~3x faster); auto: for runs long enough to repay it.",
 )
 @click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto: CUDA when available.")
 @click.option(
@@ -199,6 +215,23 @@ def _family_default(help_text: str) -> str:
 )
 @click.option(
     "--cosine-lr/--no-cosine-lr", default=False, help="MAML++ cosine annealing of the meta learning rate."
+)
+@click.option(
+    "--clip-grad",
+    type=PositiveFloat(),
+    default=None,
+    help="Clip the meta-gradient to this total norm before each outer step.  [default: no clipping]",
+)
+@click.option(
+    "--outer-optimizer",
+    type=click.Choice(OUTER_OPTIMIZERS),
+    default="adam",
+    help="adam; or sgd-annealed: SGD whose step size falls linearly from --meta-lr to 0 (Reptile's paper).",
+)
+@click.option(
+    "--inner-all-points/--no-inner-all-points",
+    default=False,
+    help="Reptile: inner steps train on support + query points, in mini-batches of the support size.",
 )
 @click.option(
     "--out",
@@ -297,7 +330,8 @@ def train(out, force, resume, quiet, **options):
     resumed = "" if summary["resumed_from"] is None else f" (resumed at {summary['resumed_from']})"
     click.echo(
         f"trained {config.method} on {config.task} for {summary['iterations']} iterations{resumed} "
-        f"in {summary['seconds']:.1f}s on {summary['device']}; run saved to {out}"
+        f"in {summary['seconds']:.1f}s on {summary['device']} ({ENGINES[summary['engine']]}); "
+        f"run saved to {out}"
     )
 
 
@@ -308,7 +342,8 @@ def train(out, force, resume, quiet, **options):
     "--shots",
     type=IntList(1, 1000),
     default=None,
-    help="Support examples per task or class (comma-separated).  [default: the family's; sinusoid 5,10,20]",
+    help="Support examples per task or class (comma-separated; not for RL).  "
+    "[default: the family's; sinusoid 5,10,20]",
 )
 @click.option(
     "--steps",
@@ -327,14 +362,20 @@ def train(out, force, resume, quiet, **options):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def evaluate(run_dir, tasks, shots, steps, ways, seed, device, as_json):
     """Adapt a run to held-out tasks; print MSE or accuracy ± 95% CI per (shots, steps)."""
-    from metakit.experiments.evaluate import describe_learned_rates, evaluate_algorithm, format_table
+    from metakit.experiments.evaluate import (
+        describe_learned_rates,
+        evaluate_algorithm,
+        format_table,
+        training_horizon,
+    )
 
     config, algo = _load_run(run_dir, device)
     family = _eval_family(config, ways)
-    shots = shots or list(family.eval_protocol["shots"])
+    shots = shots or list(family.eval_protocol.get("shots", ()))  # RL families take none
     steps = steps or list(family.eval_protocol["steps"])
-    results = _guarded(lambda: evaluate_algorithm(algo, family, tasks, shots, steps, seed))
-    report = {"run": str(run_dir), "method": config.method, "results": results}
+    horizon = training_horizon(config)
+    results = _guarded(lambda: evaluate_algorithm(algo, family, tasks, shots, steps, seed, horizon))
+    report = {"run": str(run_dir), "method": config.method, "horizon": horizon, "results": results}
     if as_json:
         click.echo(json.dumps(report))
         return
@@ -422,7 +463,7 @@ def _check_writable_dir(path: Path, option: str) -> None:
 @click.option("--seed", type=SEED, default=1, help="Seed of the held-out task set.")
 def plot(run_dirs, out, tasks, shots, seed):
     """Plot runs of one task family: adaptation (regression, MAML Fig. 2), metric vs steps (Fig. 3),
-    training curves."""
+    paths on held-out goals (2D navigation, Fig. 4), training curves."""
     loaded = [(run_dir, *_load_run(run_dir)) for run_dir in run_dirs]
     tasks_seen = sorted({config.task for _, config, _ in loaded})
     if len(tasks_seen) > 1:
@@ -432,10 +473,16 @@ def plot(run_dirs, out, tasks, shots, seed):
 
     from metakit.experiments.evaluate import evaluate_algorithm
     from metakit.experiments.families import build_family
-    from metakit.experiments.plots import plot_adaptation, plot_metric_vs_steps, plot_training_curves
+    from metakit.experiments.plots import (
+        plot_adaptation,
+        plot_metric_vs_steps,
+        plot_paths,
+        plot_training_curves,
+    )
 
     family = build_family(loaded[0][1])
-    shots = shots or family.eval_protocol["shots"][0]
+    shots = shots or family.eval_protocol.get("shots", (None,))[0]  # RL families take none
+    steps = family.eval_protocol["steps"] if family.kind == "rl" else range(11)
     methods = [config.method for _, config, _ in loaded]
     label = {
         d: (c.method if methods.count(c.method) == 1 else f"{c.method} ({d.name})") for d, c, _ in loaded
@@ -449,12 +496,15 @@ def plot(run_dirs, out, tasks, shots, seed):
         names.append("adaptation.png")
     curves = {
         label[d]: _guarded(
-            lambda a=algo, c=config: evaluate_algorithm(a, build_family(c), tasks, [shots], range(11), seed)
+            lambda a=algo, c=config: evaluate_algorithm(a, build_family(c), tasks, [shots], steps, seed)
         )
         for d, config, algo in loaded
     }
     names.append(f"{family.metric}_vs_steps.png")
     plot_metric_vs_steps(curves, out / names[-1], shots=shots, metric=family.metric)
+    if family.kind == "rl" and family.position_observations:
+        plot_paths({label[d]: (algo, build_family(c)) for d, c, algo in loaded}, out / "paths.png", seed=seed)
+        names.append("paths.png")
     plot_training_curves({label[d]: d for d, _, _ in loaded}, out / "training_curves.png")
     names.append("training_curves.png")
     for name in names:
@@ -468,14 +518,20 @@ def plot(run_dirs, out, tasks, shots, seed):
     "--iterations", type=click.IntRange(min=1), default=None, help=_family_default("Meta-updates per run.")
 )
 @click.option("--tasks", type=click.IntRange(2, 2**24), default=600, help="Held-out tasks.")
-@click.option("--methods", default=",".join(METHODS.names()), help="Methods to run (comma-separated).")
+@click.option(
+    "--methods",
+    default=None,
+    help="Methods to run (comma-separated).  [default: the family's; every method for sinusoid]",
+)
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
     default=None,
     help="Output folder.  [default: runs/reproduce-TASK]",
 )
-@click.option("--compile", is_flag=True, help="Train with the compiled func engine (see `train --compile`).")
+@click.option(
+    "--compile", type=click.Choice(COMPILE_MODES), default="auto", help="As for `metakit train --compile`."
+)
 @click.option("--quiet", is_flag=True, help="No progress bars (one line per finished run is still printed).")
 def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, quiet):
     """Train every method on a family's protocol (sinusoid, glyphs, ...), evaluate, and write
@@ -483,9 +539,9 @@ def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, quiet)
 
     Resumable: finished runs are not retrained, interrupted ones continue from their checkpoint.
     """
-    chosen = [m.strip() for m in methods.split(",") if m.strip()]
-    unknown = sorted(set(chosen) - set(METHODS.names()))
-    if unknown or not chosen:
+    chosen = None if methods is None else [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = sorted(set(chosen or ()) - set(METHODS.names()))
+    if unknown or chosen == []:
         usage_error(
             f"--methods: unknown {', '.join(unknown) or '(none given)'}; "
             f"choose from {', '.join(METHODS.names())}"
@@ -579,6 +635,16 @@ def bench(quick, task, threads, paper_protocol, protocol_iterations, as_json, **
         usage_error(f"--paper-protocol times one training run; drop {', '.join(given)}")
     if protocol_iterations is not None and not paper_protocol:
         usage_error("--protocol-iterations applies to --paper-protocol only")
+
+    if FAMILIES.get(task).kind == "rl":  # reinforcement learning: the rollout throughput
+        from metakit.experiments.rl.bench import bench_task, format_rollouts
+
+        try:
+            report = bench_task(task, quick, threads, **options)
+        except ValueError as err:
+            usage_error(str(err))
+        click.echo(json.dumps(report) if as_json else format_rollouts(report))
+        return
 
     from metakit.experiments import bench as benchmarks
 

@@ -66,6 +66,9 @@ def test_paper_protocol_times_a_short_training_run(tmp_path, monkeypatch):
     report = json.loads(result.stdout)
     assert report["protocol"]["iterations"] == 3 and report["protocol"]["backend"] == "func"
     assert report["seconds"] > 0 and report["iterations_per_second"] > 0
+    assert report["engine"] == "func"  # three iterations never repay a compilation
+    assert report["baseline_iterations_timed"] == 3 and report["baseline_seconds"] > 0
+    assert report["speedup"] == pytest.approx(report["baseline_seconds"] / report["seconds"])
     assert list(tmp_path.iterdir()) == []  # no run left behind
 
 

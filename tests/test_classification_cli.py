@@ -18,7 +18,7 @@ from metakit.experiments.families import build_family
 from metakit.experiments.runs import load_run
 from metakit.experiments.train import train
 
-ROW_KEYS = {"ways", "shots", "steps", "accuracy", "ci95", "loss", "tasks"}
+ROW_KEYS = {"ways", "shots", "steps", "accuracy", "ci95", "median", "loss", "worse", "diverged", "tasks"}
 PER_CLASS = 12
 
 
@@ -88,6 +88,7 @@ def test_omniglot_run_config_and_eval_rows(omniglot_run, omniglot_root):
             0 <= row["accuracy"] <= 1 and row["ci95"] >= 0 and math.isfinite(row["loss"]) and row["loss"] > 0
         )
         assert type(row["ways"]) is int and type(row["shots"]) is int
+        assert 0 <= row["median"] <= 1 and row["diverged"] == 0 and 0 <= row["worse"] <= 6
     # Before adaptation only the (shared) query set matters.
     assert rows[0]["accuracy"] == rows[3]["accuracy"] and rows[0]["loss"] == rows[3]["loss"]
     table = invoke("eval", omniglot_run, "--tasks", 6, "--shots", "1", "--steps", "0,1")
@@ -202,7 +203,7 @@ def test_reproduce_glyphs_end_to_end(glyph_root, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert result.stdout.count("trained") == 4  # 2 methods × (1-shot, 5-shot)
     lines = (out / "results.csv").read_text().splitlines()
-    assert lines[0] == "method,variant,seed,ways,shots,steps,accuracy,ci95,loss,tasks"
+    assert lines[0] == "method,variant,seed,ways,shots,steps,accuracy,ci95,median,loss,worse,diverged,tasks"
     assert len(lines) == 1 + 2 * 2 * 6  # methods × variants × eval steps
     markdown = (out / "results.md").read_text()
     assert "### 1-shot: 1-shot" in markdown and "### 5-shot: 5-shot" in markdown

@@ -24,7 +24,7 @@ from metakit.experiments.config import FAMILY_DEFAULTS, TrainConfig
 from metakit.experiments.families import FAMILIES
 from metakit.experiments.methods import METHODS
 
-ROW_KEYS = {"shots", "steps", "mse", "ci95", "tasks"}
+ROW_KEYS = {"shots", "steps", "mse", "ci95", "median", "worse", "diverged", "tasks"}
 EVAL_SHOTS, EVAL_STEPS, EVAL_TASKS = [2, 5], [0, 1, 3], 20
 EVAL_ARGS = ["--tasks", str(EVAL_TASKS), "--shots", "2,5", "--steps", "0,1,3"]
 # A small, non-default value for every numeric training option, so the config round trip is meaningful.
@@ -81,20 +81,27 @@ def eval_json(run_dir: Path, *args) -> dict:
 
 def check_report(report: dict, run_dir: Path, method: str, shots, steps, tasks: int) -> None:
     """The documented schema of ``eval --json``: one row per (shots, steps) pair, in that order."""
-    assert set(report) == {"run", "method", "results"}
+    assert set(report) == {"run", "method", "horizon", "results"}
     assert report["run"] == str(run_dir)
     assert report["method"] == method
+    # Methods whose inner rule is learned per step record the steps it was trained for.
+    learned = METHODS.get(method).learned_inner_rule
+    assert (type(report["horizon"]) is int) if learned else report["horizon"] is None, report["horizon"]
     rows = report["results"]
     assert isinstance(rows, list)
     assert [(r["shots"], r["steps"]) for r in rows] == list(itertools.product(shots, steps))
     for row in rows:
-        assert set(row) == ROW_KEYS
-        for key in ("shots", "steps", "tasks"):
+        beyond = learned and row["steps"] > report["horizon"]
+        assert set(row) == ROW_KEYS | ({"beyond_horizon"} if beyond else set()), row
+        assert row.get("beyond_horizon", False) is beyond
+        for key in ("shots", "steps", "tasks", "worse", "diverged"):
             assert type(row[key]) is int, (key, row)
-        for key in ("mse", "ci95"):
+        for key in ("mse", "ci95", "median"):
             assert type(row[key]) is float and math.isfinite(row[key]), (key, row)
         assert row["tasks"] == tasks
-        assert row["mse"] > 0 and row["ci95"] >= 0
+        assert row["mse"] > 0 and row["ci95"] >= 0 and row["median"] > 0
+        assert row["diverged"] == 0 and 0 <= row["worse"] <= tasks
+        assert row["steps"] > 0 or row["worse"] == 0
     # Every K sees the same held-out tasks and query points, so before adaptation K is irrelevant.
     unadapted = {r["mse"] for r in rows if r["steps"] == 0}
     assert len(unadapted) <= 1, unadapted
@@ -104,7 +111,9 @@ def parse_table(stdout: str):
     """``{(shots, steps): (mse, ci95, tasks)}`` and the lines that are not table rows."""
     rows, other = {}, []
     for line in stdout.splitlines():
-        match = re.fullmatch(r"\s*(\d+)\s+(\d+)\s+(\d+\.\d+)\s+(\d+\.\d+)\s+(\d+)\s*", line)
+        # shots, steps (``*``: beyond the trained horizon), MSE, CI, [median, worse, diverged], tasks
+        number, extra = r"(\d+\.\d+)", r"(?:\s+(?:\d+\.\d+|—)\s+\d+\s+\d+)?"
+        match = re.fullmatch(rf"\s*(\d+)\s+(\d+)\*?\s+{number}\s+{number}{extra}\s+(\d+)\s*", line)
         if match:
             shots, steps, mse, ci, tasks = match.groups()
             assert (int(shots), int(steps)) not in rows, f"duplicate row: {line!r}"
@@ -193,7 +202,13 @@ def test_train_then_eval_round_trip(tmp_path, method, backend):
         assert tasks == EVAL_TASKS
     assert method in other[0] and str(run_dir) in other[0]  # title line
     assert re.search(r"shots\s+steps\s+MSE", other[1])  # header line
-    summary = other[2:]
+    footnote = [line for line in other[2:] if line.startswith("* ")]
+    summary = [line for line in other[2:] if not line.startswith("* ")]
+    if method in ("mc", "lslr", "enhanced"):  # steps 3 lie beyond the 2 trained inner steps
+        assert re.search(r"^\s*5\s+3\*\s", table.stdout, re.M) and not re.search(r"\s1\*", table.stdout)
+        assert footnote == ["* beyond the 2 inner steps the learned rates were trained for"], other
+    else:
+        assert "*" not in table.stdout and footnote == [], other
     if method in ("lslr", "enhanced"):
         assert len(summary) == 1 and summary[0].startswith("learned rates "), other
         per_step = re.findall(r"step (\d+): (\S+)\.\.(\S+) \(mean (\S+)\)", summary[0])
@@ -321,6 +336,9 @@ BAD_INPUTS = {
     "fomaml-first-order-until": [*TRAIN, "--method", "fomaml", "--first-order-until", "3"],
     "multi-step-loss-one-inner-step": [*TRAIN, "--multi-step-loss", "--inner-steps", "1"],
     "multi-step-loss-default-inner-steps": [*TRAIN, "--multi-step-loss"],
+    "outer-optimizer-unknown": [*TRAIN, "--outer-optimizer", "rmsprop"],
+    "sgd-annealed-with-cosine-lr": [*TRAIN, "--outer-optimizer", "sgd-annealed", "--cosine-lr"],
+    "inner-all-points-with-maml": [*TRAIN, "--inner-all-points"],
     "out-existing-run-without-force": [*TRAIN, "--out", "run"],
     "out-is-a-file": [*TRAIN, "--out", "afile"],
     "out-below-a-file": [*TRAIN, "--out", "afile/run"],

@@ -216,13 +216,49 @@ def test_transform_starts_at_identity():
 
 
 def test_layerwise_rates_start_at_lr_and_reuse_last_step():
-    rates = LayerwiseLR(num_params=3, steps=2, lr=0.05)
-    with torch.no_grad():
-        rates.rates[:, 1] = 0.2
-    assert torch.equal(rates(0), torch.full((3,), 0.05))
-    assert torch.equal(rates(5), torch.full((3,), 0.2))
+    rates = LayerwiseLR(num_params=2, steps=3, lr=0.05)
+    assert torch.equal(rates(0), torch.full((2,), 0.05))
+    with torch.no_grad():  # distinct rates per tensor and step
+        rates.rates.copy_(torch.tensor([[0.1, 0.2, 0.3], [1.0, 2.0, 3.0]]))
+    for step in range(3):
+        assert torch.equal(rates(step), rates.rates[:, step])
+    # Beyond the 3 trained steps, step 3's rates (index 2), not a wrap-around to steps 1 or 2.
+    for step in (3, 4, 5, 10):
+        assert torch.equal(rates(step), torch.tensor([0.3, 3.0])), step
     with pytest.raises(ValueError):
         LayerwiseLR(num_params=0, steps=1, lr=0.1)
+
+
+@pytest.mark.parametrize("variant", ["lslr", "enhanced"])
+def test_evaluation_beyond_the_trained_steps_reuses_the_last_steps_rule(variant):
+    torch.manual_seed(0)
+    algo = make(mlp(), variant, 3)
+    perturb(algo, seed=2)
+    with torch.no_grad():
+        algo.lslr.rates.copy_(algo.lslr.rates * torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64))
+    task = regression_batch(tasks=1, points=5, seed=3)
+    curve = VectorizedEngine(algo).query_curves(task, max_steps=5)["loss"][:, 0]
+    # By hand: step s uses rates[:, min(s, 2)] and the one shared curvature transform.
+    reference = copy.deepcopy(algo)
+    params = [p.detach().clone().requires_grad_() for p in reference.module.parameters()]
+    names = [n for n, _ in reference.module.named_parameters()]
+
+    def loss(ps, x, y):
+        return ((torch.func.functional_call(reference.module, dict(zip(names, ps)), x) - y) ** 2).mean()
+
+    expected = [loss(params, task.x_query[0], task.y_query[0]).item()]
+    rates = reference.lslr.rates.detach()
+    for s in range(5):
+        grads = torch.autograd.grad(loss(params, task.x_support[0], task.y_support[0]), params)
+        if reference.curvature is not None:
+            mats = [{n: m.detach() for n, m in t.named_parameters()} for t in reference.curvature]
+            grads = [kron_transform(g, m) for g, m in zip(grads, mats)]
+        params = [
+            (p - rates[i, min(s, 2)] * g).detach().requires_grad_()
+            for i, (p, g) in enumerate(zip(params, grads))
+        ]
+        expected.append(loss(params, task.x_query[0], task.y_query[0]).item())
+    torch.testing.assert_close(curve, torch.tensor(expected, dtype=curve.dtype), rtol=1e-10, atol=1e-12)
 
 
 def test_clone_shares_meta_parameters_and_advances_step():

@@ -13,7 +13,7 @@ from metakit.experiments.families.harmonic import Harmonic
 from metakit.experiments.families.sinusoid import Sinusoid
 from metakit.experiments.families.sinusoid_line import SinusoidLine
 from metakit.experiments.runs import load_run
-from metakit.experiments.train import train
+from metakit.experiments.train import build_training, train
 
 
 def near_bounds(values: torch.Tensor, low: float, high: float, slack: float):
@@ -97,6 +97,20 @@ def test_held_out_set_is_independent_of_what_is_asked(family):
     assert torch.equal(fewer_tasks.batch(25).x_support, a.batch(25).x_support[:12])
     assert torch.equal(fewer_tasks.y_query, a.y_query[:12])
     assert a.x_query.shape == (30, 100, 1) and a.batch(45).x_support.shape == (30, 45, 1)
+    # `eval --shots 5`, `5,10` and `5,10,20` draw held_out(tasks, max(shots)): the same tasks, the same
+    # 5-shot support and query sets; `--tasks 10` gives the first 10 of `--tasks 20`.
+    sets = [family.held_out(20, max(shots), seed=1) for shots in ([5], [5, 10], [5, 10, 20])]
+    sets.append(family.held_out(10, 20, seed=1))
+    for other in sets[1:]:
+        n = other.x_query.shape[0]
+        assert torch.equal(other.batch(5).x_support, sets[0].batch(5).x_support[:n])
+        assert torch.equal(other.batch(5).y_support, sets[0].batch(5).y_support[:n])
+        assert torch.equal(other.x_query, sets[0].x_query[:n]) and torch.equal(
+            other.y_query, sets[0].y_query[:n]
+        )
+        assert other.params.keys() == sets[0].params.keys()
+        for key, value in other.params.items():
+            assert torch.equal(value, sets[0].params[key][:n]), key
 
 
 def test_held_out_streams_never_coincide_with_training_streams():
@@ -109,6 +123,34 @@ def test_held_out_streams_never_coincide_with_training_streams():
         assert not torch.isin(held.params["amplitude"], train_tasks["amplitude"]).any()
     with pytest.raises(ValueError):
         held_out_generator(2**32, 0, 0)
+
+
+def training_tasks(task: str, seed: int, batches: int) -> dict:
+    """Each task parameter's values over the first ``batches`` meta-batches of a training run's task
+    stream, checked to be the stream the trainer samples."""
+    config = TrainConfig(task=task, seed=seed, meta_batch=10, iterations=3, device="cpu", compile="off")
+    training = build_training(config)
+    family = training.family
+    replay = torch.Generator().manual_seed(seed)
+    drawn = []
+    for _ in range(batches):
+        params = family.draw_tasks(config.meta_batch, replay)
+        x, _ = family.draw_points(params, config.shots + config.query, replay)
+        assert torch.equal(training.sample().x_support, x[:, : config.shots])
+        drawn.append(params)
+    return {key: torch.cat([p[key] for p in drawn]) for key in drawn[0]}
+
+
+@pytest.mark.parametrize("task", ["sinusoid", "harmonic", "sinusoid-line"])
+def test_held_out_tasks_are_none_of_the_training_tasks(task):
+    family = FAMILIES.get(task)()
+    held_out = {eval_seed: family.held_out(20, 5, seed=eval_seed).params for eval_seed in (0, 1)}
+    for seed in range(4):
+        trained = training_tasks(task, seed, batches=3)
+        for eval_seed, held in held_out.items():
+            for key, values in held.items():  # continuous draws: a shared value means a shared stream
+                if key != "is_sinusoid":
+                    assert not torch.isin(values, trained[key]).any(), (key, eval_seed, seed)
 
 
 def test_registry_lists_names_and_rejects_unknown_ones():
@@ -141,7 +183,7 @@ def test_config_takes_the_family_protocol_and_applies_its_rules():
         (dict(method="pretrain", multi_step_loss=True, inner_steps=2), "apply to MAML-family methods"),
         (dict(method="fomaml", first_order_until=3), "always first-order"),
         (dict(multi_step_loss=True), "needs --inner-steps of at least 2"),
-        (dict(compile=True, backend="l2l"), "--compile applies to --backend func only"),
+        (dict(compile="on", backend="l2l"), "--compile on applies to --backend func only"),
         (dict(shots=0), "--shots must be at least 1"),
         (dict(inner_lr=float("nan")), "finite number > 0"),
         (dict(seed=2**31), "below 2\\*\\*31"),

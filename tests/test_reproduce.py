@@ -13,6 +13,9 @@ from PIL import Image
 from metakit.cli import cli
 from metakit.experiments import runs
 from metakit.experiments.config import TrainConfig
+from metakit.experiments.evaluate import training_horizon
+from metakit.experiments.families.base import Reproduction
+from metakit.experiments.reproduce import results_markdown
 from metakit.experiments.train import train
 from metakit.wrappers import Pretrain, VectorizedEngine, meta_backward
 
@@ -68,7 +71,13 @@ def test_reproduce_and_plot_end_to_end(tmp_path):
     assert result.output.count("trained") == 8
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["method", "seed", "shots", "steps", "mse", "ci95", "tasks"]
+    columns = ["method", "seed", "shots", "steps", "mse", "ci95", "median", "worse", "diverged", "tasks"]
+    assert list(rows[0])[: len(columns)] == columns and set(rows[0]) <= {*columns, "beyond_horizon"}
+    # Rows past the steps a run's learned rule was trained for are marked, and no others.
+    for r in rows:
+        horizon = training_horizon(runs.read_config(out / "runs" / f"{r['method']}-it3-seed{r['seed']}"))
+        beyond = horizon is not None and int(r["steps"]) > horizon
+        assert (r.get("beyond_horizon") == "True") == beyond, r
     assert len(rows) == 4 * 2 * 3 * 11  # methods × seeds × shots × steps 0..10
     assert {r["method"] for r in rows} == {"maml", "reptile", "enhanced", "pretrain"}
     assert all(float(r["mse"]) > 0 and float(r["ci95"]) >= 0 and r["tasks"] == "6" for r in rows)
@@ -117,3 +126,27 @@ def test_reproduce_resumes_an_interrupted_run(tmp_path):
     torch.save(state, run_dir / runs.CHECKPOINT)
     result = CliRunner().invoke(cli, [*args, "--iterations", "4"])
     assert result.exit_code == 0 and "resumed at 2" in result.output
+
+
+def test_results_tables_mark_cells_beyond_the_trained_horizon():
+    row = dict(variant="", seed=0, shots=5, mse=0.5, ci95=0.1, median=0.4, worse=0, diverged=0, tasks=6)
+    rows = [{**row, "method": "maml", "steps": s} for s in (0, 1, 3)]
+    rows += [
+        {**row, "method": "lslr", "steps": s, **({"beyond_horizon": True} if s > 2 else {})}
+        for s in (0, 1, 3)
+    ]
+    rows += [
+        {**row, "method": "mc", "steps": s, **({"beyond_horizon": True} if s > 1 else {})} for s in (0, 1, 3)
+    ]
+    reproduction = Reproduction(
+        description="d", eval_shots=(5,), eval_steps=(0, 1, 3), reported_steps=(0, 1, 3)
+    )
+    lines = results_markdown(rows, reproduction, "mse", 1, 6, 3, {"": {"lslr": 2, "mc": 1}}).splitlines()
+    table = [line.strip("| ").split(" | ") for line in lines if line.startswith("| ")]
+    cells = {name: values for name, *values in table}
+    assert [c.endswith("\\*") for c in cells["lslr"]] == [False, False, True]
+    assert [c.endswith("\\*") for c in cells["mc"]] == [False, False, True]
+    assert not any("*" in c for c in cells["maml"])
+    assert "\\* beyond the inner steps the learned rates were trained for (lslr 2, mc 1)" in lines
+    one = results_markdown(rows[:6], reproduction, "mse", 1, 6, 3, {"": {"lslr": 2, "mc": 1}})
+    assert "\\* beyond the 2 inner steps the learned rates were trained for" in one.splitlines()

@@ -162,13 +162,11 @@ def test_wrong_version_checkpoint_is_named(small_run):
 def test_forced_nan_stops_with_message_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     from metakit.experiments import train as train_module
 
-    real = train_module.make_meta_step
+    class Poisoned(train_module.MetaStep):
+        def __call__(self, batch, iteration):
+            return float("nan") if iteration == 9 else super().__call__(batch, iteration)
 
-    def poisoned(config, algo, loss_fn=None):
-        step = real(config, algo, loss_fn)
-        return lambda batch, iteration: float("nan") if iteration == 9 else step(batch, iteration)
-
-    monkeypatch.setattr(train_module, "make_meta_step", poisoned)
+    monkeypatch.setattr(train_module, "MetaStep", Poisoned)
     run_dir = tmp_path / "run"
     with pytest.raises(Divergence, match="enhanced.*iteration 10"):
         train(TrainConfig(**CONFIG, checkpoint_every=7), run_dir, progress=False)

@@ -1,15 +1,18 @@
 """The training loop and evaluation on the sinusoid benchmark."""
 
+import copy
 import json
 
 import pytest
 import torch
+from helpers import assert_close_lists, grads_of
 
 from metakit.experiments.config import ConfigError, TrainConfig
 from metakit.experiments.evaluate import evaluate_algorithm, mean_ci95
 from metakit.experiments.families.sinusoid import Sinusoid
 from metakit.experiments.runs import load_run
-from metakit.experiments.train import train
+from metakit.experiments.train import build_training, train
+from metakit.wrappers import VectorizedEngine, meta_backward
 from metakit.wrappers.functional import multi_step_weights
 
 
@@ -77,5 +80,58 @@ def test_diverging_adaptation_is_reported_not_averaged():
     algo = MAML(torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1)), lr=1e3)
     results = evaluate_algorithm(algo, Sinusoid(), tasks=10, shots=[5], steps=[0, 10], seed=1)
     assert results[0]["mse"] is not None and results[1]["mse"] is None and results[1]["ci95"] is None
+    assert results[0]["diverged"] == 0 and 0 < results[1]["diverged"] <= results[1]["tasks"] == 10
     table = format_table({"method": "maml", "run": "r", "results": results})
     assert "diverged" in table.splitlines()[-1]
+
+
+MAML_PLUS_PLUS = dict(inner_steps=3, meta_batch=3, iterations=50, device="cpu", compile="off")
+
+
+def direct_gradient(algo, family, batch, backend, first_order, weights):
+    """``.grad`` of a direct meta-backward call with these settings (no trainer involved)."""
+    algo.zero_grad(set_to_none=True)
+    if backend == "func":
+        VectorizedEngine(algo, family.loss).meta_backward(
+            batch, 3, first_order=first_order, step_weights=weights
+        )
+    else:
+        meta_backward(
+            algo, batch, 3, backend, first_order=first_order, step_weights=weights, loss_fn=family.loss
+        )
+    return grads_of(algo)
+
+
+@pytest.mark.parametrize("backend", ["func", "l2l"])
+@pytest.mark.parametrize("method", ["maml", "enhanced"])
+@pytest.mark.parametrize(
+    "options, iteration",
+    [
+        (dict(first_order_until=5), 2),  # inside the first-order window
+        (dict(first_order_until=5), 5),  # the first second-order iteration
+        (dict(multi_step_loss=True, msl_anneal=10), 3),  # weights part way to the last step
+        (dict(multi_step_loss=True, msl_anneal=10, first_order_until=5), 4),
+    ],
+)
+def test_trainer_gradient_applies_first_order_window_and_multi_step_weights(
+    backend, method, options, iteration
+):
+    config = TrainConfig(method=method, backend=backend, seed=5, **MAML_PLUS_PLUS, **options)
+    training = build_training(config)
+    reference = copy.deepcopy(training.algo)  # an identical copy, stepped by hand
+    stream = training.generator.get_state()
+    training.gradient(iteration)
+    batch = training.family.sample(3, config.shots, config.query, torch.Generator().set_state(stream))
+
+    first_order = iteration < config.first_order_until
+    weights = multi_step_weights(iteration, 3, config.msl_anneal).tolist() if config.multi_step_loss else None
+    expected = direct_gradient(reference, training.family, batch, backend, first_order, weights)
+    assert_close_lists(grads_of(training.algo), expected, rtol=1e-6, atol=1e-9)
+
+    # Each option changes the gradient here, so a trainer that ignored it would fail above.
+    if config.first_order_until:
+        other = direct_gradient(reference, training.family, batch, backend, not first_order, weights)
+        assert any(not torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(expected, other))
+    if weights is not None:
+        other = direct_gradient(reference, training.family, batch, backend, first_order, None)
+        assert any(not torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(expected, other))

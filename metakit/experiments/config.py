@@ -12,6 +12,12 @@ from metakit.experiments.families import FAMILIES
 from metakit.experiments.methods import BACKENDS, METHODS
 
 DEVICES = ("auto", "cpu", "cuda")
+OUTER_OPTIMIZERS = ("adam", "sgd-annealed")
+"""``--outer-optimizer``: Adam at ``--meta-lr``, or SGD whose step size falls linearly from
+``--meta-lr`` to zero over the run (Reptile's outer rule, Nichol et al. 2018)."""
+COMPILE_MODES = ("auto", "on", "off")
+"""``--compile``: ``auto`` compiles a func run long enough to repay the compilation (see
+:func:`metakit.experiments.train.choose_compile`), ``on`` always, ``off`` never."""
 TRAIN_SEEDS = 2**31
 """Training seeds are below 2**31; held-out streams use seeds at or above it (see
 :func:`~metakit.experiments.families.base.held_out_generator`)."""
@@ -26,8 +32,9 @@ FAMILY_DEFAULTS = (
     "rotations",
 )
 """Options whose default (``None``) is the task family's protocol."""
-FAMILY_OPTIONS = ("ways", "data_root", "rotations")
-"""Options that only some families accept (see ``TaskFamily.options``)."""
+FAMILY_OPTIONS = ("shots", "query", "ways", "data_root", "rotations")
+"""Options that only some families accept (see ``TaskFamily.options``; reinforcement-learning
+families take no ``shots`` or ``query``)."""
 
 
 class ConfigError(ValueError):
@@ -59,16 +66,16 @@ class TrainConfig:
     meta_batch: Optional[int] = None
     """Tasks per meta-update."""
     meta_lr: Optional[float] = None
-    """Adam learning rate of the meta-update."""
+    """Learning rate of the meta-update (with ``outer_optimizer="sgd-annealed"``: its first value, ε)."""
     iterations: Optional[int] = None
     """Meta-updates."""
     seed: int = 0
     """Seeds the model initialisation and the training task stream."""
     backend: str = "func"
     """func (vectorised torch.func engine), l2l (learn2learn clone/adapt) or higher."""
-    compile: bool = False
-    """func backend: compile the meta-gradient with torch.compile (seconds to minutes of compiling,
-    then about 3x faster; pays off from a few thousand iterations)."""
+    compile: str = "auto"
+    """func backend: compile the meta-gradient with torch.compile: auto, on or off (see
+    :data:`COMPILE_MODES`; seconds to a minute of compiling, then about 3x faster)."""
     device: str = "auto"
     """auto (CUDA when available), cpu or cuda."""
     data_root: Optional[str] = None
@@ -89,6 +96,14 @@ class TrainConfig:
     """MAML++ cosine annealing of the meta learning rate to zero over the run."""
     tensorboard: bool = False
     """Also log the training metrics to RUN/tensorboard (needs the tensorboard package)."""
+    clip_grad: Optional[float] = None
+    """Clip the meta-gradient to this total norm before each outer step (none by default)."""
+    outer_optimizer: str = "adam"
+    """adam, or sgd-annealed: SGD at ε_i = meta_lr·(1 − i/iterations) at iteration i (Reptile's
+    published outer rule; with Reptile one step is θ ← θ + ε_i (mean φ̃ − θ))."""
+    inner_all_points: bool = False
+    """Reptile: the inner loop trains on all of a task's points, support and query, in mini-batches
+    of the support size (as published) instead of on the support points alone."""
 
     def __post_init__(self):
         if self.task not in FAMILIES:
@@ -115,6 +130,8 @@ class TrainConfig:
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        if isinstance(data.get("compile"), bool):  # runs saved before --compile took auto/on/off
+            data = {**data, "compile": "on" if data["compile"] else "off"}
         return cls(**data)
 
 
@@ -125,9 +142,10 @@ def _flag(name: str) -> str:
 TYPES = {
     "method": str, "task": str, "ways": int, "shots": int, "query": int, "inner_steps": int,
     "inner_lr": float, "meta_batch": int, "meta_lr": float, "iterations": int, "seed": int,
-    "backend": str, "compile": bool, "device": str, "data_root": str, "rotations": bool,
+    "backend": str, "compile": str, "device": str, "data_root": str, "rotations": bool,
     "log_every": int, "checkpoint_every": int, "multi_step_loss": bool, "msl_anneal": int,
-    "first_order_until": int, "cosine_lr": bool, "tensorboard": bool,
+    "first_order_until": int, "cosine_lr": bool, "tensorboard": bool, "outer_optimizer": str,
+    "inner_all_points": bool, "clip_grad": float,
 }  # fmt: skip
 MINIMUM = {
     "ways": 2, "shots": 1, "query": 1, "inner_steps": 1, "meta_batch": 1, "iterations": 1,
@@ -138,7 +156,7 @@ MINIMUM = {
 def _check_types(config: TrainConfig) -> None:
     for name, kind in TYPES.items():
         value = getattr(config, name)
-        if value is None and name in FAMILY_OPTIONS:
+        if value is None and (name in FAMILY_OPTIONS or name == "clip_grad"):
             continue
         accepted = (int, float) if kind is float else kind
         if not isinstance(value, accepted) or (kind is not bool and isinstance(value, bool)):
@@ -159,6 +177,12 @@ def _check(config: TrainConfig, family) -> None:
         raise ConfigError(f"unknown backend {config.backend!r}; choose from {', '.join(BACKENDS)}")
     if config.device not in DEVICES:
         raise ConfigError(f"unknown device {config.device!r}; choose from {', '.join(DEVICES)}")
+    if config.outer_optimizer not in OUTER_OPTIMIZERS:
+        raise ConfigError(
+            f"unknown outer optimizer {config.outer_optimizer!r}; choose from {', '.join(OUTER_OPTIMIZERS)}"
+        )
+    if config.compile not in COMPILE_MODES:
+        raise ConfigError(f"unknown --compile {config.compile!r}; choose from {', '.join(COMPILE_MODES)}")
     _check_types(config)
     spec = METHODS.get(config.method)
     if config.backend not in spec.backends:
@@ -174,10 +198,17 @@ def _check(config: TrainConfig, family) -> None:
         raise ConfigError(
             f"--first-order-until has no effect with --method {config.method} (always first-order)"
         )
+    if config.outer_optimizer == "sgd-annealed" and config.cosine_lr:
+        raise ConfigError("--cosine-lr and --outer-optimizer sgd-annealed both anneal --meta-lr; choose one")
+    if config.inner_all_points and not spec.all_points:
+        raise ConfigError(
+            f"--inner-all-points applies to reptile, not {config.method} (whose meta-loss needs held-out "
+            "query points)"
+        )
     if config.multi_step_loss and config.inner_steps < 2:
         raise ConfigError("--multi-step-loss needs --inner-steps of at least 2")
-    if config.compile and config.backend != "func":
-        raise ConfigError("--compile applies to --backend func only")
+    if config.compile == "on" and config.backend != "func":
+        raise ConfigError("--compile on applies to --backend func only")
     try:
         family.check_config(config)
     except ValueError as err:

@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from metakit.experiments.families.base import held_out_generator  # noqa: E402
+
 DPI = 100
 
 
@@ -61,16 +63,19 @@ def plot_adaptation(
 
 
 def plot_metric_vs_steps(results: Dict[str, List[dict]], path: Path, shots: int = 5, metric: str = "mse"):
-    """The metric (``mse`` on a log axis, or ``accuracy``) against the number of inner steps, one
-    line per method with its 95% CI band.
+    """The metric (``mse`` on a log axis, ``accuracy``, or an RL ``return``, whose rows have no
+    ``shots``: pass ``shots=None``) against the number of inner steps, one line per method with its
+    95% CI band.
 
     Step counts where a method's adaptation diverged (the metric is ``None``) are left out; an MSE
     axis stops at 3× the highest MSE before adaptation."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    finite = [r for rows in results.values() for r in rows if r["shots"] == shots and r[metric] is not None]
+    finite = [
+        r for rows in results.values() for r in rows if r.get("shots") == shots and r[metric] is not None
+    ]
     for name, rows in results.items():
         rows = sorted(
-            (r for r in rows if r["shots"] == shots and r[metric] is not None), key=lambda r: r["steps"]
+            (r for r in rows if r.get("shots") == shots and r[metric] is not None), key=lambda r: r["steps"]
         )
         steps = [r["steps"] for r in rows]
         value = torch.tensor([r[metric] for r in rows])
@@ -78,6 +83,10 @@ def plot_metric_vs_steps(results: Dict[str, List[dict]], path: Path, shots: int 
         (line,) = ax.plot(steps, value, marker="o", ms=3, label=name)
         ax.fill_between(steps, value - ci, value + ci, color=line.get_color(), alpha=0.2)
     xlabel = "gradient steps at test time"
+    if metric == "return":
+        xlabel = "policy-gradient steps at test time"
+        _finish_plot(fig, ax, xlabel, "mean return per episode", path, log=False)
+        return
     if metric == "accuracy":
         _finish_plot(fig, ax, xlabel, f"query accuracy ({shots}-shot)", path, log=False)
         return
@@ -87,6 +96,38 @@ def plot_metric_vs_steps(results: Dict[str, List[dict]], path: Path, shots: int 
     if finite:
         limits = (0.5 * min(r["mse"] for r in finite), 3 * max(r["mse"] for r in finite if r["steps"] == 0))
     _finish_plot(fig, ax, xlabel, f"query MSE ({shots}-shot)", path, limits=limits)
+
+
+def plot_paths(runs: Dict[str, tuple], path: Path, tasks: int = 3, seed: int = 1, shown: int = 3):
+    """2D navigation (MAML Fig. 4, left): the paths of ``shown`` episodes of each run's policy before
+    adaptation and after each evaluated number of policy-gradient steps, on ``tasks`` held-out
+    goals (the evaluation's goals, episodes and step sizes); one column per run, one row per goal.
+
+    ``runs`` maps a label to ``(algorithm, family)`` (an RL family with ``position_observations``).
+    """
+    fig, axes = plt.subplots(tasks, len(runs), figsize=(3.2 * len(runs), 3.2 * tasks), squeeze=False)
+    for col, (name, (algo, family)) in enumerate(runs.items()):
+        goals = family.held_out_goals(tasks, seed)
+        steps = max(family.eval_protocol["steps"])
+        sampled = family.adaptation(algo, goals, steps, held_out_generator(seed, 0, 1))
+        colors = plt.cm.viridis(torch.linspace(0.0, 0.9, steps + 1).tolist())
+        for t in range(tasks):
+            ax = axes[t][col]
+            for k, episodes in enumerate(sampled.trajectories):
+                for j in range(shown):
+                    xy = episodes.observations[t, j, : int(episodes.valid[t, j].sum()), :2]
+                    label = None
+                    if j == 0:
+                        label = "before adaptation" if k == 0 else f"after {k} step{'s' * (k > 1)}"
+                    ax.plot(xy[:, 0], xy[:, 1], color=colors[k], lw=1, alpha=0.8, label=label)
+            ax.scatter(*goals[t, :2].tolist(), marker="*", s=120, color="tab:red", zorder=3, label="goal")
+            ax.set_aspect("equal", adjustable="datalim")
+            if t == 0:
+                ax.set_title(name)
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
 
 
 def plot_training_curves(run_dirs: Dict[str, Path], path: Path):

@@ -1,7 +1,9 @@
 """The one meta-training loop shared by every method and backend, with checkpoints and resume."""
 
 import contextlib
+import importlib.util
 import math
+import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -38,24 +40,87 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_meta_step(config: TrainConfig, algo: torch.nn.Module, loss_fn: Callable):
-    """``step(batch, iteration) -> loss``: fills ``.grad`` with the config's backend, MAML++ options
-    and the family's task loss."""
-    engine = VectorizedEngine(algo, loss_fn, compile=config.compile) if config.backend == "func" else None
-    steps = config.inner_steps
+def compiler_available(device: torch.device) -> bool:
+    """Whether ``torch.compile`` can build code for ``device``: Triton for CUDA, a C++ compiler for
+    the CPU. (A compilation can still fail; the engine then warns and runs eagerly.)"""
+    if device.type == "cuda":
+        return importlib.util.find_spec("triton") is not None
+    return any(shutil.which(name) for name in ("g++", "c++", "clang++"))
 
-    def step(batch, iteration):
+
+def choose_compile(config: TrainConfig, family, device: torch.device) -> bool:
+    """Whether the run's func engine compiles its meta-gradient.
+
+    ``--compile on`` always and ``off`` never; ``auto`` compiles a run of at least
+    ``family.compile_after`` iterations when a compiler is available, so that short runs (tests,
+    ``make run``) do not pay for a compilation they cannot repay. Decided from the configuration
+    alone, so that a resumed run uses the engine it started with.
+    """
+    if config.backend != "func" or config.compile == "off":
+        return False
+    if config.compile == "on":
+        return True
+    return config.iterations >= family.compile_after and compiler_available(device)
+
+
+class MetaStep:
+    """``step(batch, iteration) -> loss``: fills ``.grad`` with the config's backend, MAML++ options
+    and the family's task loss.
+
+    Args:
+        config: the run's configuration.
+        algo: the algorithm whose meta-parameters get the gradient.
+        loss_fn: the family's task loss.
+        compile: compile the func engine's meta-gradient (see :func:`choose_compile`).
+        family_backward: the family's own ``meta_backward(algo, batch, steps, first_order)``
+            (reinforcement learning), used instead of the engines.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        algo: torch.nn.Module,
+        loss_fn: Callable,
+        compile: bool = False,
+        family_backward: Optional[Callable] = None,
+    ):
+        self.config = config
+        self.algo = algo
+        self.loss_fn = loss_fn
+        self.family_backward = family_backward
+        if compile:  # a fresh in-memory cache per run: earlier runs' entries count toward dynamo's
+            torch.compiler.reset()  # recompile limit (the on-disk caches keep recompiling cheap)
+        func = config.backend == "func" and family_backward is None
+        self.vectorized = VectorizedEngine(algo, loss_fn, compile=compile) if func else None
+
+    @property
+    def engine(self) -> str:
+        """What computes the meta-gradients now: ``func-compiled``, ``func``, ``l2l`` or ``higher``
+        (a failed compilation turns ``func-compiled`` into ``func``)."""
+        if self.vectorized is not None and self.vectorized.compiled:
+            return "func-compiled"
+        return self.config.backend
+
+    def __call__(self, batch, iteration: int) -> float:
+        """Fill ``.grad`` with the meta-gradient of ``batch`` at ``iteration``; returns the query loss."""
+        config, steps = self.config, self.config.inner_steps
         first_order = True if iteration < config.first_order_until else None
+        if self.family_backward is not None:
+            return self.family_backward(self.algo, batch, steps, first_order)
         weights = None
         if config.multi_step_loss:
             weights = multi_step_weights(iteration, steps, config.msl_anneal).tolist()
-        if engine is not None:
-            return engine.meta_backward(batch, steps, first_order=first_order, step_weights=weights)
+        if self.vectorized is not None:
+            return self.vectorized.meta_backward(batch, steps, first_order=first_order, step_weights=weights)
         return meta_backward(
-            algo, batch, steps, config.backend, first_order=first_order, step_weights=weights, loss_fn=loss_fn
+            self.algo,
+            batch,
+            steps,
+            config.backend,
+            first_order=first_order,
+            step_weights=weights,
+            loss_fn=self.loss_fn,
         )
-
-    return step
 
 
 @dataclass
@@ -70,7 +135,7 @@ class Training:
     optimizer: torch.optim.Optimizer
     scheduler: Optional[object]
     generator: torch.Generator
-    meta_step: Callable
+    meta_step: MetaStep
     world: World = World()
 
     def sample(self):
@@ -94,6 +159,8 @@ class Training:
             loss, stop = distributed.all_reduce_grads(
                 self.algo.parameters(), batch.num_tasks, self.config.meta_batch, loss, stop
             )
+        if self.config.clip_grad is not None:  # after the all-reduce: every process clips alike
+            torch.nn.utils.clip_grad_norm_(self.algo.parameters(), self.config.clip_grad)
         return loss, stop
 
 
@@ -118,14 +185,20 @@ def build_training(config: TrainConfig, family=None, world: World = World()) -> 
         torch.cuda.set_device(device)
     torch.manual_seed(config.seed)
     algo = build_algorithm(config, family.build_model().to(device))
-    optimizer = torch.optim.Adam(algo.parameters(), lr=config.meta_lr)
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.iterations)
-        if config.cosine_lr
-        else None
-    )
+    if config.outer_optimizer == "sgd-annealed":  # Reptile's: ε_i = ε·(1 − i/N) at iteration i
+        optimizer = torch.optim.SGD(algo.parameters(), lr=config.meta_lr)
+        anneal = lambda i: 1 - i / config.iterations  # noqa: E731 (its state is last_epoch alone)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, anneal)
+    else:
+        optimizer = torch.optim.Adam(algo.parameters(), lr=config.meta_lr, fused=True)
+        scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.iterations)
+            if config.cosine_lr
+            else None
+        )
     generator = torch.Generator().manual_seed(config.seed)
-    meta_step = make_meta_step(config, algo, family.loss)
+    compile = choose_compile(config, family, device)
+    meta_step = MetaStep(config, algo, family.loss, compile=compile, family_backward=family.meta_backward)
     return Training(config, family, device, algo, optimizer, scheduler, generator, meta_step, world)
 
 
@@ -149,9 +222,10 @@ def tensorboard_writer(run_dir: Path):
     return SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
 
 
-def _finite(loss: float, algo: torch.nn.Module) -> bool:
+def _finite_gradient(algo: torch.nn.Module) -> bool:
+    """Whether every ``.grad`` of the algorithm is finite (one reduction, one device sync)."""
     grads = [p.grad for p in algo.parameters() if p.grad is not None]
-    return math.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
+    return bool(torch.isfinite(torch.stack([g.sum() for g in grads])).all()) if grads else True
 
 
 def _state(setup: Training, done: int, window: list) -> dict:
@@ -224,6 +298,7 @@ def train(config: Optional[TrainConfig], run_dir: Path, progress: bool = True, r
             "resumed_from": start if opened["state"] is not None else None,
             "seconds": time.perf_counter() - clock,
             "device": str(setup.device),
+            "engine": setup.meta_step.engine,
             "note": opened["note"],
         }
 
@@ -247,7 +322,12 @@ def _loop(setup: Training, run_dir: Path, start: int, window: list, progress: bo
         for iteration in bar:
             done = iteration + 1
             loss, stopping = setup.gradient(iteration, bool(stop))
-            if not _finite(loss, algo):
+            last = done == config.iterations
+            checkpoint = writer and (done % config.checkpoint_every == 0 or last or stopping)
+            # A non-finite gradient with a finite loss makes the next loss non-finite (Adam and SGD
+            # turn it into NaN parameters), so checking the loss every iteration is enough except
+            # right before a checkpoint, which must never hold a NaN.
+            if not math.isfinite(loss) or (checkpoint and not _finite_gradient(algo)):
                 if writer:
                     record = {"iteration": done, "diverged": True, "meta_loss": str(loss)}
                     runs.append_metrics(run_dir, record)
@@ -265,6 +345,7 @@ def _loop(setup: Training, run_dir: Path, start: int, window: list, progress: bo
                     "meta_loss": sum(window) / len(window),
                     "meta_lr": optimizer.param_groups[0]["lr"],
                     "seconds": round(time.perf_counter() - clock, 3),
+                    "engine": setup.meta_step.engine,
                 }
                 if writer:
                     runs.append_metrics(run_dir, record)
@@ -273,7 +354,7 @@ def _loop(setup: Training, run_dir: Path, start: int, window: list, progress: bo
                     board.add_scalar("meta_lr", record["meta_lr"], done)
                 bar.set_postfix(meta_loss=f"{record['meta_loss']:.3f}")
                 window = []
-            if writer and (done % config.checkpoint_every == 0 or done == config.iterations or stopping):
+            if checkpoint:
                 runs.save_checkpoint(run_dir, _state(setup, done, window))
             if stopping and done < config.iterations:
                 raise Interrupted(f"stopped by signal at iteration {done}; checkpoint saved")

@@ -3,6 +3,11 @@
 Every algorithm exposes ``module`` (the model), ``inner_updates(grads, step)`` and, for the
 learn2learn backend, ``clone()`` / ``adapt(loss)``. :func:`meta_backward` fills ``.grad`` of the
 algorithm's meta-parameters, so the trainer can step any ``torch.optim`` optimizer.
+
+An algorithm whose inner loop adapts only some parameter tensors (e.g. ANIL, only the head) sets
+an ``adapted_params`` attribute: their positions in ``module.parameters()``. ``inner_updates`` then
+receives the gradients of those tensors alone and returns their steps; the other tensors keep their
+values through the inner loop. Every backend honours it (see :func:`adapted_indices`).
 """
 
 from typing import Callable, NamedTuple, Optional, Sequence
@@ -45,8 +50,9 @@ def meta_backward(
     """Accumulate the meta-gradient of ``batch`` into ``.grad`` and return the mean query loss.
 
     Args:
-        algo: a :class:`MAML`, :class:`MAMLEnhanced`, :class:`Reptile` or :class:`Pretrain` (whose
-            gradient is that of its joint loss on all points, whatever the backend).
+        algo: a :class:`MAML`, :class:`MAMLEnhanced`, :class:`MetaSGD`, :class:`ANIL`,
+            :class:`Reptile` or :class:`Pretrain` (whose gradient is that of its joint loss on all
+            points, whatever the backend).
         batch: the tasks.
         steps: inner steps per task.
         backend: ``"l2l"`` (clone/adapt per task) or ``"higher"`` (differentiable optimizer);
@@ -96,15 +102,23 @@ def _adapt_l2l(algo, task, steps, first_order, loss_fn, want_all):
 def _adapt_higher(algo, task, steps, first_order, loss_fn, want_all):
     import higher  # archived baseline backend: imported only when asked for
 
-    opt = torch.optim.SGD(algo.module.parameters(), lr=1.0)
+    # higher steps only the tensors its optimizer holds; it still differentiates the support loss
+    # with respect to every parameter, and the callback passes the others' gradients on unused.
+    adapted = adapted_indices(algo)
+    params = list(algo.module.parameters())
+    opt = torch.optim.SGD([params[i] for i in adapted], lr=1.0)
     losses = []
     with higher.innerloop_ctx(algo.module, opt, copy_initial_weights=False) as (fmodel, diffopt):
         for s in range(steps):
 
             def transform(grads, s=s):
+                chosen = [grads[i] for i in adapted]
                 if first_order:
-                    grads = [g.detach() for g in grads]
-                return algo.inner_updates(grads, s)
+                    chosen = [g.detach() for g in chosen]
+                full = list(grads)
+                for i, update in zip(adapted, algo.inner_updates(chosen, s)):
+                    full[i] = update
+                return full
 
             diffopt.step(loss_fn(fmodel(task.x_support), task.y_support), grad_callback=transform)
             if want_all or s == steps - 1:
@@ -117,14 +131,24 @@ def _reptile_backward(algo, batch, steps, loss_fn):
     for i in range(batch.num_tasks):
         task = batch.task(i)
         learner = algo.clone()
-        for _ in range(steps):
-            learner.adapt(loss_fn(learner(task.x_support), task.y_support))
+        for s in range(steps):
+            x, y = algo.inner_points(task, s)
+            learner.adapt(loss_fn(learner(x), y))
         with torch.no_grad():
             total += loss_fn(learner(task.x_query), task.y_query).item()
         adapted.append([p.detach() for p in learner.module.parameters()])
     theta = list(algo.module.parameters())
     accumulate_grad(theta, reptile_gradient([p.detach() for p in theta], adapted))
     return total / batch.num_tasks
+
+
+def adapted_indices(algo) -> tuple:
+    """Positions in ``algo.module.parameters()`` of the tensors the inner loop adapts: the
+    algorithm's optional ``adapted_params``, else all of them."""
+    chosen = getattr(algo, "adapted_params", None)
+    if chosen is None:
+        return tuple(range(sum(1 for _ in algo.module.parameters())))
+    return tuple(chosen)
 
 
 def accumulate_grad(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> None:

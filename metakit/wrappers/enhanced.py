@@ -21,7 +21,8 @@ class MAMLEnhanced(nn.Module):
     The meta-parameters (``parameters()``) are the model initialisation, the curvature matrices
     and the learning rates; one outer optimizer trains them together. Without curvature the
     transform is the identity (``--method lslr``); without layerwise rates every rate is ``lr``
-    (``--method mc``); with neither this is plain MAML.
+    (``--method mc``); with neither this is plain MAML. Steps beyond ``inner_steps`` (longer
+    adaptation at evaluation) reuse the last trained step's rates; the curvature serves every step.
 
     It offers learn2learn's ``clone()`` / ``adapt(loss)`` surface: a clone shares the curvature
     and rate modules with its parent, and each ``adapt`` advances its inner-step index.

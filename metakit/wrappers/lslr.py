@@ -9,7 +9,7 @@ class LayerwiseLR(nn.Module):
 
     ``rates[i, s]`` scales the update of parameter tensor ``i`` at inner step ``s``. All rates
     start at ``lr`` and are unconstrained in sign, as in MAML++. Steps beyond the trained number
-    (e.g. fine-tuning for longer at evaluation) reuse the last step's rate.
+    (e.g. fine-tuning for longer at evaluation) reuse the last step's rate, never wrap around.
 
     Args:
         num_params: number of parameter tensors in the model (weights and biases separately).

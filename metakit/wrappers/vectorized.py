@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, grad_and_value, vmap
 
-from metakit.wrappers.backends import TaskBatch, accumulate_grad
+from metakit.wrappers.backends import TaskBatch, accumulate_grad, adapted_indices
 from metakit.wrappers.functional import reptile_gradient, sgd_step
 from metakit.wrappers.pretrain import Pretrain, joint_backward
 from metakit.wrappers.reptile import Reptile
@@ -56,13 +56,16 @@ class VectorizedEngine:
     """Meta-gradients and adaptation for a batch of tasks, vectorised with ``torch.func.vmap``.
 
     Args:
-        algo: a :class:`MAML`, :class:`MAMLEnhanced`, :class:`Reptile` or :class:`Pretrain`; its
-            meta-parameters are used in place (the engine holds no copy).
+        algo: a :class:`MAML`, :class:`MAMLEnhanced`, :class:`MetaSGD`, :class:`ANIL`,
+            :class:`Reptile` or :class:`Pretrain`; its meta-parameters are used in place (the engine
+            holds no copy).
         loss_fn: the task loss.
         compile: compute MAML-family meta-gradients with a ``torch.compile``-d
-            :meth:`meta_gradient`. Pays off on long runs only: a compilation takes seconds to a
-            minute on CPU. If it fails, the engine warns and stays eager. Reptile, pretraining and
-            :meth:`query_curves` always run eagerly.
+            :meth:`meta_gradient` (on a GPU in the compiler's ``reduce-overhead`` mode, i.e. with
+            CUDA graphs). Pays off on long runs only: a compilation takes seconds to a minute on
+            CPU (Inductor's on-disk caches make a repeated one a few seconds). If it fails, or
+            dynamo's recompile limit is hit, the engine warns once and stays eager. Reptile,
+            pretraining and :meth:`query_curves` always run eagerly.
 
     Models with buffers (e.g. batch-norm running statistics) are refused: their in-place
     updates cannot be vectorised over tasks.
@@ -78,21 +81,51 @@ class VectorizedEngine:
         self.algo = algo
         self.loss_fn = loss_fn
         self.names = [name for name, _ in algo.module.named_parameters()]
+        self.adapted = adapted_indices(algo)
+        """Positions (in :attr:`names`) of the tensors the inner loop adapts (all but for e.g. ANIL)."""
         self._objective = _MetaObjective(self)
-        if compile:  # Inductor's CPU build warns that no CUDA runtime exists: not news on a CPU run
+        self._compiled = None
+        self._meta_params = None
+        if compile and not isinstance(algo, (Reptile, Pretrain)):
+            # Inductor's CPU build warns that no CUDA runtime exists: not news on a CPU run
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-        self._compiled = torch.compile(self.meta_gradient, dynamic=False) if compile else None
+            # past dynamo's recompile limit a function silently runs eagerly; make that an error,
+            # which the engine reports (one warning) before it goes on eagerly
+            torch._dynamo.config.fail_on_recompile_limit_hit = True
+            on_gpu = next(algo.parameters()).is_cuda  # CUDA graphs take the launch overhead away
+            mode = "reduce-overhead" if on_gpu else None
+            self._compiled = torch.compile(self.meta_gradient, dynamic=False, mode=mode)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether meta-gradients come from the compiled :meth:`meta_gradient` (``False`` for
+        Reptile and pretraining, and after a failed compilation)."""
+        return self._compiled is not None
 
     def task_loss(self, params: tuple, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Loss of the model with ``params`` (ordered as :attr:`names`) on one task's points."""
         return self.loss_fn(functional_call(self.algo.module, dict(zip(self.names, params)), (x,)), y)
 
     def inner_step(self, params: tuple, x, y, step: int, first_order: bool) -> tuple:
-        """One step of the algorithm's inner rule on one task's support points."""
-        grads = grad(self.task_loss)(params, x, y)
+        """One step of the algorithm's inner rule on one task's support points.
+
+        Only the tensors at :attr:`adapted` are differentiated and stepped; the others pass through.
+        """
+
+        def loss_of(chosen):
+            full = list(params)
+            for i, p in zip(self.adapted, chosen):
+                full[i] = p
+            return self.task_loss(tuple(full), x, y)
+
+        chosen = tuple(params[i] for i in self.adapted)
+        grads = grad(loss_of)(chosen)
         if first_order:
             grads = tuple(g.detach() for g in grads)
-        return tuple(sgd_step(params, self.algo.inner_updates(grads, step)))
+        stepped = list(params)
+        for i, p in zip(self.adapted, sgd_step(chosen, self.algo.inner_updates(grads, step))):
+            stepped[i] = p
+        return tuple(stepped)
 
     def unroll(
         self,
@@ -168,12 +201,15 @@ class VectorizedEngine:
         return losses[:, -1].mean().item()
 
     def _compiled_backward(self, batch, steps, first_order, weights) -> Optional[float]:
-        params = {name: p for name, p in self._objective.named_parameters() if p.requires_grad}
+        if self._meta_params is None:  # listed once: walking the modules costs ~50 µs per call
+            self._meta_params = {name: p for name, p in self._objective.named_parameters() if p.requires_grad}
+        params = self._meta_params
         detached = {name: p.detach() for name, p in params.items()}
         try:
             grads, (_, last) = self._compiled(detached, batch, steps, first_order, weights)
         except Exception as err:  # e.g. no C++ compiler: the eager engine gives the same numbers
-            warnings.warn(f"torch.compile failed ({type(err).__name__}: {err}); using the eager engine")
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            warnings.warn(f"torch.compile failed ({type(err).__name__}: {reason}); using the eager engine")
             self._compiled = None
             return None
         accumulate_grad(list(params.values()), [grads[name] for name in params])
@@ -184,7 +220,10 @@ class VectorizedEngine:
         start = tuple(p.detach() for p in theta)
 
         def adapt(*task):
-            return self.unroll(start, TaskBatch(*task), steps, True, (steps,))
+            task, params = TaskBatch(*task), start
+            for s in range(steps):
+                params = self.inner_step(params, *self.algo.inner_points(task, s), s, True)
+            return params, self.task_loss(params, task.x_query, task.y_query)
 
         with torch.no_grad():
             adapted, query = vmap(adapt)(*batch)

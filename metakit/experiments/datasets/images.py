@@ -9,6 +9,8 @@ from typing import Collection, Optional
 
 import torch
 
+from metakit.experiments.cache import user_cache
+
 
 class DataError(ValueError):
     """Missing or malformed data; the message is one line naming the file or folder and what is expected."""
@@ -60,12 +62,7 @@ class ClassImages:
 
 def cache_dir(data_root: Optional[Path] = None) -> Path:
     """Where caches go: ``data_root`` if given, else ``$METAKIT_CACHE``, else the user cache folder."""
-    if data_root is not None:
-        return Path(data_root)
-    if os.environ.get("METAKIT_CACHE"):
-        return Path(os.environ["METAKIT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "metakit"
+    return Path(data_root) if data_root is not None else user_cache()
 
 
 def to_payload(data: ClassImages) -> dict:

@@ -14,6 +14,9 @@ FAMILIES = Registry(
         "sinusoid-line": "metakit.experiments.families.sinusoid_line:SinusoidLine",
         "glyphs": "metakit.experiments.families.glyphs:Glyphs",
         "omniglot": "metakit.experiments.families.omniglot:Omniglot",
+        "nav2d": "metakit.experiments.families.nav2d:Nav2DFamily",
+        "halfcheetah-dir": "metakit.experiments.families.halfcheetah:HalfCheetahDirection",
+        "halfcheetah-vel": "metakit.experiments.families.halfcheetah:HalfCheetahVelocity",
     },
 )
 

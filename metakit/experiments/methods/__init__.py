@@ -23,6 +23,9 @@ class MethodSpec:
         backends: the backends it runs on.
         maml_plus_plus: whether ``--multi-step-loss`` and ``--first-order-until`` apply.
         always_first_order: first-order by construction (``--first-order-until`` is meaningless).
+        learned_inner_rule: its inner rule is learned per step for ``inner_steps`` steps (evaluation
+            marks the steps beyond them; there the last trained step's rule is reused).
+        all_points: ``--inner-all-points`` applies (its meta-update holds no query set out).
     """
 
     build: Callable
@@ -30,6 +33,8 @@ class MethodSpec:
     backends: tuple = BACKENDS
     maml_plus_plus: bool = True
     always_first_order: bool = False
+    learned_inner_rule: bool = False
+    all_points: bool = False
 
 
 METHODS = Registry(
@@ -41,6 +46,8 @@ METHODS = Registry(
         "mc": "metakit.experiments.methods.enhanced:MC_SPEC",
         "lslr": "metakit.experiments.methods.enhanced:LSLR_SPEC",
         "enhanced": "metakit.experiments.methods.enhanced:ENHANCED_SPEC",
+        "metasgd": "metakit.experiments.methods.metasgd:METASGD_SPEC",
+        "anil": "metakit.experiments.methods.anil:ANIL_SPEC",
         "pretrain": "metakit.experiments.methods.pretrain:PRETRAIN_SPEC",
     },
 )

@@ -18,6 +18,10 @@ def _build(curvature: bool, layerwise_lr: bool):
     return build
 
 
-MC_SPEC = MethodSpec(_build(True, False), "MAML with Meta-Curvature")
-LSLR_SPEC = MethodSpec(_build(False, True), "MAML with layerwise, per-step learned rates")
-ENHANCED_SPEC = MethodSpec(_build(True, True), "MAML Enhanced: Meta-Curvature and layerwise rates")
+MC_SPEC = MethodSpec(_build(True, False), "MAML with Meta-Curvature", learned_inner_rule=True)
+LSLR_SPEC = MethodSpec(
+    _build(False, True), "MAML with layerwise, per-step learned rates", learned_inner_rule=True
+)
+ENHANCED_SPEC = MethodSpec(
+    _build(True, True), "MAML Enhanced: Meta-Curvature and layerwise rates", learned_inner_rule=True
+)

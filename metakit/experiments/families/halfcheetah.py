@@ -1,0 +1,35 @@
+"""HalfCheetah locomotion, the MAML paper's meta-RL tasks (Finn et al. 2017, §5.3), as
+``--task halfcheetah-dir`` and ``--task halfcheetah-vel`` (needs ``pip install -e ".[rl]"``)."""
+
+from metakit.experiments.families.rl import RLFamily
+from metakit.experiments.rl.halfcheetah import HalfCheetah, missing_dependency
+
+
+class HalfCheetahFamily(RLFamily):
+    """HalfCheetah tasks (:class:`~metakit.experiments.rl.halfcheetah.HalfCheetah`, horizon 200)
+    with the RL protocol of :class:`~metakit.experiments.families.rl.RLFamily` and 40 tasks per
+    meta-update (paper §5.3; pytorch-maml-rl ``configs/maml/halfcheetah-vel.yaml``). The 500
+    iterations are the GPU-free reference's count, hours on a CPU: one meta-update steps
+    40 × 20 × 200 × 2 = 320,000 MuJoCo steps one environment at a time."""
+
+    protocol = {**RLFamily.protocol, "meta_batch": 40}
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        """The RL rules, and gymnasium with MuJoCo installed."""
+        super().check_config(config)
+        missing = missing_dependency()
+        if missing:
+            raise ValueError(f"--task {config.task}: {missing}")
+
+
+class HalfCheetahDirection(HalfCheetahFamily):
+    """Run forward or backward: reward ``d · v − 0.05 · Σ a²``, d = ±1 with probability ½ each."""
+
+    env = HalfCheetah("direction")
+
+
+class HalfCheetahVelocity(HalfCheetahFamily):
+    """Run at a goal velocity v* ~ U[0, 2]: reward ``−|v − v*| − 0.05 · Σ a²``."""
+
+    env = HalfCheetah("velocity")

@@ -1,0 +1,32 @@
+"""2D navigation, the MAML paper's first meta-RL problem (Finn et al. 2017, §5.3), as ``--task nav2d``."""
+
+from metakit.experiments.families.base import Reproduction
+from metakit.experiments.families.rl import RLFamily
+from metakit.experiments.rl.nav2d import AUTHORS_ACTION_SCALE, Nav2D
+
+
+class Nav2DFamily(RLFamily):
+    """A point moves in the plane to a goal drawn from U[−0.5, 0.5]²; reward −distance, 100 steps
+    (:class:`~metakit.experiments.rl.nav2d.Nav2D`), with the RL protocol of
+    :class:`~metakit.experiments.families.rl.RLFamily`.
+
+    Action units: the authors' code (:data:`~metakit.experiments.rl.nav2d.AUTHORS_ACTION_SCALE`,
+    rllab's ``normalize`` wrapper: velocity = clip(0.1 · action, ±0.1)). With the policy's initial
+    σ = 1 the first episodes then explore velocities of spread 0.1 inside the ±0.1 box, where
+    actions in raw units (pytorch-maml-rl) are clipped to ±0.1 in ~92% of the coordinates and the
+    policy starts as a bang-bang controller; and the paper's α = 0.1 was tuned for these units.
+    """
+
+    env = Nav2D(action_scale=AUTHORS_ACTION_SCALE)
+    position_observations = True
+    reproduction = Reproduction(
+        description=(
+            "2D navigation, MAML-RL protocol (20 tasks × 20 episodes per meta-update, 1 policy-gradient "
+            "step with α = 0.1, Adam 3e-3; evaluation: 40 episodes per task and step, α halved after "
+            "the first step)"
+        ),
+        methods=("maml", "fomaml", "enhanced", "pretrain"),
+        eval_shots=None,
+        eval_steps=(0, 1, 2, 3),
+        reported_steps=(0, 1, 2, 3),
+    )

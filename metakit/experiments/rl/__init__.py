@@ -1,0 +1,30 @@
+"""Meta-reinforcement learning: the MAML paper's 2D navigation, a Gaussian policy, vanilla policy
+gradient and the MAML-RL meta-objective, for any metakit algorithm."""
+
+from metakit.experiments.rl.meta import (
+    adaptation_returns,
+    meta_backward,
+    meta_loss,
+    meta_train_step,
+    paper_step_scale,
+    sample_adaptation,
+)
+from metakit.experiments.rl.nav2d import Nav2D, Nav2DEnv
+from metakit.experiments.rl.policy import GaussianMLPPolicy
+from metakit.experiments.rl.policy_gradient import PGBatch, PGConfig
+from metakit.experiments.rl.trajectories import Trajectories
+
+__all__ = [
+    "GaussianMLPPolicy",
+    "Nav2D",
+    "Nav2DEnv",
+    "PGBatch",
+    "PGConfig",
+    "Trajectories",
+    "adaptation_returns",
+    "meta_backward",
+    "meta_loss",
+    "meta_train_step",
+    "paper_step_scale",
+    "sample_adaptation",
+]
