@@ -24,7 +24,7 @@ $(READY): setup.cfg pyproject.toml tools/install_learn2learn.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "torch>=2.1,<=2.14.1" "torchvision>=0.16,<=0.29.1" "cython>=3" setuptools wheel numpy
 	bash tools/install_learn2learn.sh $(PY)
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,rl]"
 	touch $(READY)
 
 clean:

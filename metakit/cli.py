@@ -577,7 +577,8 @@ def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, quiet)
     "--task",
     type=click.Choice(FAMILIES.names()),
     default="sinusoid",
-    help="Task family (classification families bench the conv net at meta-batch 32, 1 step).",
+    help="Task family (classification families bench the conv net at meta-batch 32, 1 step; nav2d "
+    "benches rollouts: batched torch episodes against one environment at a time).",
 )
 @click.option("--methods", default=None, help="Comma-separated, from maml, enhanced.  [default: both]")
 @click.option(
@@ -617,7 +618,8 @@ def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, quiet)
 @click.option(
     "--paper-protocol",
     is_flag=True,
-    help="Instead, time `metakit train` of MAML on the paper protocol (func backend) in a temporary folder.",
+    help="Instead, time `metakit train` with every default (MAML, the paper protocol) in a temporary "
+    "folder, beside the plain learn2learn loop's time for the same iterations (extrapolated).",
 )
 @click.option(
     "--protocol-iterations",

@@ -473,7 +473,11 @@ def test_group_help(flag):
 def test_train_help_shows_every_option_with_its_default(flag):
     text = help_text("train", flag)
     entries = help_entries(text)
-    shown_elsewhere = {"query": "--shots", "data_root": "~/.cache/metakit for glyphs"}
+    shown_elsewhere = {
+        "query": "--shots",
+        "data_root": "~/.cache/metakit for glyphs",
+        "clip_grad": "no clipping",
+    }
     for field in fields(TrainConfig):
         option = "--" + field.name.replace("_", "-")
         value = field.default

@@ -76,8 +76,9 @@ def test_failed_compilation_warns_once_and_trains_eagerly(tmp_path, monkeypatch)
     assert [str(w.message) for w in caught] == [
         "torch.compile failed (RuntimeError: no compiler here); using the eager engine"
     ]
-    printed = warnings.formatwarning(caught[0].message, caught[0].category, caught[0].filename, caught[0].lineno)
-    assert printed == f"Warning: {caught[0].message}\n"  # one line on stderr
+    first = caught[0]
+    printed = warnings.formatwarning(first.message, first.category, first.filename, first.lineno)
+    assert printed == f"Warning: {first.message}\n"  # one line on stderr
     assert calls == [1]  # tried once, then eager
     assert "(eager func engine)" in result.stdout
     records = [json.loads(line) for line in (tmp_path / "run" / runs.METRICS).read_text().splitlines()]

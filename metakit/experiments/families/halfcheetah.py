@@ -8,9 +8,9 @@ from metakit.experiments.rl.halfcheetah import HalfCheetah, missing_dependency
 class HalfCheetahFamily(RLFamily):
     """HalfCheetah tasks (:class:`~metakit.experiments.rl.halfcheetah.HalfCheetah`, horizon 200)
     with the RL protocol of :class:`~metakit.experiments.families.rl.RLFamily` and 40 tasks per
-    meta-update (paper §5.3; pytorch-maml-rl ``configs/maml/halfcheetah-vel.yaml``). The 500
-    iterations are the GPU-free reference's count, hours on a CPU: one meta-update steps
-    40 × 20 × 200 × 2 = 320,000 MuJoCo steps one environment at a time."""
+    meta-update (tristandeleu/pytorch-maml-rl ``configs/maml/halfcheetah-vel.yaml`` and
+    ``halfcheetah-dir.yaml``). Its 300 iterations (pytorch-maml-rl trains 500) take hours on a
+    CPU: one meta-update steps 40 × 20 × 200 × 2 = 320,000 MuJoCo steps, one episode at a time."""
 
     protocol = {**RLFamily.protocol, "meta_batch": 40}
 

@@ -15,6 +15,8 @@ class Nav2DFamily(RLFamily):
     σ = 1 the first episodes then explore velocities of spread 0.1 inside the ±0.1 box, where
     actions in raw units (pytorch-maml-rl) are clipped to ±0.1 in ~92% of the coordinates and the
     policy starts as a bang-bang controller; and the paper's α = 0.1 was tuned for these units.
+    Measured (MAML, 60 meta-updates, seed 0, the same 40 held-out goals): after 0/1/2/3 steps
+    −37.0/−12.3/−6.6/−6.6 in the authors' units against −37.4/−14.5/−11.4/−11.1 in raw units.
     """
 
     env = Nav2D(action_scale=AUTHORS_ACTION_SCALE)

@@ -1,6 +1,7 @@
-"""Meta-reinforcement learning: the MAML paper's 2D navigation, a Gaussian policy, vanilla policy
-gradient and the MAML-RL meta-objective, for any metakit algorithm."""
+"""Meta-reinforcement learning: the MAML paper's 2D navigation and HalfCheetah tasks, a Gaussian
+policy, vanilla policy gradient and the MAML-RL meta-objective, for any metakit algorithm."""
 
+from metakit.experiments.rl.halfcheetah import HalfCheetah
 from metakit.experiments.rl.meta import (
     adaptation_returns,
     meta_backward,
@@ -16,6 +17,7 @@ from metakit.experiments.rl.trajectories import Trajectories
 
 __all__ = [
     "GaussianMLPPolicy",
+    "HalfCheetah",
     "Nav2D",
     "Nav2DEnv",
     "PGBatch",

@@ -69,10 +69,26 @@ def missing_dependency() -> Optional[str]:
 
 @functools.lru_cache(maxsize=1)
 def simulator():
-    """The process's ``HalfCheetah-v5`` environment (unwrapped: no time limit, no checker)."""
-    import gymnasium
+    """The process's ``HalfCheetah-v5`` environment, shared by every rollout (:func:`make_env`)."""
+    return make_env()
 
-    return gymnasium.make("HalfCheetah-v5", disable_env_checker=True).unwrapped
+
+def make_env():
+    """A new ``HalfCheetah-v5`` environment (unwrapped: no time limit, no checker).
+
+    MuJoCo's warnings while it compiles gymnasium's model (MuJoCo ≥ 3.3 deprecates the model's
+    ``settotalmass``) are dropped, instead of going to stderr and to ``MUJOCO_LOG.TXT`` in the
+    working directory.
+    """
+    import gymnasium
+    import mujoco
+
+    previous = mujoco.get_mju_user_warning()
+    mujoco.set_mju_user_warning(lambda message: None)
+    try:
+        return gymnasium.make("HalfCheetah-v5", disable_env_checker=True).unwrapped
+    finally:
+        mujoco.set_mju_user_warning(previous)
 
 
 def control_cost(action: torch.Tensor) -> torch.Tensor:
