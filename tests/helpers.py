@@ -66,3 +66,14 @@ def assert_close_lists(actual, expected, rtol=1e-10, atol=1e-12):
     assert len(actual) == len(expected)
     for a, e in zip(actual, expected):
         torch.testing.assert_close(a, e, rtol=rtol, atol=atol)
+
+
+class StopAfter:
+    """A stop flag that reads true from its ``n + 1``-th check on (the loop checks once per iteration)."""
+
+    def __init__(self, n):
+        self.n, self.checks = n, 0
+
+    def __bool__(self):
+        self.checks += 1
+        return self.checks > self.n

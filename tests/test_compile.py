@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import StopAfter
 
 from metakit.cli import cli
 from metakit.experiments import runs
@@ -110,17 +111,6 @@ def test_compiled_and_eager_training_agree(tmp_path, compiled_run):
     assert {r["engine"] for r in lines(tmp_path)} == {"func"}
     for a, b in zip(lines(compiled_run), lines(tmp_path)):
         assert a["meta_loss"] == pytest.approx(b["meta_loss"], rel=1e-4)
-
-
-class StopAfter:
-    """A stop flag that reads true from its ``n + 1``-th check on (the loop checks once per iteration)."""
-
-    def __init__(self, n):
-        self.n, self.checks = n, 0
-
-    def __bool__(self):
-        self.checks += 1
-        return self.checks > self.n
 
 
 def test_compiled_run_resumes_bit_for_bit(tmp_path, monkeypatch, compiled_run):

@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import StopAfter
 
 from metakit.cli import cli
 from metakit.experiments import runs
@@ -140,17 +141,6 @@ def test_cli_plot_draws_returns_and_paths(nav2d_run, tmp_path):
     assert result.exit_code == 0, result.output
     for name in ("return_vs_steps.png", "paths.png", "training_curves.png"):
         assert (tmp_path / name).stat().st_size > 1000 and str(tmp_path / name) in result.output
-
-
-class StopAfter:
-    """A stop flag that reads true from its ``n + 1``-th check on (the loop checks once per iteration)."""
-
-    def __init__(self, n):
-        self.n, self.checks = n, 0
-
-    def __bool__(self):
-        self.checks += 1
-        return self.checks > self.n
 
 
 def test_interrupted_nav2d_run_resumes_bit_for_bit(tmp_path, monkeypatch):
