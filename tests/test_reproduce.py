@@ -15,6 +15,7 @@ from metakit.experiments import runs
 from metakit.experiments.config import TrainConfig
 from metakit.experiments.evaluate import training_horizon
 from metakit.experiments.families.base import Reproduction
+from metakit.experiments.families.sinusoid import Sinusoid
 from metakit.experiments.reproduce import results_markdown
 from metakit.experiments.train import train
 from metakit.wrappers import Pretrain, VectorizedEngine, meta_backward
@@ -150,3 +151,25 @@ def test_results_tables_mark_cells_beyond_the_trained_horizon():
     assert "\\* beyond the inner steps the learned rates were trained for (lslr 2, mc 1)" in lines
     one = results_markdown(rows[:6], reproduction, "mse", 1, 6, 3, {"": {"lslr": 2, "mc": 1}})
     assert "\\* beyond the 2 inner steps the learned rates were trained for" in one.splitlines()
+
+
+def test_a_run_whose_training_diverges_is_listed_and_the_others_go_on(tmp_path, monkeypatch):
+    out = tmp_path / "repro"
+    args = ["reproduce", "sinusoid", "--seeds", "1", "--tasks", "4", "--iterations", "3", "--quiet"]
+    # An inner rate of 1e30 makes fomaml's meta-loss non-finite at its first iteration.
+    huge = Reproduction(
+        description="sinusoid",
+        method_overrides={"fomaml": {"inner_lr": 1e30}},
+        eval_shots=(5,),
+        eval_steps=(0, 1),
+        reported_steps=(0, 1),
+    )
+    monkeypatch.setattr(Sinusoid, "reproduction", huge)
+    result = CliRunner().invoke(cli, [*args, "--methods", "fomaml,maml", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "[fomaml seed 0] training diverged: fomaml: non-finite meta-loss" in result.output
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert {r["method"] for r in rows} == {"maml"}
+    markdown = (out / "results.md").read_text()
+    assert "Runs whose training diverged (not in the table):" in markdown
+    assert "- fomaml seed 0: fomaml: non-finite meta-loss or gradient at iteration 1" in markdown
