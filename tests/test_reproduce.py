@@ -173,3 +173,7 @@ def test_a_run_whose_training_diverges_is_listed_and_the_others_go_on(tmp_path, 
     markdown = (out / "results.md").read_text()
     assert "Runs whose training diverged (not in the table):" in markdown
     assert "- fomaml seed 0: fomaml: non-finite meta-loss or gradient at iteration 1" in markdown
+    # every run diverged: the report still lists them, with no table rows and no plots
+    alone = CliRunner().invoke(cli, [*args, "--methods", "fomaml", "--out", str(tmp_path / "alone")])
+    assert alone.exit_code == 0, alone.output
+    assert "- fomaml seed 0:" in (tmp_path / "alone" / "results.md").read_text()

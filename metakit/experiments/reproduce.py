@@ -119,7 +119,8 @@ def reproduce(
         listed = "".join(f"- {failure}\n" for failure in failures)
         markdown += f"\nRuns whose training diverged (not in the table):\n\n{listed}"
     paths["markdown"].write_text(markdown)
-    paths.update(_plots(out, family_class, rows, run_dirs, metric))
+    if rows:  # nothing to plot when every run's training diverged
+        paths.update(_plots(out, family_class, rows, run_dirs, metric))
     return paths
 
 
