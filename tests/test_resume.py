@@ -183,3 +183,25 @@ def test_huge_inner_lr_diverges_with_one_line_error(tmp_path):
     assert result.exit_code == 1
     assert "non-finite" in result.stderr and "iteration 1" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("poisoned, stops_at", [(14, 14), (10, 11)])
+def test_a_non_finite_gradient_with_a_finite_loss_never_reaches_a_checkpoint(
+    tmp_path, monkeypatch, poisoned, stops_at
+):
+    from metakit.experiments import train as train_module
+
+    class NaNGradient(train_module.MetaStep):
+        def __call__(self, batch, iteration):
+            loss = super().__call__(batch, iteration)
+            if iteration + 1 == poisoned:
+                next(self.algo.parameters()).grad[0] = float("nan")
+            return loss
+
+    monkeypatch.setattr(train_module, "MetaStep", NaNGradient)
+    run_dir = tmp_path / "run"
+    with pytest.raises(Divergence, match=f"iteration {stops_at}"):
+        train(TrainConfig(**CONFIG, checkpoint_every=7), run_dir, progress=False)
+    state, _ = runs.load_latest_checkpoint(run_dir)
+    assert state["iteration"] == 7
+    assert all(torch.isfinite(v).all() for v in state["algorithm"].values())

@@ -223,9 +223,9 @@ def tensorboard_writer(run_dir: Path):
 
 
 def _finite_gradient(algo: torch.nn.Module) -> bool:
-    """Whether every ``.grad`` of the algorithm is finite (one reduction, one device sync)."""
+    """Whether every ``.grad`` of the algorithm is finite (one device sync)."""
     grads = [p.grad for p in algo.parameters() if p.grad is not None]
-    return bool(torch.isfinite(torch.stack([g.sum() for g in grads])).all()) if grads else True
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
 
 
 def _state(setup: Training, done: int, window: list) -> dict:
@@ -322,11 +322,11 @@ def _loop(setup: Training, run_dir: Path, start: int, window: list, progress: bo
         for iteration in bar:
             done = iteration + 1
             loss, stopping = setup.gradient(iteration, bool(stop))
-            last = done == config.iterations
-            checkpoint = writer and (done % config.checkpoint_every == 0 or last or stopping)
+            checkpoint = done % config.checkpoint_every == 0 or done == config.iterations or stopping
             # A non-finite gradient with a finite loss makes the next loss non-finite (Adam and SGD
             # turn it into NaN parameters), so checking the loss every iteration is enough except
-            # right before a checkpoint, which must never hold a NaN.
+            # right before a checkpoint, which must never hold a NaN. Every process checks alike
+            # (their loss and gradients are the all-reduced ones), so all of them stop together.
             if not math.isfinite(loss) or (checkpoint and not _finite_gradient(algo)):
                 if writer:
                     record = {"iteration": done, "diverged": True, "meta_loss": str(loss)}
@@ -354,7 +354,7 @@ def _loop(setup: Training, run_dir: Path, start: int, window: list, progress: bo
                     board.add_scalar("meta_lr", record["meta_lr"], done)
                 bar.set_postfix(meta_loss=f"{record['meta_loss']:.3f}")
                 window = []
-            if checkpoint:
+            if writer and checkpoint:
                 runs.save_checkpoint(run_dir, _state(setup, done, window))
             if stopping and done < config.iterations:
                 raise Interrupted(f"stopped by signal at iteration {done}; checkpoint saved")
