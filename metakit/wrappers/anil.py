@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from metakit._l2l import learn2learn as l2l
+from metakit.wrappers.adapt import adapt_module
 from metakit.wrappers.functional import scaled_updates
 
 
@@ -98,11 +99,5 @@ class ANIL(nn.Module):
     def adapt(self, loss: torch.Tensor, first_order: Optional[bool] = None) -> None:
         """One inner step of the head on ``loss``, in place on this learner; the body is left as is."""
         first_order = self.first_order if first_order is None else first_order
-        params = list(self.module.parameters())
-        head = [params[i] for i in self.adapted_params]
-        grads = torch.autograd.grad(loss, head, create_graph=not first_order, retain_graph=not first_order)
-        updates = [None] * len(params)
-        for i, u in zip(self.adapted_params, self.inner_updates(grads, self.step)):
-            updates[i] = -u
-        l2l.update_module(self.module, updates=updates)
+        adapt_module(self.module, loss, self.inner_updates, self.step, first_order, self.adapted_params)
         self.step += 1

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from metakit._l2l import learn2learn as l2l
+from metakit.wrappers.adapt import adapt_module
 from metakit.wrappers.functional import scaled_updates
 
 
@@ -75,10 +76,7 @@ class MetaSGD(nn.Module):
     def adapt(self, loss: torch.Tensor, first_order: Optional[bool] = None) -> None:
         """One inner step on ``loss``, in place on this learner."""
         first_order = self.first_order if first_order is None else first_order
-        params = list(self.module.parameters())
-        grads = torch.autograd.grad(loss, params, create_graph=not first_order, retain_graph=not first_order)
-        updates = self.inner_updates(grads, 0)
-        l2l.update_module(self.module, updates=[-u for u in updates])
+        adapt_module(self.module, loss, self.inner_updates, 0, first_order)
 
     def describe_rates(self) -> str:
         """One line on the learned rates: their range and mean over all entries."""
