@@ -15,13 +15,13 @@ from pathlib import Path
 
 import torch
 
-from metakit.experiments.config import TrainConfig
-from metakit.experiments.evaluate import evaluate_algorithm, format_table
-from metakit.experiments.families import build_family, register_family
-from metakit.experiments.families.base import RegressionFamily, uniform
 from metakit.experiments.methods import METHODS
-from metakit.experiments.runs import load_run
-from metakit.experiments.train import train
+from metakit.experiments.reports.evaluate import evaluate_algorithm, format_table
+from metakit.experiments.tasks import build_family, register_family
+from metakit.experiments.tasks.family import RegressionFamily, uniform
+from metakit.experiments.training.config import TrainConfig
+from metakit.experiments.training.runs import load_run
+from metakit.experiments.training.trainer import train
 
 NAME = "quadratic"
 

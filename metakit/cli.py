@@ -17,16 +17,16 @@ import click
 # explicit OMP_NUM_THREADS from the user wins.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from metakit.experiments.cache import user_cache  # noqa: E402
+from metakit.experiments.util.cache import user_cache  # noqa: E402
 
 # torch.compile caches compiled code on disk, by default under /tmp, which many systems empty at
 # boot; in the user's cache folder a repeated setting compiles in seconds instead of half a minute.
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(user_cache() / "torch-compile"))
 
-from metakit.experiments.allocator import keep_freed_memory  # noqa: E402
-from metakit.experiments.config import COMPILE_MODES, DEVICES, OUTER_OPTIMIZERS, TrainConfig  # noqa: E402
-from metakit.experiments.families import FAMILIES  # noqa: E402
 from metakit.experiments.methods import BACKENDS, METHODS  # noqa: E402
+from metakit.experiments.tasks import FAMILIES  # noqa: E402
+from metakit.experiments.training.config import COMPILE_MODES, DEVICES, OUTER_OPTIMIZERS, TrainConfig  # noqa: E402
+from metakit.experiments.util.allocator import keep_freed_memory  # noqa: E402
 
 FROM_FAMILY = "  [default: the task family's protocol]"
 ENGINES = {
@@ -264,9 +264,9 @@ def train(out, force, resume, quiet, **options):
     Under torchrun (`torchrun --nproc-per-node N -m metakit train ...`) the N processes share each
     meta-batch; rank 0 alone reads and writes the run, and a restarted job continues its run.
     """
-    from metakit.experiments import distributed
-    from metakit.experiments.config import ConfigError
-    from metakit.experiments.runs import (
+    from metakit.experiments.training import distributed
+    from metakit.experiments.training.config import ConfigError
+    from metakit.experiments.training.runs import (
         RunError,
         check_new_run_dir,
         continues_elastic_job,
@@ -309,9 +309,9 @@ def train(out, force, resume, quiet, **options):
                 usage_error(str(err))
             _check_writable_dir(out, "--out")
 
-    from metakit.experiments.datasets.images import DataError
-    from metakit.experiments.train import Divergence, Interrupted
-    from metakit.experiments.train import train as run_training
+    from metakit.experiments.tasks.vision.image_sets import DataError
+    from metakit.experiments.training.trainer import Divergence, Interrupted
+    from metakit.experiments.training.trainer import train as run_training
 
     try:
         summary = run_training(config, out, progress=not quiet, resume=resume is not None)
@@ -362,7 +362,7 @@ def train(out, force, resume, quiet, **options):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def evaluate(run_dir, tasks, shots, steps, ways, seed, device, as_json):
     """Adapt a run to held-out tasks; print MSE or accuracy ± 95% CI per (shots, steps)."""
-    from metakit.experiments.evaluate import (
+    from metakit.experiments.reports.evaluate import (
         describe_learned_rates,
         evaluate_algorithm,
         format_table,
@@ -389,7 +389,7 @@ def _eval_family(config, ways):
     """The run's task family, with ``--ways`` (classification only, at most the trained ways)."""
     from dataclasses import replace
 
-    from metakit.experiments.families import build_family
+    from metakit.experiments.tasks import build_family
 
     if ways is not None:
         if config.ways is None:
@@ -405,9 +405,9 @@ def _eval_family(config, ways):
 def _guarded(work):
     """Run ``work()``, turning bad data, impossible settings or a run being trained elsewhere into
     one-line usage errors."""
-    from metakit.experiments.config import ConfigError
-    from metakit.experiments.datasets.images import DataError
-    from metakit.experiments.runs import RunError
+    from metakit.experiments.tasks.vision.image_sets import DataError
+    from metakit.experiments.training.config import ConfigError
+    from metakit.experiments.training.runs import RunError
 
     try:
         return work()
@@ -418,9 +418,9 @@ def _guarded(work):
 def _load_run(run_dir: Path, device: str = "cpu"):
     """``(config, algorithm)`` of a run on ``device``, or a usage error; warns when an older
     checkpoint is used."""
-    from metakit.experiments.config import ConfigError
-    from metakit.experiments.runs import RunError, load_run
-    from metakit.experiments.train import resolve_device
+    from metakit.experiments.training.config import ConfigError
+    from metakit.experiments.training.runs import RunError, load_run
+    from metakit.experiments.training.trainer import resolve_device
 
     try:
         config, algo, note = load_run(run_dir)
@@ -471,14 +471,14 @@ def plot(run_dirs, out, tasks, shots, seed):
     out = out or run_dirs[0] / "plots"
     _check_writable_dir(out, "--out")
 
-    from metakit.experiments.evaluate import evaluate_algorithm
-    from metakit.experiments.families import build_family
-    from metakit.experiments.plots import (
+    from metakit.experiments.reports.evaluate import evaluate_algorithm
+    from metakit.experiments.reports.plots import (
         plot_adaptation,
         plot_metric_vs_steps,
         plot_paths,
         plot_training_curves,
     )
+    from metakit.experiments.tasks import build_family
 
     family = build_family(loaded[0][1])
     shots = shots or family.eval_protocol.get("shots", (None,))[0]  # RL families take none
@@ -549,7 +549,7 @@ def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, quiet)
     out = out or Path("runs") / f"reproduce-{benchmark}"
     _check_writable_dir(out, "--out")
 
-    from metakit.experiments.reproduce import reproduce as run_reproduction
+    from metakit.experiments.reports.reproduce import reproduce as run_reproduction
 
     if FAMILIES.get(benchmark).reproduction is None:
         usage_error(f"--task {benchmark} has no reproduction protocol")
@@ -639,7 +639,7 @@ def bench(quick, task, threads, paper_protocol, protocol_iterations, as_json, **
         usage_error("--protocol-iterations applies to --paper-protocol only")
 
     if FAMILIES.get(task).kind == "rl":  # reinforcement learning: the rollout throughput
-        from metakit.experiments.rl.bench import bench_task, format_rollouts
+        from metakit.experiments.tasks.rl.rollout_bench import bench_task, format_rollouts
 
         try:
             report = bench_task(task, quick, threads, **options)
@@ -648,8 +648,7 @@ def bench(quick, task, threads, paper_protocol, protocol_iterations, as_json, **
         click.echo(json.dumps(report) if as_json else format_rollouts(report))
         return
 
-    from metakit.experiments import bench as benchmarks
-
+    from metakit.experiments.reports import bench as benchmarks
     if paper_protocol:
         iterations = protocol_iterations or TrainConfig().iterations
         report = benchmarks.time_paper_protocol(iterations, threads, progress=not as_json)

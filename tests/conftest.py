@@ -3,7 +3,7 @@ memory kept in the heap."""
 
 import torch
 
-from metakit.experiments.allocator import keep_freed_memory
+from metakit.experiments.util.allocator import keep_freed_memory
 
 torch.set_num_threads(1)
 keep_freed_memory()

@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from metakit.cli import cli
-from metakit.experiments import bench
+from metakit.experiments.reports import bench
 
 RESULT_KEYS = {
     "method",

@@ -11,12 +11,12 @@ import torch
 from PIL import Image, ImageDraw
 from test_cli import invoke, snapshot
 
-from metakit.experiments.config import TrainConfig
-from metakit.experiments.datasets.glyph_set import load_glyphs
-from metakit.experiments.evaluate import evaluate_algorithm
-from metakit.experiments.families import build_family
-from metakit.experiments.runs import load_run
-from metakit.experiments.train import train
+from metakit.experiments.reports.evaluate import evaluate_algorithm
+from metakit.experiments.tasks import build_family
+from metakit.experiments.tasks.vision.glyph_set import load_glyphs
+from metakit.experiments.training.config import TrainConfig
+from metakit.experiments.training.runs import load_run
+from metakit.experiments.training.trainer import train
 
 ROW_KEYS = {"ways", "shots", "steps", "accuracy", "ci95", "median", "loss", "worse", "diverged", "tasks"}
 PER_CLASS = 12

@@ -20,9 +20,9 @@ import torch
 from click.testing import CliRunner
 
 from metakit.cli import cli
-from metakit.experiments.config import FAMILY_DEFAULTS, TrainConfig
-from metakit.experiments.families import FAMILIES
 from metakit.experiments.methods import METHODS
+from metakit.experiments.tasks import FAMILIES
+from metakit.experiments.training.config import FAMILY_DEFAULTS, TrainConfig
 
 ROW_KEYS = {"shots", "steps", "mse", "ci95", "median", "worse", "diverged", "tasks"}
 EVAL_SHOTS, EVAL_STEPS, EVAL_TASKS = [2, 5], [0, 1, 3], 20

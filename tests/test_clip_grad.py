@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from metakit.experiments.config import ConfigError, TrainConfig
-from metakit.experiments.train import build_training
+from metakit.experiments.training.config import ConfigError, TrainConfig
+from metakit.experiments.training.trainer import build_training
 
 SMALL = dict(method="enhanced", meta_batch=4, inner_steps=2, seed=5, compile="off")
 

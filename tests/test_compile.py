@@ -11,11 +11,11 @@ from click.testing import CliRunner
 from helpers import StopAfter
 
 from metakit.cli import cli
-from metakit.experiments import runs
-from metakit.experiments import train as train_module
-from metakit.experiments.config import ConfigError, TrainConfig
-from metakit.experiments.families import build_family
-from metakit.experiments.train import Interrupted, choose_compile, train
+from metakit.experiments.tasks import build_family
+from metakit.experiments.training import runs
+from metakit.experiments.training import trainer as train_module
+from metakit.experiments.training.config import ConfigError, TrainConfig
+from metakit.experiments.training.trainer import Interrupted, choose_compile, train
 
 CPU = torch.device("cpu")
 # enhanced, two steps and the multi-step loss: the largest graph the compiler is asked for

@@ -17,10 +17,10 @@ import torch
 from helpers import grads_of
 from test_cli import RUN_FILES, invoke, option_args
 
-from metakit.experiments import distributed, runs
-from metakit.experiments.config import ConfigError, TrainConfig
-from metakit.experiments.distributed import World
-from metakit.experiments.train import build_training, train
+from metakit.experiments.training import distributed, runs
+from metakit.experiments.training.config import ConfigError, TrainConfig
+from metakit.experiments.training.distributed import World
+from metakit.experiments.training.trainer import build_training, train
 from metakit.wrappers import TaskBatch
 
 # --- the meta-gradient of a batch split over two processes ------------------------------------

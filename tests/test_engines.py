@@ -5,9 +5,9 @@ import torch
 from helpers import mlp, regression_batch
 from torch.func import vmap
 
-from metakit.experiments.config import TrainConfig
-from metakit.experiments.runs import CHECKPOINT
-from metakit.experiments.train import train
+from metakit.experiments.training.config import TrainConfig
+from metakit.experiments.training.runs import CHECKPOINT
+from metakit.experiments.training.trainer import train
 from metakit.wrappers import MAML, MAMLEnhanced, Reptile, TaskBatch, VectorizedEngine
 
 ALGOS = {

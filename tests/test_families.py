@@ -5,15 +5,15 @@ import math
 import pytest
 import torch
 
-from metakit.experiments.config import ConfigError, TrainConfig
-from metakit.experiments.evaluate import evaluate_algorithm
-from metakit.experiments.families import FAMILIES, build_family, register_family
-from metakit.experiments.families.base import RegressionFamily, held_out_generator, uniform
-from metakit.experiments.families.harmonic import Harmonic
-from metakit.experiments.families.sinusoid import Sinusoid
-from metakit.experiments.families.sinusoid_line import SinusoidLine
-from metakit.experiments.runs import load_run
-from metakit.experiments.train import build_training, train
+from metakit.experiments.reports.evaluate import evaluate_algorithm
+from metakit.experiments.tasks import FAMILIES, build_family, register_family
+from metakit.experiments.tasks.family import RegressionFamily, held_out_generator, uniform
+from metakit.experiments.tasks.regression.harmonic import Harmonic
+from metakit.experiments.tasks.regression.sinusoid import Sinusoid
+from metakit.experiments.tasks.regression.sinusoid_line import SinusoidLine
+from metakit.experiments.training.config import ConfigError, TrainConfig
+from metakit.experiments.training.runs import load_run
+from metakit.experiments.training.trainer import build_training, train
 
 
 def near_bounds(values: torch.Tensor, low: float, high: float, slack: float):

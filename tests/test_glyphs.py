@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import ImageFont
 
-from metakit.experiments.datasets import glyph_set
-from metakit.experiments.datasets.glyph_set import glyph_splits, load_glyphs, render_glyphs
-from metakit.experiments.datasets.images import ClassImages, cache_dir, load_payload
+from metakit.experiments.tasks.vision import glyph_set
+from metakit.experiments.tasks.vision.glyph_set import glyph_splits, load_glyphs, render_glyphs
+from metakit.experiments.tasks.vision.image_sets import ClassImages, cache_dir, load_payload
 
 SUBSET = ("Greek", "Block elements")
 UNASSIGNED = "\u0378"  # no font has it: drawing it shows the font's .notdef glyph

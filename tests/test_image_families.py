@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metakit.experiments.config import TrainConfig
-from metakit.experiments.datasets.images import ClassImages, DataError
-from metakit.experiments.families.base import BatchStatNorm2d, conv_net
-from metakit.experiments.families.images import EVAL_QUERY, ImageEpisodes
+from metakit.experiments.tasks.family import BatchStatNorm2d, conv_net
+from metakit.experiments.tasks.vision.episodes import EVAL_QUERY, ImageEpisodes
+from metakit.experiments.tasks.vision.image_sets import ClassImages, DataError
+from metakit.experiments.training.config import TrainConfig
 from metakit.wrappers import MAML, MAMLEnhanced, TaskBatch, VectorizedEngine, meta_backward
 
 TRAIN_CLASSES, TEST_CLASSES, PER_CLASS = 12, 8, 20

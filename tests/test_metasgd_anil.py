@@ -9,10 +9,10 @@ from helpers import conv_net, mlp, regression_batch
 from torch.func import functional_call
 
 from metakit._l2l import learn2learn as l2l
-from metakit.experiments.config import TrainConfig
-from metakit.experiments.evaluate import describe_learned_rates
-from metakit.experiments.runs import CHECKPOINT
-from metakit.experiments.train import train
+from metakit.experiments.reports.evaluate import describe_learned_rates
+from metakit.experiments.training.config import TrainConfig
+from metakit.experiments.training.runs import CHECKPOINT
+from metakit.experiments.training.trainer import train
 from metakit.wrappers import ANIL, MetaSGD, TaskBatch, VectorizedEngine, meta_backward
 
 ALPHA = 0.1

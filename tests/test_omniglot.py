@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from metakit.experiments.datasets import omniglot_folder
-from metakit.experiments.datasets.images import DataError
-from metakit.experiments.datasets.omniglot_folder import load_omniglot
+from metakit.experiments.tasks.vision import omniglot_folder
+from metakit.experiments.tasks.vision.image_sets import DataError
+from metakit.experiments.tasks.vision.omniglot_folder import load_omniglot
 
 SIDE = 105
 LAYOUT = {

@@ -11,13 +11,13 @@ from helpers import grads_of, mlp, regression_batch
 from PIL import Image
 
 from metakit.cli import cli
-from metakit.experiments import runs
-from metakit.experiments.config import TrainConfig
-from metakit.experiments.evaluate import training_horizon
-from metakit.experiments.families.base import Reproduction
-from metakit.experiments.families.sinusoid import Sinusoid
-from metakit.experiments.reproduce import results_markdown
-from metakit.experiments.train import train
+from metakit.experiments.reports.evaluate import training_horizon
+from metakit.experiments.reports.reproduce import results_markdown
+from metakit.experiments.tasks.family import Reproduction
+from metakit.experiments.tasks.regression.sinusoid import Sinusoid
+from metakit.experiments.training import runs
+from metakit.experiments.training.config import TrainConfig
+from metakit.experiments.training.trainer import train
 from metakit.wrappers import Pretrain, VectorizedEngine, meta_backward
 
 

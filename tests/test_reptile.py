@@ -8,11 +8,11 @@ import pytest
 import torch
 from helpers import mlp, regression_batch
 
-from metakit.experiments import runs
-from metakit.experiments.config import ConfigError, TrainConfig
-from metakit.experiments.train import build_training, train
+from metakit.experiments.training import runs
+from metakit.experiments.training.config import ConfigError, TrainConfig
+from metakit.experiments.training.trainer import build_training, train
 from metakit.wrappers import Reptile, TaskBatch, VectorizedEngine, meta_backward
-from metakit.wrappers.functional import reptile_gradient
+from metakit.wrappers.rules import reptile_gradient
 
 INNER_LR, EPSILON, STEPS = 0.1, 0.5, 3
 

@@ -14,9 +14,9 @@ import torch
 from click.testing import CliRunner
 
 from metakit.cli import cli
-from metakit.experiments import runs
-from metakit.experiments.config import TrainConfig
-from metakit.experiments.train import Divergence, train
+from metakit.experiments.training import runs
+from metakit.experiments.training.config import TrainConfig
+from metakit.experiments.training.trainer import Divergence, train
 
 CONFIG = dict(method="enhanced", iterations=60, meta_batch=4, inner_steps=2, log_every=5, seed=4)
 
@@ -160,8 +160,7 @@ def test_wrong_version_checkpoint_is_named(small_run):
 
 
 def test_forced_nan_stops_with_message_and_keeps_last_checkpoint(tmp_path, monkeypatch):
-    from metakit.experiments import train as train_module
-
+    from metakit.experiments.training import trainer as train_module
     class Poisoned(train_module.MetaStep):
         def __call__(self, batch, iteration):
             return float("nan") if iteration == 9 else super().__call__(batch, iteration)
@@ -189,8 +188,7 @@ def test_huge_inner_lr_diverges_with_one_line_error(tmp_path):
 def test_a_non_finite_gradient_with_a_finite_loss_never_reaches_a_checkpoint(
     tmp_path, monkeypatch, poisoned, stops_at
 ):
-    from metakit.experiments import train as train_module
-
+    from metakit.experiments.training import trainer as train_module
     class NaNGradient(train_module.MetaStep):
         def __call__(self, batch, iteration):
             loss = super().__call__(batch, iteration)

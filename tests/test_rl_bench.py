@@ -1,7 +1,7 @@
 """The rollout bench runs and counts the steps it claims (tiny sizes; the timing itself is not tested)."""
 
-from metakit.experiments.rl.bench import bench_rollouts
-from metakit.experiments.rl.nav2d import Nav2D
+from metakit.experiments.tasks.rl.nav2d_env import Nav2D
+from metakit.experiments.tasks.rl.rollout_bench import bench_rollouts
 
 
 def test_bench_rollouts_reports_every_way_with_its_step_count():

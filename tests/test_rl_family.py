@@ -14,20 +14,20 @@ from click.testing import CliRunner
 from helpers import StopAfter
 
 from metakit.cli import cli
-from metakit.experiments import runs
-from metakit.experiments import train as train_module
-from metakit.experiments.config import ConfigError, TrainConfig
-from metakit.experiments.distributed import World
-from metakit.experiments.families import FAMILIES, build_family
-from metakit.experiments.families.base import held_out_generator
-from metakit.experiments.families.rl import GoalBatch
-from metakit.experiments.reproduce import results_markdown
-from metakit.experiments.rl.bench import format_rollouts
-from metakit.experiments.rl.meta import adaptation_returns, meta_backward, sample_adaptation
-from metakit.experiments.rl.nav2d import Nav2D
-from metakit.experiments.rl.policy import GaussianMLPPolicy
-from metakit.experiments.rl.policy_gradient import PGConfig
-from metakit.experiments.train import Interrupted, build_training, choose_compile, train
+from metakit.experiments.reports.reproduce import results_markdown
+from metakit.experiments.tasks import FAMILIES, build_family
+from metakit.experiments.tasks.family import held_out_generator
+from metakit.experiments.tasks.rl.meta_rl import GoalBatch
+from metakit.experiments.tasks.rl.nav2d_env import Nav2D
+from metakit.experiments.tasks.rl.objective import adaptation_returns, meta_backward, sample_adaptation
+from metakit.experiments.tasks.rl.policy import GaussianMLPPolicy
+from metakit.experiments.tasks.rl.policy_gradient import PGConfig
+from metakit.experiments.tasks.rl.rollout_bench import format_rollouts
+from metakit.experiments.training import runs
+from metakit.experiments.training import trainer as train_module
+from metakit.experiments.training.config import ConfigError, TrainConfig
+from metakit.experiments.training.distributed import World
+from metakit.experiments.training.trainer import Interrupted, build_training, choose_compile, train
 from metakit.wrappers import ANIL
 
 # The family's environment, written out here: the authors' action units (velocity = clip(0.1·a)).

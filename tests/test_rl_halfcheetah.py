@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from metakit.experiments.config import ConfigError, TrainConfig
-from metakit.experiments.families import halfcheetah as families
-from metakit.experiments.rl import halfcheetah
-from metakit.experiments.rl.halfcheetah import HalfCheetah
-from metakit.experiments.train import build_training
+from metakit.experiments.tasks.rl import halfcheetah as families
+from metakit.experiments.tasks.rl import halfcheetah_env as halfcheetah
+from metakit.experiments.tasks.rl.halfcheetah_env import HalfCheetah
+from metakit.experiments.training.config import ConfigError, TrainConfig
+from metakit.experiments.training.trainer import build_training
 
 MISSING = halfcheetah.missing_dependency()
 needs_mujoco = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metakit.experiments.rl.meta import (
+from metakit.experiments.tasks.rl.nav2d_env import Nav2D
+from metakit.experiments.tasks.rl.objective import (
     adaptation_returns,
     meta_backward,
     meta_loss,
@@ -17,9 +18,8 @@ from metakit.experiments.rl.meta import (
     sample_adaptation,
     sample_trajectories,
 )
-from metakit.experiments.rl.nav2d import Nav2D
-from metakit.experiments.rl.policy import GaussianMLPPolicy
-from metakit.experiments.rl.policy_gradient import PGBatch, PGConfig
+from metakit.experiments.tasks.rl.policy import GaussianMLPPolicy
+from metakit.experiments.tasks.rl.policy_gradient import PGBatch, PGConfig
 from metakit.wrappers import MAML, MAMLEnhanced
 
 F64 = torch.float64

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from metakit.experiments.rl.nav2d import AUTHORS_ACTION_SCALE, Nav2D, Nav2DEnv, sample_goals, step
+from metakit.experiments.tasks.rl.nav2d_env import AUTHORS_ACTION_SCALE, Nav2D, Nav2DEnv, sample_goals, step
 
 F64 = torch.float64
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from metakit.experiments.rl.policy import GaussianMLPPolicy, batched_policy_forward, gaussian_log_prob
-from metakit.experiments.rl.policy_gradient import (
+from metakit.experiments.tasks.rl.policy import GaussianMLPPolicy, batched_policy_forward, gaussian_log_prob
+from metakit.experiments.tasks.rl.policy_gradient import (
     PGConfig,
     advantages,
     baseline_features,
@@ -20,7 +20,7 @@ from metakit.experiments.rl.policy_gradient import (
     returns_to_go,
     surrogate_loss,
 )
-from metakit.experiments.rl.trajectories import Trajectories
+from metakit.experiments.tasks.rl.trajectories import Trajectories
 
 F64 = torch.float64
 

@@ -3,7 +3,13 @@ its curvature and rates through the same loop."""
 
 import torch
 
-from metakit.experiments.rl import GaussianMLPPolicy, Nav2D, PGConfig, adaptation_returns, meta_train_step
+from metakit.experiments.tasks.rl import (
+    GaussianMLPPolicy,
+    Nav2D,
+    PGConfig,
+    adaptation_returns,
+    meta_train_step,
+)
 from metakit.wrappers import MAML, MAMLEnhanced
 
 

@@ -7,13 +7,13 @@ import pytest
 import torch
 from helpers import assert_close_lists, grads_of
 
-from metakit.experiments.config import ConfigError, TrainConfig
-from metakit.experiments.evaluate import evaluate_algorithm, mean_ci95
-from metakit.experiments.families.sinusoid import Sinusoid
-from metakit.experiments.runs import load_run
-from metakit.experiments.train import build_training, train
+from metakit.experiments.reports.evaluate import evaluate_algorithm, mean_ci95
+from metakit.experiments.tasks.regression.sinusoid import Sinusoid
+from metakit.experiments.training.config import ConfigError, TrainConfig
+from metakit.experiments.training.runs import load_run
+from metakit.experiments.training.trainer import build_training, train
 from metakit.wrappers import VectorizedEngine, meta_backward
-from metakit.wrappers.functional import multi_step_weights
+from metakit.wrappers.rules import multi_step_weights
 
 
 def test_multi_step_weights_anneal_from_uniform_to_last():
@@ -73,7 +73,7 @@ def test_tensorboard_logging_writes_the_metrics(tmp_path):
 
 
 def test_diverging_adaptation_is_reported_not_averaged():
-    from metakit.experiments.evaluate import format_table
+    from metakit.experiments.reports.evaluate import format_table
     from metakit.wrappers import MAML
 
     torch.manual_seed(0)

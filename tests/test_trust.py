@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from metakit.experiments.evaluate import evaluate_algorithm, format_table, task_statistics
-from metakit.experiments.families.base import RegressionHeldOut, TaskFamily
+from metakit.experiments.reports.evaluate import evaluate_algorithm, format_table, task_statistics
+from metakit.experiments.tasks.family import RegressionHeldOut, TaskFamily
 from metakit.wrappers import MAML
 
 LR, STEPS = 0.1, 40

@@ -8,8 +8,8 @@ import time
 
 import torch
 
-from metakit.experiments.config import TrainConfig
-from metakit.experiments.train import build_training
+from metakit.experiments.training.config import TrainConfig
+from metakit.experiments.training.trainer import build_training
 
 
 def main(iterations: int = 10_000) -> None:

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from metakit._l2l import learn2learn as l2l
-from metakit.wrappers.adapt import adapt_module
-from metakit.wrappers.functional import scaled_updates
+from metakit.wrappers.base import adapt_module
+from metakit.wrappers.rules import scaled_updates
 
 
 def default_head(model: nn.Module) -> tuple:

@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from metakit._l2l import learn2learn as l2l
-from metakit.wrappers.adapt import adapt_module
+from metakit.wrappers.base import adapt_module
 from metakit.wrappers.curvature import MetaCurvatureTransform
-from metakit.wrappers.functional import scaled_updates
 from metakit.wrappers.lslr import LayerwiseLR
+from metakit.wrappers.rules import scaled_updates
 
 
 class MAMLEnhanced(nn.Module):

@@ -5,7 +5,7 @@ from typing import Sequence
 import torch
 
 from metakit._l2l import learn2learn as l2l
-from metakit.wrappers.functional import scaled_updates
+from metakit.wrappers.rules import scaled_updates
 
 
 class MAML(l2l.algorithms.MAML):

@@ -16,7 +16,7 @@ class Reptile(SGDLearner):
     """Reptile (Nichol et al., 2018): move the initialisation toward task-adapted weights.
 
     ``clone()`` returns a detached copy of the model; ``adapt(loss)`` takes one plain SGD step on
-    it. After adapting a batch of tasks, :func:`metakit.wrappers.functional.reptile_gradient`
+    it. After adapting a batch of tasks, :func:`metakit.wrappers.rules.reptile_gradient`
     gives ``θ − mean φ̃``, which the backends write into ``.grad``: SGD with learning rate ε on
     it is exactly θ ← θ + ε (mean φ̃ − θ), and any other optimizer (e.g. Adam) works too.
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from metakit._l2l import learn2learn as l2l
-from metakit.wrappers.functional import scaled_updates
+from metakit.wrappers.rules import scaled_updates
 
 
 class SGDLearner(nn.Module):

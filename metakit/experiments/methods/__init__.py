@@ -7,7 +7,7 @@ Method files import the wrappers inside ``build``, so listing and checking metho
 from dataclasses import dataclass
 from typing import Callable
 
-from metakit.experiments.registry import Registry
+from metakit.experiments.util.registry import Registry
 
 BACKENDS = ("func", "l2l", "higher")
 

@@ -1,1 +1,0 @@
-"""Offline image data for few-shot classification: rendered glyphs and the Omniglot folders."""

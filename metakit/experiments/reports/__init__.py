@@ -1,0 +1,1 @@
+"""What runs report: evaluation tables, figures, reproductions, benchmarks."""

@@ -1,0 +1,337 @@
+"""``metakit bench``: meta-training throughput and peak memory of every backend on a task family.
+
+Each contender runs whole meta-training iterations (sample a task batch, zero the gradients,
+meta-gradient, Adam step) from the same initialisation and task stream:
+
+* ``func``: metakit's vectorised ``torch.func`` engine, eager;
+* ``func-compiled``: the same engine with ``compile=True`` (its compilation is timed apart);
+* ``l2l`` and ``higher``: metakit's per-task reference backends (:func:`meta_backward`);
+* ``learn2learn``: the plain loop of learn2learn's own sine example (``l2l.algorithms.MAML``,
+  ``clone()`` / ``adapt()`` per task, one ``backward()`` per task, gradients divided by the
+  batch), the baseline of every speed-up. It is second-order MAML whatever the method.
+
+Contenders are interleaved round by round (in a rotating order, so none always follows the
+same one); the reported time is the median over rounds.
+"""
+
+import ctypes
+import math
+import re
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from metakit._l2l import learn2learn as l2l
+from metakit.experiments.tasks import FAMILIES, build_family
+from metakit.experiments.training.config import TrainConfig
+from metakit.experiments.training.trainer import build_training, resolve_device, train
+
+BASELINE = "learn2learn"
+CONTENDERS = ("func", "func-compiled", "l2l", "higher", BASELINE)
+METHODS = ("maml", "enhanced")
+MEMORY_METRIC = (
+    "growth of the process's peak resident set during one meta-iteration, after warm-up, with the "
+    "heap trimmed and the kernel's high-water mark reset first (Linux; null elsewhere)"
+)
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """The settings and contenders of a benchmark; every method × meta-batch × inner-steps is run."""
+
+    task: str = "sinusoid"
+    methods: tuple = METHODS
+    meta_batch: tuple = (25, 100)
+    inner_steps: tuple = (1, 5)
+    contenders: tuple = CONTENDERS
+    repeats: int = 5
+    """Timed rounds per contender and setting; the median is reported."""
+    min_time: float = 0.3
+    """Seconds each contender runs per round (at least one iteration)."""
+    threads: int = 1
+    """``torch.set_num_threads`` for the whole benchmark."""
+    shots: Optional[int] = None
+    """Support examples per task (per class for classification); default: the family's protocol."""
+    seed: int = 0
+    device: str = "cpu"
+    """Where every contender runs (``auto``: CUDA when available); iterations end with a device sync."""
+
+
+QUICK = BenchPlan(
+    methods=("maml",),
+    meta_batch=(5,),
+    inner_steps=(1,),
+    contenders=tuple(c for c in CONTENDERS if c != "func-compiled"),
+    repeats=3,
+    min_time=0.0,
+)
+
+
+IMAGE_PLAN = BenchPlan(
+    methods=("maml",),
+    meta_batch=(32,),
+    inner_steps=(1,),
+    contenders=("func", "func-compiled", BASELINE),
+    repeats=3,
+    min_time=1.0,
+)
+"""The default for classification families: the conv net, 5-way 1-shot, meta-batch 32."""
+
+
+def make_plan(quick: bool = False, task: str = "sinusoid", **options) -> BenchPlan:
+    """The full (or ``quick``) plan for ``task`` with ``options`` (plan fields) overriding it.
+
+    ``methods`` and ``contenders`` are comma-separated strings; an unknown or empty list or an
+    unknown task raises :class:`ValueError`.
+    """
+    for key, allowed in (("methods", METHODS), ("contenders", CONTENDERS)):
+        if key in options:
+            options[key] = _names(options[key], allowed, key)
+    options = {key: tuple(v) if isinstance(v, list) else v for key, v in options.items()}
+    if quick:
+        base = QUICK
+    else:
+        base = IMAGE_PLAN if FAMILIES.get(task).kind == "classification" else BenchPlan()
+    return replace(base, task=task, **options)
+
+
+def _names(value: str, allowed: tuple, option: str) -> tuple:
+    chosen = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    unknown = [v for v in chosen if v not in allowed]
+    if unknown or not chosen:
+        raise ValueError(
+            f"--{option}: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(allowed)}"
+        )
+    return chosen
+
+
+def plain_learn2learn_iteration(config: TrainConfig, family) -> Callable[[], None]:
+    """One iteration of the plain learn2learn MAML loop, written like learn2learn's sine and
+    Omniglot examples: clone, adapt, ``backward()`` per task, gradients divided by the batch."""
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    maml = l2l.algorithms.MAML(family.build_model().to(device), lr=config.inner_lr)
+    optimizer = torch.optim.Adam(maml.parameters(), lr=config.meta_lr)
+    generator = torch.Generator().manual_seed(config.seed)
+
+    def iteration():
+        batch = family.sample(config.meta_batch, config.shots, config.query, generator)
+        batch = type(batch)(*(t.to(device) for t in batch))
+        optimizer.zero_grad()
+        for i in range(config.meta_batch):
+            x_support, y_support, x_query, y_query = batch.task(i)
+            learner = maml.clone()
+            for _ in range(config.inner_steps):
+                learner.adapt(family.loss(learner(x_support), y_support))
+            family.loss(learner(x_query), y_query).backward()
+        for p in maml.parameters():
+            p.grad.mul_(1.0 / config.meta_batch)
+        optimizer.step()
+
+    return iteration
+
+
+def metakit_iteration(config: TrainConfig, family, contender: str) -> Callable[[], None]:
+    """One iteration of ``metakit train``'s loop (without logging) on a metakit backend."""
+    backend = "func" if contender.startswith("func") else contender
+    compile = "on" if contender == "func-compiled" else "off"
+    setup = build_training(replace(config, backend=backend, compile=compile), family)
+
+    def iteration():
+        batch = setup.sample()
+        setup.optimizer.zero_grad(set_to_none=True)
+        setup.meta_step(batch, 0)
+        setup.optimizer.step()
+
+    return iteration
+
+
+def peak_memory_growth(fn: Callable[[], None]) -> Optional[int]:
+    """Bytes by which the peak resident set grows while ``fn()`` runs, or ``None`` off Linux.
+
+    Freed heap memory is first returned to the system (glibc ``malloc_trim``) so that it cannot
+    hide new allocations, and the kernel's high-water mark is reset to the current resident set
+    (``/proc/self/clear_refs``).
+    """
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _proc_status("VmRSS")
+        fn()
+        return max(0, _proc_status("VmHWM") - before)
+    except (OSError, AttributeError):
+        return None
+
+
+def _proc_status(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.M).group(1)) * 1024
+
+
+def _synchronised(fn: Callable[[], None], device: torch.device) -> Callable[[], None]:
+    """``fn`` followed by a wait for the device's queued work (a no-op on the CPU)."""
+    if device.type != "cuda":
+        return fn
+
+    def iteration():
+        fn()
+        torch.cuda.synchronize(device)
+
+    return iteration
+
+
+def bench_setting(plan: BenchPlan, method: str, meta_batch: int, steps: int) -> list:
+    """Measure every contender of ``plan`` on one setting; one result dict per contender."""
+    config = TrainConfig(
+        task=plan.task,
+        method=method,
+        meta_batch=meta_batch,
+        inner_steps=steps,
+        shots=plan.shots,
+        seed=plan.seed,
+        device=plan.device,
+    )
+    family = build_family(config)
+    family.prepare()
+    iterations, first_call = {}, {}
+    for name in plan.contenders:
+        fn = _synchronised(
+            plain_learn2learn_iteration(config, family)
+            if name == BASELINE
+            else metakit_iteration(config, family, name),
+            resolve_device(config.device),
+        )
+        start = time.perf_counter()
+        fn()  # warm-up; compiles func-compiled
+        first_call[name] = time.perf_counter() - start
+        iterations[name] = fn
+    per_round = {}
+    for name, fn in iterations.items():
+        start = time.perf_counter()
+        fn()
+        per_round[name] = max(1, math.ceil(plan.min_time / (time.perf_counter() - start)))
+    seconds = {name: [] for name in iterations}
+    names = list(iterations)
+    for r in range(plan.repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            fn, n = iterations[name], per_round[name]
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            seconds[name].append((time.perf_counter() - start) / n)
+    median = {name: statistics.median(times) for name, times in seconds.items()}
+    return [
+        {
+            "method": method,
+            "meta_batch": meta_batch,
+            "inner_steps": steps,
+            "contender": name,
+            "seconds_per_iteration": median[name],
+            "tasks_per_second": meta_batch / median[name],
+            "speedup": median[BASELINE] / median[name] if BASELINE in median else None,
+            "peak_memory_bytes": peak_memory_growth(iterations[name]),
+            "compile_seconds": first_call[name] if name == "func-compiled" else None,
+        }
+        for name in names
+    ]
+
+
+def run_bench(plan: BenchPlan, echo: Callable[[str], None] = lambda _: None) -> dict:
+    """Run ``plan``; returns a JSON-ready report (``results``: one dict per setting × contender)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(plan.threads)
+    try:
+        results = []
+        for method in plan.methods:
+            for meta_batch in plan.meta_batch:
+                for steps in plan.inner_steps:
+                    echo(f"bench: {method}, meta-batch {meta_batch}, {steps} inner step(s)")
+                    results += bench_setting(plan, method, meta_batch, steps)
+    finally:
+        torch.set_num_threads(threads)
+    return {
+        "task": plan.task,
+        "torch": torch.__version__,
+        "baseline": BASELINE,
+        "memory_metric": MEMORY_METRIC,
+        "plan": asdict(plan),
+        "results": results,
+    }
+
+
+def format_table(report: dict) -> str:
+    """A plain-text table of a :func:`run_bench` report."""
+    plan = report["plan"]
+    lines = [
+        f"{plan['task']}, K={plan['shots'] or 'default'}, {plan['threads']} thread(s), "
+        f"median of {plan['repeats']} rounds; "
+        f"speed-up against the plain {report['baseline']} loop; peak = RSS growth in one iteration",
+        f"{'method':<9} {'batch':>5} {'steps':>5}  {'contender':<13} {'ms/iter':>9} {'tasks/s':>9} "
+        f"{'speed-up':>8} {'peak MiB':>8} {'compile s':>9}",
+    ]
+    for r in report["results"]:
+        speedup = "" if r["speedup"] is None else f"{r['speedup']:.1f}x"
+        peak = "" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**20:.1f}"
+        compiled = "" if r["compile_seconds"] is None else f"{r['compile_seconds']:.1f}"
+        lines.append(
+            f"{r['method']:<9} {r['meta_batch']:>5} {r['inner_steps']:>5}  {r['contender']:<13} "
+            f"{r['seconds_per_iteration'] * 1e3:>9.2f} {r['tasks_per_second']:>9.0f} {speedup:>8} {peak:>8} "
+            f"{compiled:>9}"
+        )
+    return "\n".join(lines)
+
+
+def time_paper_protocol(
+    iterations: int = TrainConfig.iterations,
+    threads: int = 1,
+    progress: bool = True,
+    baseline_iterations: int = 500,
+) -> dict:
+    """Wall time of ``metakit train`` with every default (MAML on the paper protocol) into a
+    temporary run directory that is deleted afterwards, beside the plain learn2learn loop's time for
+    the same iterations, extrapolated from ``baseline_iterations`` of it timed in the same process."""
+    config = TrainConfig(iterations=iterations)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            summary = train(config, Path(tmp) / "run", progress=progress)
+        family = build_family(config)
+        baseline = plain_learn2learn_iteration(config, family)
+        baseline()  # warm-up
+        timed = min(baseline_iterations, iterations)
+        start = time.perf_counter()
+        for _ in range(timed):
+            baseline()
+        per_iteration = (time.perf_counter() - start) / timed
+    finally:
+        torch.set_num_threads(previous)
+    baseline_seconds = per_iteration * iterations
+    return {
+        "protocol": config.to_dict(),
+        "threads": threads,
+        "engine": summary["engine"],
+        "seconds": summary["seconds"],
+        "iterations_per_second": iterations / summary["seconds"],
+        "baseline_seconds": baseline_seconds,
+        "baseline_iterations_timed": timed,
+        "speedup": baseline_seconds / summary["seconds"],
+    }
+
+
+def format_protocol(report: dict) -> str:
+    """Two lines for a :func:`time_paper_protocol` report."""
+    config = report["protocol"]
+    return (
+        f"metakit train ({config['method']}, {config['iterations']} iterations, meta-batch "
+        f"{config['meta_batch']}, K={config['shots']}, {report['engine']} engine, {report['threads']} "
+        f"thread(s)): {report['seconds']:.1f} s, {report['iterations_per_second']:.0f} it/s\n"
+        f"plain learn2learn loop, same iterations (extrapolated from {report['baseline_iterations_timed']}): "
+        f"{report['baseline_seconds']:.1f} s; metakit is {report['speedup']:.1f}x faster"
+    )

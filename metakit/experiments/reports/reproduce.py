@@ -1,0 +1,243 @@
+"""``metakit reproduce TASK``: every method on a family's protocol, beside the published numbers."""
+
+import csv
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from metakit.experiments.methods import METHODS
+from metakit.experiments.reports.evaluate import evaluate_algorithm, horizon_note, training_horizon
+from metakit.experiments.reports.plots import (
+    plot_adaptation,
+    plot_metric_vs_steps,
+    plot_paths,
+    plot_training_curves,
+)
+from metakit.experiments.tasks import FAMILIES, build_family
+from metakit.experiments.training import runs
+from metakit.experiments.training.config import TrainConfig
+from metakit.experiments.training.trainer import Divergence, train
+
+
+def run_config(
+    task: str, method: str, seed: int, iterations: Optional[int], overrides: dict, compile: str = "auto"
+) -> TrainConfig:
+    """The family's reproduction protocol for one method, variant and seed."""
+    reproduction = FAMILIES.get(task).reproduction
+    options = {**overrides, **reproduction.method_overrides.get(method, {})}
+    return TrainConfig(task=task, method=method, seed=seed, iterations=iterations, compile=compile, **options)
+
+
+def _same_run(a: TrainConfig, b: TrainConfig) -> bool:
+    """Whether two configs train the same run; compiling changes speed, not the experiment."""
+    return {**a.to_dict(), "compile": "auto"} == {**b.to_dict(), "compile": "auto"}
+
+
+def _train_or_resume(run_dir: Path, config: TrainConfig, progress: bool) -> str:
+    """Train a run, continue it from its checkpoint, or leave it if it is complete."""
+    try:
+        state = (
+            runs.load_latest_checkpoint(run_dir)[0] if _same_run(runs.read_config(run_dir), config) else None
+        )
+    except runs.RunError:
+        state = None
+    if state is not None and state["iteration"] == config.iterations:
+        return "done earlier"
+    train(config, run_dir, progress=progress, resume=state is not None)
+    return "trained" if state is None else f"resumed at {state['iteration']}"
+
+
+def _evaluate_cached(run_dir: Path, shots, steps, tasks: int, seed: int) -> List[dict]:
+    """Evaluate a finished run once; the result is kept in ``RUN/eval.json`` for the same settings
+    (rows carry ``beyond_horizon`` past the run's :func:`training_horizon`)."""
+    horizon = training_horizon(runs.read_config(run_dir))
+    key = {"tasks": tasks, "shots": list(shots), "steps": list(steps), "seed": seed, "horizon": horizon}
+    cache = run_dir / "eval.json"
+    if cache.exists():
+        data = json.loads(cache.read_text())
+        if data.get("settings") == key:
+            return data["results"]
+    config, algo, _ = runs.load_run(run_dir)
+    results = evaluate_algorithm(algo, build_family(config), tasks, shots, steps, seed, horizon)
+    runs.write_json_atomic(cache, {"settings": key, "results": results})
+    return results
+
+
+def reproduce(
+    task: str,
+    out: Path,
+    seeds: int,
+    iterations: Optional[int] = None,
+    tasks: int = 600,
+    eval_seed: int = 1,
+    methods=None,
+    compile: str = "auto",
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> Dict[str, Path]:
+    """Train (or resume), evaluate and report every method; returns the paths written."""
+    family_class = FAMILIES.get(task)
+    reproduction = family_class.reproduction
+    if reproduction is None:
+        raise ValueError(f"task {task!r} has no reproduction protocol")
+    methods = methods or reproduction.methods or METHODS.names()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    metric = family_class.metric
+    rows, run_dirs, horizons, failures = [], {}, {}, []
+    for label, overrides in reproduction.variants:
+        for method in methods:
+            for seed in range(seeds):
+                config = run_config(task, method, seed, iterations, overrides, compile)
+                if training_horizon(config) is not None:
+                    horizons.setdefault(label, {})[method] = training_horizon(config)
+                name = "-".join(part for part in (method, label) if part)
+                run_dir = out / "runs" / f"{name}-it{config.iterations}-seed{seed}"
+                started = time.perf_counter()
+                try:
+                    status = _train_or_resume(run_dir, config, progress)
+                except Divergence as err:  # reported, and the other runs go on
+                    failures.append(f"{name} seed {seed}: {err}")
+                    echo(f"[{name} seed {seed}] training diverged: {err}")
+                    continue
+                shots = reproduction.eval_shots or (config.shots,)
+                results = _evaluate_cached(run_dir, shots, reproduction.eval_steps, tasks, eval_seed)
+                first = {
+                    r["steps"]: _number(r[metric], metric) for r in results if r.get("shots") == shots[0]
+                }
+                shot = "" if shots[0] is None else f"{shots[0]}-shot "  # RL rows have no shots
+                steps = reproduction.reported_steps
+                echo(
+                    f"[{name} seed {seed}] {status} in {time.perf_counter() - started:.0f}s; "
+                    f"{shot}{metric} after {'/'.join(map(str, steps))} steps: "
+                    + " / ".join(first[s] for s in steps)
+                )
+                rows += [{"method": method, "variant": label, "seed": seed, **r} for r in results]
+                if label == reproduction.variants[0][0]:
+                    run_dirs.setdefault(method, run_dir)
+    paths = {"csv": out / "results.csv", "markdown": out / "results.md"}
+    _write_csv(paths["csv"], rows, with_variant=len(reproduction.variants) > 1)
+    markdown = results_markdown(rows, reproduction, metric, seeds, tasks, config.iterations, horizons)
+    if failures:
+        listed = "".join(f"- {failure}\n" for failure in failures)
+        markdown += f"\nRuns whose training diverged (not in the table):\n\n{listed}"
+    paths["markdown"].write_text(markdown)
+    if rows:  # nothing to plot when every run's training diverged
+        paths.update(_plots(out, family_class, rows, run_dirs, metric))
+    return paths
+
+
+def _number(value, metric: str) -> str:
+    """A result for people: ``diverged`` where adaptation blew up (``None``); accuracy in percent."""
+    if value is None:
+        return "diverged"
+    return f"{100 * value:.1f}%" if metric == "accuracy" else f"{value:.3f}"
+
+
+def _write_csv(path: Path, rows: List[dict], with_variant: bool) -> None:
+    columns = ["method"] + ["variant"] * with_variant + ["seed"]
+    keys = dict.fromkeys(k for r in rows for k in r)  # e.g. beyond_horizon is in some rows only
+    columns += [k for k in keys if k not in ("method", "variant", "seed")]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({k: r.get(k, "") for k in columns} for r in rows)
+
+
+def summarise(rows: List[dict], metric: str) -> Dict[tuple, dict]:
+    """Per (variant, method, shots, steps): mean metric and mean 95% CI over seeds, std across seeds,
+    and whether the steps lie beyond the trained horizon."""
+    groups: Dict[tuple, List[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["variant"], r["method"], r.get("shots"), r["steps"]), []).append(r)
+    summary = {}
+    for key, group in groups.items():
+        values = [g[metric] for g in group]
+        beyond = any(g.get("beyond_horizon") for g in group)
+        if None in values:
+            summary[key] = {"value": None, "ci95": None, "seed_std": None, "beyond": beyond}
+            continue
+        summary[key] = {
+            "value": statistics.fmean(values),
+            "ci95": statistics.fmean(g["ci95"] for g in group),
+            "seed_std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "beyond": beyond,
+        }
+    return summary
+
+
+def results_markdown(
+    rows: List[dict], reproduction, metric: str, seeds: int, tasks: int, iterations: int, horizons=None
+) -> str:
+    """The results tables: metric ± 95% CI over tasks (mean over seeds), and ± std across seeds.
+
+    Cells beyond the trained horizon are marked ``*``; ``horizons`` (``{variant: {method: steps}}``)
+    words the footnote.
+    """
+    summary = summarise(rows, metric)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    name = {"accuracy": "query accuracy (%)", "return": "mean return per episode"}.get(metric, "query MSE")
+    lines = [
+        f"{reproduction.description}; {iterations} meta-iterations, {seeds} seed(s), {tasks} held-out "
+        f"tasks. Cell: {name} ± 95% CI over tasks (averaged over seeds) [± std across seeds].",
+        "",
+    ]
+    scale = 100 if metric == "accuracy" else 1
+    digits = 3 if metric == "mse" else 2
+    tables = dict.fromkeys((r["variant"], r.get("shots")) for r in rows)
+    for variant, shots in tables:
+        label = "policy-gradient steps" if shots is None else f"{shots}-shot"
+        title = f"{variant}: {label}" if variant else label
+        lines += [f"### {title}", ""]
+        header = "| method | " + " | ".join(f"{s} steps" for s in reproduction.reported_steps) + " |"
+        lines += [header, "|---" * (len(reproduction.reported_steps) + 1) + "|"]
+        marked = {}
+        for method in methods:
+            cells = []
+            for steps in reproduction.reported_steps:
+                s = summary[(variant, method, shots, steps)]
+                if s["value"] is None:
+                    cells.append("diverged")
+                else:
+                    cells.append(
+                        f"{scale * s['value']:.{digits}f} ± {scale * s['ci95']:.{digits}f} "
+                        f"[± {scale * s['seed_std']:.{digits}f}]"
+                    )
+                if s["beyond"]:
+                    cells[-1] += "\\*"
+                    marked[method] = (horizons or {}).get(variant, {}).get(method)
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        for label, published in reproduction.published.get(shots, {}).items():
+            cells = [f"{published[s]:.2f}" if s in published else "—" for s in reproduction.reported_steps]
+            lines.append(f"| {label} (published) | " + " | ".join(cells) + " |")
+        if marked:
+            lines += ["", "\\" + horizon_note(marked if None not in marked.values() else None)]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _plots(
+    out: Path, family_class, rows: List[dict], run_dirs: Dict[str, Path], metric: str
+) -> Dict[str, Path]:
+    paths = {f"{metric}_vs_steps": out / f"{metric}_vs_steps.png", "training": out / "training_curves.png"}
+    loaded = {method: runs.load_run(run_dir) for method, run_dir in run_dirs.items()}
+    variant = rows[0]["variant"]
+    first = {
+        m: [r for r in rows if r["method"] == m and r["seed"] == 0 and r["variant"] == variant]
+        for m in run_dirs
+    }
+    shots = rows[0].get("shots")
+    if family_class.kind == "rl" and family_class.position_observations:
+        paths["paths"] = out / "paths.png"
+        plot_paths({m: (algo, build_family(c)) for m, (c, algo, _) in loaded.items()}, paths["paths"])
+    if family_class.kind == "regression":
+        paths["adaptation"] = out / "adaptation.png"
+        config = next(iter(loaded.values()))[0]
+        plot_adaptation(
+            {m: algo for m, (_, algo, _) in loaded.items()}, build_family(config), paths["adaptation"]
+        )
+    plot_metric_vs_steps(first, paths[f"{metric}_vs_steps"], shots=shots, metric=metric)
+    plot_training_curves(run_dirs, paths["training"])
+    return paths

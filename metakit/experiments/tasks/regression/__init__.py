@@ -1,0 +1,1 @@
+"""Regression task families: functions R → R."""

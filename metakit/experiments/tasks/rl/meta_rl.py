@@ -1,0 +1,163 @@
+"""Meta-reinforcement learning as a task family: the MAML-RL protocol shared by 2D navigation and
+HalfCheetah (:mod:`metakit.experiments.tasks.rl`).
+
+A task is a reward function (a goal position, a direction, a velocity); adapting to it means
+sampling episodes with the policy and taking policy-gradient steps. Such a family samples its own
+episodes, so it plugs into the trainer through :meth:`RLFamily.meta_backward` instead of the
+supervised engine: ``Training.sample`` draws a :class:`GoalBatch` from the run's task stream and
+the meta-step hands it here. Everything else in the loop (zeroing, the ``torchrun`` all-reduce,
+finite checks, Adam, checkpoints, exact resume, progress, logging) is the trainer's own.
+
+Protocol (MAML paper §5.3 and App. A.2; cbfinn/maml_rl; pytorch-maml-rl's
+``configs/maml/2d-navigation.yaml``): 20 tasks per meta-update, 20 episodes per task and step,
+one policy-gradient inner step with α = 0.1, the 2×100 ReLU Gaussian policy, and 40 episodes per
+task and step in evaluation, where the step size is halved after the trained steps ("α = 0.1 for
+the first step, and α = 0.05 for all future steps").
+
+The outer optimiser is Adam at 3e-3 instead of the paper's TRPO (KL ≤ 0.01): TRPO needs
+Fisher-vector products through the inner step and a line search that re-samples the objective,
+which would give RL an update rule of its own outside the trainer, and it could not train MAML
+Enhanced's curvature and rates, which have no natural KL geometry. Adam needs one backward, as
+every other family's meta-step does. On 2D navigation (20 tasks × 20 episodes) 3e-3 was stable
+over hundreds of updates while 1e-2 diverged after ~60 (see :mod:`metakit.experiments.tasks.rl.objective`).
+
+Iterations: 300 meta-updates (pytorch-maml-rl trains 500 with TRPO), about 5 minutes of one CPU
+core on 2D navigation (~1 s per update); the returns after 1–3 steps stop improving after
+~100–150 of them there.
+"""
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+
+from metakit.experiments.tasks.family import TaskFamily, held_out_generator
+from metakit.experiments.tasks.rl.objective import meta_backward as rl_meta_backward
+from metakit.experiments.tasks.rl.objective import sample_adaptation
+from metakit.experiments.tasks.rl.policy import GaussianMLPPolicy
+from metakit.experiments.tasks.rl.policy_gradient import PGConfig
+from metakit.wrappers.pretrain import Pretrain
+
+TRAIN_NOISE_SEEDS = 2**31
+"""Episode-noise seeds of training batches are below this; held-out streams are at or above it
+(:func:`~metakit.experiments.tasks.family.held_out_generator`)."""
+
+
+class GoalBatch(NamedTuple):
+    """A meta-training batch of RL tasks: ``goals [tasks, ...]`` (the task parameters) and
+    ``seeds [tasks]``. The episodes of a (slice of a) batch draw their noise from a generator seeded
+    with its first task's seed, so the run's task stream fixes them."""
+
+    goals: torch.Tensor
+    seeds: torch.Tensor
+
+    @property
+    def num_tasks(self) -> int:
+        """Number of tasks in the batch."""
+        return self.goals.shape[0]
+
+
+class RLFamily(TaskFamily):
+    """A meta-RL task family; subclasses set :attr:`env` (an environment with ``sample_tasks`` and
+    ``rollout``, see :mod:`metakit.experiments.tasks.rl.objective`) and the protocol.
+
+    Rows of its evaluation report the mean undiscounted return per episode (higher is better).
+    Methods: those whose inner rule is ``inner_updates`` on a policy gradient (maml, fomaml, mc,
+    lslr, enhanced, metasgd, anil) and ``pretrain``, the paper's pretrained-policy baseline (one
+    policy trained by policy gradient on all tasks, i.e. the meta-objective with 0 inner steps,
+    fine-tuned by the same policy-gradient steps at test time). Reptile is not wired for RL.
+    """
+
+    kind = "rl"
+    metric = "return"
+    protocol = dict(inner_lr=0.1, inner_steps=1, meta_batch=20, meta_lr=3e-3, iterations=300)
+    eval_protocol = {"steps": (0, 1, 2, 3)}
+    options = ()
+    methods = ("maml", "fomaml", "mc", "lslr", "enhanced", "metasgd", "anil", "pretrain")
+    """The methods that apply (``--method``)."""
+    compile_after = math.inf  # never compiled: the meta-gradient runs eagerly under torch.func
+    eval_chunk = 100
+    env = None
+    """The environment: goal distribution, dynamics, reward, horizon."""
+    training = PGConfig(trajectories=20)
+    """The policy-gradient estimator of meta-training (20 episodes per task and step)."""
+    evaluation = PGConfig(trajectories=40)
+    """The estimator of evaluation (40 episodes per task and step, as the paper reports)."""
+    position_observations = False
+    """Whether observations begin with the agent's 2D position (``metakit plot`` draws paths)."""
+
+    def __init__(self, inner_steps: int = 1):
+        self.inner_steps = inner_steps
+
+    @classmethod
+    def from_config(cls, config) -> "RLFamily":
+        """The family for a run with ``config.inner_steps`` trained steps (the evaluation schedule)."""
+        return cls(config.inner_steps)
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        """Refuse the methods and options that have no meaning, or no implementation, for RL."""
+        task = f"--task {config.task}"
+        if config.method not in cls.methods:
+            raise ValueError(
+                f"--method {config.method} does not apply to {task} (reinforcement learning); "
+                f"choose from {', '.join(cls.methods)}"
+            )
+        if config.backend != "func":
+            raise ValueError(
+                f"{task} runs on --backend func only (its meta-objective is written with torch.func)"
+            )
+        if config.compile == "on":
+            raise ValueError(f"--compile on does not apply to {task}: its meta-gradient runs eagerly")
+        if config.multi_step_loss:
+            raise ValueError(f"--multi-step-loss does not apply to {task}")
+
+    def build_model(self) -> GaussianMLPPolicy:
+        """The paper's policy: a Gaussian MLP, 2×100 ReLU, learned state-independent log-std."""
+        return GaussianMLPPolicy(self.env.observation_dim, self.env.action_dim)
+
+    def sample(self, tasks, shots, query, generator) -> GoalBatch:
+        """``tasks`` new tasks and one episode-noise seed per task (``shots`` and ``query`` unused)."""
+        goals = self.env.sample_tasks(tasks, generator)
+        return GoalBatch(goals, torch.randint(0, TRAIN_NOISE_SEEDS, (tasks,), generator=generator))
+
+    def meta_backward(self, algo, batch: GoalBatch, steps: int, first_order: Optional[bool]) -> float:
+        """Accumulate the MAML-RL meta-gradient of ``batch`` into ``.grad``
+        (:func:`~metakit.experiments.tasks.rl.objective.meta_backward`); ``pretrain`` takes 0 inner steps.
+
+        Returns minus the mean return per episode after the inner steps, the run's logged
+        ``meta_loss`` (the surrogate's own value, −mean Â, is 0 with standardised advantages).
+        """
+        if isinstance(algo, Pretrain):
+            steps, first_order = 0, True
+        generator = torch.Generator().manual_seed(int(batch.seeds[0]))
+        out = rl_meta_backward(algo, self.env, batch.goals, generator, self.training, steps, first_order)
+        return -out["returns"][-1]
+
+    def held_out_goals(self, tasks: int, seed: int) -> torch.Tensor:
+        """``tasks`` fixed held-out tasks, ``[tasks, ...]``: task ``t`` is drawn from
+        ``held_out_generator(seed, t, 0)``, disjoint from every training stream."""
+        return torch.cat([self.env.sample_tasks(1, held_out_generator(seed, t, 0)) for t in range(tasks)])
+
+    def step_scale(self, step: int) -> float:
+        """Evaluation's step sizes: the trained steps as trained, later ones at half the rate (the
+        paper's α = 0.1, then 0.05)."""
+        return 1.0 if step < self.inner_steps else 0.5
+
+    def adaptation(self, algo, goals: torch.Tensor, steps: int, generator: torch.Generator):
+        """Evaluation episodes of ``algo`` on ``goals`` before and after each of ``steps``
+        policy-gradient steps (:func:`~metakit.experiments.tasks.rl.objective.sample_adaptation`)."""
+        return sample_adaptation(algo, self.env, goals, steps, generator, self.evaluation, self.step_scale)
+
+    def adaptation_returns(self, algo, tasks: int, steps: int, seed: int) -> torch.Tensor:
+        """Mean return per episode of every held-out task after 0 … ``steps`` steps,
+        ``[steps + 1, tasks]``. Tasks are adapted :attr:`eval_chunk` at a time; the episodes' noise
+        comes from ``held_out_generator(seed, 0, 1)``, in that order."""
+        device = next(algo.parameters()).device
+        goals = self.held_out_goals(tasks, seed).to(device)
+        generator = held_out_generator(seed, 0, 1)
+        curves = []
+        for i in range(0, tasks, self.eval_chunk):
+            sampled = self.adaptation(algo, goals[i : i + self.eval_chunk], steps, generator)
+            curves.append(torch.stack([t.episode_returns().mean(1) for t in sampled.trajectories]))
+        return torch.cat(curves, 1)

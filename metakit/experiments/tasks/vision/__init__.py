@@ -1,0 +1,1 @@
+"""Few-shot image classification: image sets, readers, episodes, the conv net."""

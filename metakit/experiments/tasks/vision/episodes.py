@@ -1,0 +1,167 @@
+"""N-way K-shot image classification episodes drawn from a set of classes (glyphs, Omniglot)."""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from metakit.experiments.tasks.family import TaskFamily, accuracy, conv_net, held_out_generator
+from metakit.experiments.tasks.vision.image_sets import ClassImages, DataError
+from metakit.wrappers.engines.loop import TaskBatch
+
+EVAL_QUERY = 10
+"""Query images per class in held-out episodes (fixed, so every K sees the same query set)."""
+
+
+class ImageEpisodes(TaskFamily):
+    """Few-shot classification: each task picks ``ways`` classes and ``shots`` + ``query`` images
+    per class; labels 0..N−1 are assigned to the chosen classes in random order.
+
+    Subclasses implement :meth:`load` (the meta-train and meta-test classes). The model is the
+    standard 4-block conv net (:func:`~metakit.experiments.tasks.family.conv_net`); with
+    ``rotations`` every meta-train class also appears rotated by 90°, 180° and 270° as three new
+    classes. Images are scaled to [0, 1] with 1 for ink.
+    """
+
+    kind = "classification"
+    metric = "accuracy"
+    protocol = dict(ways=5, shots=1, inner_steps=1, inner_lr=0.4, meta_batch=32, meta_lr=1e-3)
+    """The MAML paper's Omniglot settings; subclasses add ``iterations`` and ``rotations``."""
+    eval_protocol = {"shots": (1, 5), "steps": (0, 1, 5)}
+    options = ("shots", "query", "ways", "data_root", "rotations")
+    channels = 64
+    image_size = 28
+    eval_chunk = 20  # 20 episodes of 5-way 5-shot: ~1,500 images through the conv net at once
+    compile_after = 500  # an iteration costs about a second eagerly; compiling saves ~30% of it
+
+    def __init__(
+        self, ways: int, data_root: Optional[str] = None, rotations: bool = False, min_images: int = 2
+    ):
+        self.ways = ways
+        self.data_root = data_root
+        self.rotations = rotations
+        self.min_images = min_images
+        self._train: Optional[torch.Tensor] = None
+        self._test: Optional[ClassImages] = None
+
+    @classmethod
+    def from_config(cls, config) -> "ImageEpisodes":
+        """The family for the config's ways, data root, rotations and shots + query (no data loaded)."""
+        return cls(config.ways, config.data_root, bool(config.rotations), config.shots + config.query)
+
+    def load(self) -> dict:
+        """``{"train": ClassImages, "test": ClassImages}`` (a one-line :class:`DataError` if bad)."""
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Load the data once and check that it has enough classes and images for the config."""
+        if self._test is not None:
+            return
+        splits = self.load()
+        train, test = splits["train"], splits["test"]
+        images = train.images
+        if self.rotations:
+            images = torch.cat([torch.rot90(images, k, dims=(2, 3)) for k in range(4)])
+        for name, data, classes in (
+            ("meta-train", train, images.shape[0]),
+            ("meta-test", test, test.num_classes),
+        ):
+            if classes < self.ways:
+                raise DataError(
+                    f"the {name} split has {classes} classes; {self.ways}-way tasks need at least {self.ways}"
+                )
+            if data.images.shape[2] != self.image_size:
+                raise DataError(
+                    f"the {name} images are {data.images.shape[2]} px; expected {self.image_size}"
+                )
+        if self.min_images > train.images.shape[1]:
+            raise DataError(
+                f"--shots + --query = {self.min_images} images per class; the meta-train classes have "
+                f"{train.images.shape[1]}"
+            )
+        self._train, self._test = images, test
+
+    def sample(self, tasks, shots, query, generator):
+        """``tasks`` episodes from the meta-train classes: support ``[tasks, ways·shots, 1, H, W]``,
+        labels ``[tasks, ways·shots]`` (class-major), and the same for the query set."""
+        self.prepare()
+        classes, per_class = self._train.shape[:2]
+        chosen = torch.rand(tasks, classes, generator=generator).argsort(1)[:, : self.ways]
+        picks = torch.rand(tasks, self.ways, per_class, generator=generator).argsort(2)[..., : shots + query]
+        images = self._train[chosen[..., None], picks]  # [tasks, ways, shots + query, H, W]
+        return _episodes(images, shots)
+
+    def held_out(self, tasks: int, max_shots: int, seed: int) -> "EpisodeHeldOut":
+        """``tasks`` fixed episodes from the meta-test classes with up to ``max_shots`` support and
+        :data:`EVAL_QUERY` query images per class; each episode has its own random stream."""
+        self.prepare()
+        data = self._test.images
+        per_class = data.shape[1]
+        if max_shots + EVAL_QUERY > per_class:
+            raise DataError(
+                f"held-out episodes use {EVAL_QUERY} query images per class; the meta-test classes have "
+                f"{per_class} images, so --shots can be at most {per_class - EVAL_QUERY}"
+            )
+        support, query = [], []
+        for t in range(tasks):
+            generator = held_out_generator(seed, t, 0)
+            chosen = torch.randperm(data.shape[0], generator=generator)[: self.ways]
+            order = torch.stack([torch.randperm(per_class, generator=generator) for _ in range(self.ways)])
+            images = data[chosen[:, None], order]  # [ways, per_class, H, W]
+            support.append(images[:, :max_shots])
+            query.append(images[:, per_class - EVAL_QUERY :])
+        return EpisodeHeldOut(torch.stack(support), torch.stack(query))
+
+    def build_model(self):
+        """The 4-block conv net with a ``ways``-way head."""
+        return conv_net(self.ways, self.channels, image_size=self.image_size)
+
+    def loss(self, prediction, target):
+        """Cross-entropy."""
+        return F.cross_entropy(prediction, target)
+
+    def score(self, prediction, target):
+        """Accuracy."""
+        return accuracy(prediction, target)
+
+
+def _to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[..., H, W]`` → float in [0, 1] with a channel axis ``[..., 1, H, W]``."""
+    return (images.float() / 255.0).unsqueeze(-3)
+
+
+def _labels(tasks: int, ways: int, per_class: int) -> torch.Tensor:
+    return torch.arange(ways).repeat_interleave(per_class).expand(tasks, -1)
+
+
+def _episodes(images: torch.Tensor, shots: int) -> TaskBatch:
+    """Split ``[tasks, ways, n, H, W]`` images into a support (first ``shots``) and a query batch."""
+    tasks, ways = images.shape[:2]
+    support = images[:, :, :shots].flatten(1, 2)
+    query = images[:, :, shots:].flatten(1, 2)
+    return TaskBatch(
+        _to_float(support),
+        _labels(tasks, ways, shots),
+        _to_float(query),
+        _labels(tasks, ways, images.shape[2] - shots),
+    )
+
+
+@dataclass(frozen=True)
+class EpisodeHeldOut:
+    """Held-out episodes: ``support`` ``[tasks, ways, max_shots, H, W]`` and ``query``
+    ``[tasks, ways, EVAL_QUERY, H, W]`` (uint8); ``batch(K)`` uses the first K support images."""
+
+    support: torch.Tensor
+    query: torch.Tensor
+
+    def batch(self, shots: int) -> TaskBatch:
+        """The episodes with ``shots`` support images per class."""
+        tasks, ways = self.support.shape[:2]
+        return TaskBatch(
+            _to_float(self.support[:, :, :shots].flatten(1, 2)),
+            _labels(tasks, ways, shots),
+            _to_float(self.query.flatten(1, 2)),
+            _labels(tasks, ways, self.query.shape[2]),
+        )

@@ -1,0 +1,34 @@
+"""Glyphs: an offline stand-in for Omniglot, rendered from the fonts that ship with matplotlib."""
+
+from pathlib import Path
+
+from metakit.experiments.tasks.family import Reproduction
+from metakit.experiments.tasks.vision.episodes import ImageEpisodes
+from metakit.experiments.tasks.vision.glyph_set import glyph_splits, load_glyphs
+
+
+class Glyphs(ImageEpisodes):
+    """N-way K-shot classification of Unicode characters, each drawn in several fonts with random
+    affine jitter and stroke width (see :mod:`metakit.experiments.tasks.vision.glyph_set`).
+
+    Meta-train and meta-test classes come from disjoint alphabets (Unicode scripts); the set is
+    rendered once into ``--data-root`` (default: the user's cache folder) and loaded from there.
+    """
+
+    protocol = {**ImageEpisodes.protocol, "iterations": 1000, "rotations": False}
+    reproduction = Reproduction(
+        description=(
+            "Glyphs, 5-way, 4-block conv net (64 filters), MAML's Omniglot settings sized for a CPU: "
+            "1,000 iterations, meta-batch 32 at 1-shot and 8 at 5-shot (about the same images per "
+            "iteration)"
+        ),
+        variants=(("1-shot", {"shots": 1}), ("5-shot", {"shots": 5, "meta_batch": 8})),
+        eval_shots=None,
+        eval_steps=(0, 1, 2, 3, 5, 10),
+        reported_steps=(0, 1, 5, 10),
+    )
+
+    def load(self):
+        """The glyph set's meta-train and meta-test alphabets."""
+        splits = glyph_splits(load_glyphs(Path(self.data_root) if self.data_root else None, self.image_size))
+        return {"train": splits["train"], "test": splits["test"]}

@@ -1,0 +1,125 @@
+"""Class-by-class image sets, the data cache folder and atomic ``.pt`` caching of image sets."""
+
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Collection, Optional
+
+import torch
+
+from metakit.experiments.util.cache import user_cache
+
+
+class DataError(ValueError):
+    """Missing or malformed data; the message is one line naming the file or folder and what is expected."""
+
+
+@dataclass(frozen=True, eq=False)
+class ClassImages:
+    """Images grouped by class: ``images[c, i]`` is the ``i``-th drawing of class ``c``.
+
+    ``images`` is uint8 ``[classes, per_class, size, size]`` with 255 for ink and 0 for background;
+    ``names`` and ``alphabets`` hold one string per class (its name and its alphabet or script).
+    """
+
+    images: torch.Tensor
+    names: tuple
+    alphabets: tuple
+
+    def __post_init__(self):
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(
+                f"images must be uint8 [classes, per_class, size, size], got "
+                f"{self.images.dtype} {tuple(self.images.shape)}"
+            )
+        if not len(self.names) == len(self.alphabets) == self.images.shape[0]:
+            raise ValueError(
+                f"{self.images.shape[0]} classes but {len(self.names)} names "
+                f"and {len(self.alphabets)} alphabets"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return self.images.shape[0]
+
+    def select(self, alphabets: Collection[str]) -> "ClassImages":
+        """The classes whose alphabet is in ``alphabets`` (a name or a collection of names), in order."""
+        wanted = {alphabets} if isinstance(alphabets, str) else set(alphabets)
+        keep = [i for i, alphabet in enumerate(self.alphabets) if alphabet in wanted]
+        return ClassImages(
+            self.images[keep],
+            tuple(self.names[i] for i in keep),
+            tuple(self.alphabets[i] for i in keep),
+        )
+
+    def alphabet_names(self) -> list:
+        """The distinct alphabets, sorted."""
+        return sorted(set(self.alphabets))
+
+
+def cache_dir(data_root: Optional[Path] = None) -> Path:
+    """Where caches go: ``data_root`` if given, else ``$METAKIT_CACHE``, else the user cache folder."""
+    return Path(data_root) if data_root is not None else user_cache()
+
+
+def to_payload(data: ClassImages) -> dict:
+    """A dict of tensors, strings and lists that ``torch.load(weights_only=True)`` can read back."""
+    return {"images": data.images.contiguous(), "names": list(data.names), "alphabets": list(data.alphabets)}
+
+
+def from_payload(payload) -> Optional[ClassImages]:
+    """The inverse of :func:`to_payload`; ``None`` if ``payload`` is not a well-formed image set."""
+    try:
+        return ClassImages(payload["images"], tuple(payload["names"]), tuple(payload["alphabets"]))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def save_atomic(path: Path, payload: dict) -> bool:
+    """Write ``payload`` with ``torch.save`` to a temporary file, fsync it and rename it onto ``path``.
+
+    Readers never see a half-written file. A cache that cannot be written (read-only folder, full disk)
+    only warns and returns False: the caller still has the data in memory.
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+        ) as handle:
+            tmp = handle.name
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        return True
+    except OSError as exc:
+        warnings.warn(f"could not write the cache {path}: {exc}", stacklevel=2)
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        return False
+
+
+def load_payload(path: Path):
+    """``torch.load(path, weights_only=True)``; ``None`` if the file is missing, truncated or corrupt."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        return None
+    except Exception:  # any unreadable cache is rebuilt, whatever the pickle or zip layer raised
+        return None
+
+
+def save_images(path: Path, data: ClassImages) -> bool:
+    """Cache one image set at ``path`` atomically (see :func:`save_atomic`)."""
+    return save_atomic(path, to_payload(data))
+
+
+def load_images(path: Path) -> Optional[ClassImages]:
+    """The image set cached at ``path``, or ``None`` if there is none or it is unreadable."""
+    payload = load_payload(path)
+    return None if payload is None else from_payload(payload)

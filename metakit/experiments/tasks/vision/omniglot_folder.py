@@ -1,0 +1,272 @@
+"""The real Omniglot (Lake et al. 2015), read from the official ``images_background`` and
+``images_evaluation`` folders or zips, decoded once and cached as tensors.
+
+Expected layout, either directly under ``root`` or under ``root/omniglot-py/`` (where torchvision
+puts it)::
+
+    images_background/<alphabet>/<character>/<drawing>.png     (105×105, black strokes on white)
+    images_evaluation/<alphabet>/<character>/<drawing>.png
+
+A missing folder may be replaced by the official zip of the same name (``images_background.zip``),
+which is then read in place. Alphabets, characters and files are taken in name order; images are
+inverted (ink = 255) and resized with antialiasing.
+"""
+
+import hashlib
+import io
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from metakit.experiments.tasks.vision.image_sets import (
+    ClassImages,
+    DataError,
+    cache_dir,
+    from_payload,
+    load_payload,
+    save_atomic,
+    to_payload,
+)
+
+SPLITS = ("background", "evaluation")
+"""The two official splits, in the order they are returned."""
+CACHE_VERSION = 1
+LAYOUT = (
+    "images_background/ and images_evaluation/ holding <alphabet>/<character>/*.png "
+    "(or images_background.zip and images_evaluation.zip), directly or under omniglot-py/"
+)
+"""What :func:`load_omniglot` expects under its root, for error messages."""
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+@dataclass(frozen=True)
+class CharacterImages:
+    """One character class of a split: its alphabet, its name and its image files in name order.
+
+    For a folder, ``files`` are paths; for a zip, member names inside :attr:`Split.source`.
+    """
+
+    alphabet: str
+    character: str
+    files: tuple
+
+
+@dataclass(frozen=True)
+class Split:
+    """Where one split lives (a folder or a zip file) and the classes listed in it."""
+
+    source: Path
+    is_zip: bool
+    classes: tuple
+
+
+def find_split(root: Path, split: str) -> Optional[Path]:
+    """The folder ``images_{split}`` under ``root`` or ``root/omniglot-py``, else the zip of that name,
+    else ``None``."""
+    bases = (root, root / "omniglot-py")
+    for base in bases:
+        if (base / f"images_{split}").is_dir():
+            return base / f"images_{split}"
+    for base in bases:
+        if (base / f"images_{split}.zip").is_file():
+            return base / f"images_{split}.zip"
+    return None
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith((".", "__MACOSX"))
+
+
+def _is_png(name: str) -> bool:
+    return name.lower().endswith(".png") and _visible(name)
+
+
+def _entries(folder: Path, folders: bool) -> list:
+    """The visible sub-folders (or PNG files) of ``folder``, sorted by name."""
+    with os.scandir(folder) as entries:
+        names = [
+            e.name
+            for e in entries
+            if (e.is_dir() if folders else e.is_file() and _is_png(e.name)) and _visible(e.name)
+        ]
+    return [folder / name for name in sorted(names)]
+
+
+def list_folder(folder: Path) -> tuple:
+    """The :class:`CharacterImages` of an extracted split folder, sorted by alphabet then character."""
+    classes = []
+    for alphabet in _entries(folder, folders=True):
+        for character in _entries(alphabet, folders=True):
+            files = tuple(_entries(character, folders=False))
+            if not files:
+                raise DataError(
+                    f"character folder {character} holds no .png images; expected {character}/<drawing>.png"
+                )
+            classes.append(CharacterImages(alphabet.name, character.name, files))
+    if not classes:
+        raise DataError(
+            f"{folder} holds no character folders; expected {folder}/<alphabet>/<character>/*.png"
+        )
+    return tuple(classes)
+
+
+def _zip_parts(member: str, top: str) -> list:
+    """The path parts of a zip member below the optional top folder ``top``."""
+    parts = [part for part in member.split("/") if part]
+    return parts[1:] if parts and parts[0] == top else parts
+
+
+def list_zip(path: Path, split: str) -> tuple:
+    """The :class:`CharacterImages` of an official split zip, members sorted like :func:`list_folder`."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.namelist()
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise DataError(f"cannot read the zip {path}: {_one_line(exc)}") from exc
+    files, folders = {}, set()
+    for member in members:
+        parts = _zip_parts(member, f"images_{split}")
+        if not parts or not all(_visible(part) for part in parts):
+            continue
+        if len(parts) >= 2:
+            folders.add(tuple(parts[:2]))
+        if len(parts) == 3 and not member.endswith("/") and _is_png(parts[2]):
+            files.setdefault(tuple(parts[:2]), []).append((parts[2], member))
+    classes = []
+    for alphabet, character in sorted(folders):
+        found = sorted(files.get((alphabet, character), []))
+        if not found:
+            raise DataError(
+                f"character folder {path}:{alphabet}/{character}/ holds no .png images; "
+                f"expected <alphabet>/<character>/<drawing>.png"
+            )
+        classes.append(CharacterImages(alphabet, character, tuple(member for _, member in found)))
+    if not classes:
+        raise DataError(
+            f"the zip {path} holds no character folders; "
+            f"expected images_{split}/<alphabet>/<character>/*.png inside it"
+        )
+    return tuple(classes)
+
+
+def list_split(root: Path, split: str) -> Split:
+    """Locate and list one split under ``root`` (see :data:`LAYOUT`)."""
+    source = find_split(root, split)
+    if source is None:
+        raise DataError(f"no images_{split} folder or zip under {root}; expected {LAYOUT}")
+    is_zip = source.suffix == ".zip" and source.is_file()
+    classes = list_zip(source, split) if is_zip else list_folder(source)
+    return Split(source, is_zip, classes)
+
+
+def fingerprint(splits: dict, size: int) -> str:
+    """A hash of everything the decoded tensors depend on: the output size and, for each split, the
+    relative path, byte size and modification time of every image (or of the zip file)."""
+    digest = hashlib.sha256(f"omniglot-{CACHE_VERSION}-{size}".encode())
+    for name, split in splits.items():
+        digest.update(f"\n{name}\t{split.source.name}\t{split.is_zip}".encode())
+        if split.is_zip:
+            stat = split.source.stat()
+            digest.update(f"\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
+            continue
+        prefix = len(str(split.source)) + 1
+        lines = []
+        for images in split.classes:
+            for path in map(str, images.files):
+                stat = os.stat(path)
+                lines.append(f"\n{path[prefix:]}\t{stat.st_size}\t{stat.st_mtime_ns}")
+        digest.update("".join(lines).encode())
+    return digest.hexdigest()
+
+
+def decode(source, label: str, size: int) -> np.ndarray:
+    """One image file (path or file object) as ``size``×``size`` uint8 with ink = 255; any unreadable
+    image is a :class:`DataError` naming ``label``."""
+    try:
+        with Image.open(source) as image:
+            gray = image.convert("L")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot read image {label}: {_one_line(exc)}") from exc
+    if gray.size != (size, size):
+        gray = gray.resize((size, size), Image.Resampling.BILINEAR)
+    return 255 - np.asarray(gray, dtype=np.uint8)
+
+
+def _decode_classes(split: Split, per_class: int, size: int) -> np.ndarray:
+    images = np.zeros((len(split.classes), per_class, size, size), dtype=np.uint8)
+    if split.is_zip:
+        with zipfile.ZipFile(split.source) as archive:
+            for c, character in enumerate(split.classes):
+                for i, member in enumerate(character.files[:per_class]):
+                    label = f"{split.source}:{member}"
+                    try:
+                        data = archive.read(member)
+                    except (OSError, zipfile.BadZipFile) as exc:
+                        raise DataError(f"cannot read image {label}: {_one_line(exc)}") from exc
+                    images[c, i] = decode(io.BytesIO(data), label, size)
+    else:
+        for c, character in enumerate(split.classes):
+            for i, path in enumerate(character.files[:per_class]):
+                images[c, i] = decode(path, str(path), size)
+    return images
+
+
+def read_split(split: Split, size: int) -> ClassImages:
+    """Decode a listed split; every class keeps its first ``per_class`` images, where ``per_class`` is the
+    smallest image count of any class of the split (20 in the official data)."""
+    per_class = min(len(character.files) for character in split.classes)
+    return ClassImages(
+        torch.from_numpy(_decode_classes(split, per_class, size)),
+        tuple(f"{c.alphabet}/{c.character}" for c in split.classes),
+        tuple(c.alphabet for c in split.classes),
+    )
+
+
+def cache_path(root: Path, size: int) -> Path:
+    """Where the decoded tensors of ``root`` at ``size`` are cached: in :func:`cache_dir`, keyed by the
+    absolute root path, so that read-only data folders work."""
+    key = hashlib.sha256(str(root).encode()).hexdigest()[:16]
+    return cache_dir(None) / "omniglot" / f"omniglot-{key}-{size}.pt"
+
+
+def _cached(path: Path, expected: str) -> Optional[dict]:
+    payload = load_payload(path)
+    if not isinstance(payload, dict) or payload.get("fingerprint") != expected:
+        return None
+    data = {name: from_payload(payload.get(name)) for name in SPLITS}
+    return None if any(value is None for value in data.values()) else data
+
+
+def load_omniglot(root: Path, size: int = 28) -> dict:
+    """``{"background": ClassImages, "evaluation": ClassImages}`` from the official Omniglot under ``root``.
+
+    The decoded tensors are cached (see :func:`cache_path`) and reused while the file list, sizes and
+    modification times stay the same. Missing or malformed data raises :class:`DataError`.
+    """
+    if size < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size}")
+    root = Path(os.path.abspath(Path(root).expanduser()))
+    if not root.exists():
+        raise DataError(f"the Omniglot folder {root} does not exist; expected it to hold {LAYOUT}")
+    if not root.is_dir():
+        raise DataError(f"the Omniglot root {root} is not a folder; expected a folder holding {LAYOUT}")
+    if all(find_split(root, split) is None for split in SPLITS):
+        raise DataError(f"no Omniglot data under {root}; expected {LAYOUT}")
+    splits = {name: list_split(root, name) for name in SPLITS}
+    expected = fingerprint(splits, size)
+    path = cache_path(root, size)
+    data = _cached(path, expected)
+    if data is None:
+        data = {name: read_split(split, size) for name, split in splits.items()}
+        payload = {name: to_payload(value) for name, value in data.items()}
+        save_atomic(path, {"fingerprint": expected, **payload})
+    return data

@@ -1,0 +1,1 @@
+"""Meta-training: the configuration, the loop, run directories, torchrun."""

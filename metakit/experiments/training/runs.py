@@ -1,0 +1,253 @@
+"""A run directory: ``config.json``, ``metrics.jsonl``, ``checkpoint.pt`` and the lock ``.lock``."""
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from metakit.experiments.methods import build_algorithm
+from metakit.experiments.tasks import build_family
+from metakit.experiments.training.config import TrainConfig
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+CHECKPOINT = "checkpoint.pt"
+PREVIOUS = "checkpoint.prev.pt"
+LOCK = ".lock"
+"""Locked (``flock``) by the process training the run; records its pid, host and torchrun job."""
+FORMAT_VERSION = 1
+
+
+class RunError(ValueError):
+    """A path that is not (or cannot become) a run directory, or an unreadable checkpoint."""
+
+
+def check_new_run_dir(path: Path, force: bool) -> None:
+    """Refuse to write into a run being trained, or into an existing non-empty directory unless ``force``."""
+    if path.exists() and not path.is_dir():
+        raise RunError(f"--out {path} exists and is not a directory")
+    holder, busy = lock_holder(path)
+    if busy:
+        raise RunError(_busy(path, holder))
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise RunError(f"--out {path} is not empty; choose another directory or pass --force")
+
+
+@contextlib.contextmanager
+def lock_run(run_dir: Path):
+    """Hold the run's lock for the ``with`` block, or raise :class:`RunError` naming its holder.
+
+    The lock is an ``flock`` on ``RUN/.lock``, which the operating system releases when the
+    process ends, however it ends: a killed run leaves no stale lock. The file stays, recording
+    the last holder (pid, host and ``torchrun`` job id, see :func:`continues_elastic_job`).
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        for wait in (0.02, 0.1, None):  # a moment for a probe by lock_holder to let go
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if wait is None:
+                    raise RunError(_busy(run_dir, _read_holder(fd))) from None
+                time.sleep(wait)
+        job = os.environ.get("TORCHELASTIC_RUN_ID")
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "job": job}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode() + b"\n", 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def lock_holder(run_dir: Path) -> tuple:
+    """``(holder, busy)``: the last trainer recorded in ``RUN/.lock`` (a dict with ``pid``, ``host``
+    and ``job``, or ``None``) and whether it is training the run now. Creates and changes nothing."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY)
+    except OSError:
+        return None, False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return _read_holder(fd), False
+    except BlockingIOError:
+        return _read_holder(fd), True
+    finally:
+        os.close(fd)
+
+
+def _read_holder(fd: int) -> Optional[dict]:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0))
+    except ValueError:
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _busy(run_dir: Path, holder: Optional[dict]) -> str:
+    who = "another process"
+    if holder:
+        who = f"process {holder.get('pid')} on {holder.get('host')}"
+    return f"{run_dir} is being trained by {who}; wait for it to end or stop it first"
+
+
+def continues_elastic_job(run_dir: Path, config: TrainConfig) -> bool:
+    """Whether ``torchrun`` restarted this job after it began training ``run_dir`` with ``config``.
+
+    ``torchrun`` restarts failed workers with the same command line and sets
+    ``TORCHELASTIC_RESTART_COUNT`` > 0; the run is this job's when its lock file records this
+    ``TORCHELASTIC_RUN_ID`` (unique per ``torchrun --standalone``; pass a unique ``--rdzv-id`` to
+    multi-node jobs) and its ``config.json``, if written yet, is ``config``.
+    """
+    job = os.environ.get("TORCHELASTIC_RUN_ID")
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0 or job is None:
+        return False
+    holder, _ = lock_holder(run_dir)
+    if holder is None or holder.get("job") != job:
+        return False
+    path = Path(run_dir) / CONFIG
+    try:
+        return not path.exists() or json.loads(path.read_text()) == config.to_dict()
+    except ValueError:
+        return False
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether the run has a checkpoint file (loadable or not)."""
+    return any((Path(run_dir) / name).is_file() for name in (CHECKPOINT, PREVIOUS))
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON so that a crash leaves either the old file or the new one."""
+    _atomic(path, lambda f: f.write(json.dumps(data, indent=2).encode() + b"\n"))
+
+
+def save_checkpoint(run_dir: Path, state: dict) -> None:
+    """Write ``state`` (tensors and plain containers) as the run's checkpoint, crash-safely.
+
+    The new file is written and fsynced under a temporary name; then the current checkpoint
+    becomes ``checkpoint.prev.pt`` and the new one takes its place. At every moment at least one
+    complete checkpoint exists.
+    """
+    current = run_dir / CHECKPOINT
+    _atomic(
+        current,
+        lambda f: torch.save({"format": FORMAT_VERSION, **state}, f),
+        before_replace=lambda: current.exists() and os.replace(current, run_dir / PREVIOUS),
+    )
+
+
+def _atomic(path: Path, write, before_replace=None) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    if before_replace is not None:
+        before_replace()
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def clear_run(run_dir: Path) -> None:
+    """Remove the files a previous run left in ``run_dir`` (used with ``--force``)."""
+    for name in (CONFIG, METRICS, CHECKPOINT, PREVIOUS, CHECKPOINT + ".tmp"):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def truncate_metrics(run_dir: Path, iteration: int) -> None:
+    """Drop metric lines past ``iteration`` (written after the checkpoint a resume starts from)."""
+    path = run_dir / METRICS
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a crash
+            continue
+        if record.get("iteration", 0) <= iteration:
+            kept.append(line + "\n")
+    _atomic(path, lambda f: f.write("".join(kept).encode()))
+
+
+def append_metrics(run_dir: Path, record: dict) -> None:
+    """Append one line to ``metrics.jsonl``."""
+    with open(run_dir / METRICS, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_config(run_dir: Path) -> TrainConfig:
+    """The run's configuration."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file() or not has_checkpoint(run_dir):
+        raise RunError(
+            f"{run_dir} is not a metakit run (no {CONFIG} and {CHECKPOINT}); train one with `metakit train`"
+        )
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError) as err:
+        raise RunError(f"{path} is not a valid run config: {err}") from None
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint safely (``weights_only``: no code can run) and check its format."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for corrupt or unsafe files
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RunError(f"cannot load checkpoint {path}: {first_line}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+        raise RunError(f"checkpoint {path} has an unsupported format (expected version {FORMAT_VERSION})")
+    return state
+
+
+def load_latest_checkpoint(run_dir: Path):
+    """``(state, note)``: the newest loadable checkpoint of a run.
+
+    If ``checkpoint.pt`` is missing, truncated, corrupt, unsafe or of another version, the previous
+    checkpoint is used and ``note`` says why; if neither loads, :class:`RunError` names both.
+    """
+    run_dir = Path(run_dir)
+    errors = []
+    for name in (CHECKPOINT, PREVIOUS):
+        path = run_dir / name
+        if not path.exists():
+            continue
+        try:
+            state = load_checkpoint(path)
+        except RunError as err:
+            errors.append(str(err))
+            continue
+        return state, ("; ".join(errors) + f"; using {path}") if errors else None
+    raise RunError("; ".join(errors) or f"{run_dir} has no checkpoint")
+
+
+def load_run(run_dir: Path):
+    """``(config, algorithm, note)`` of a run, with its newest loadable checkpoint's meta-parameters
+    (on the CPU)."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    state, note = load_latest_checkpoint(run_dir)
+    algo = build_algorithm(config, build_family(config).build_model())
+    try:
+        algo.load_state_dict(state["algorithm"])
+    except (KeyError, RuntimeError) as err:
+        first_line = str(err).strip().splitlines()[0]
+        raise RunError(f"the checkpoint in {run_dir} does not match its {CONFIG}: {first_line}") from None
+    return config, algo, note

@@ -1,0 +1,363 @@
+"""The one meta-training loop shared by every method and backend, with checkpoints and resume."""
+
+import contextlib
+import importlib.util
+import math
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from tqdm import tqdm
+
+from metakit.experiments.methods import build_algorithm
+from metakit.experiments.tasks import build_family
+from metakit.experiments.training import distributed, runs
+from metakit.experiments.training.config import ConfigError, TrainConfig
+from metakit.experiments.training.distributed import World
+from metakit.wrappers.engines.loop import meta_backward
+from metakit.wrappers.engines.vectorized import VectorizedEngine
+from metakit.wrappers.rules import multi_step_weights
+
+
+class Divergence(RuntimeError):
+    """The meta-loss or meta-gradient became non-finite."""
+
+
+class Interrupted(RuntimeError):
+    """Training was stopped by SIGINT or SIGTERM after a checkpoint was written."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else the CPU; ``cuda`` without a GPU is a :class:`ConfigError`."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def compiler_available(device: torch.device) -> bool:
+    """Whether ``torch.compile`` can build code for ``device``: Triton for CUDA, a C++ compiler for
+    the CPU. (A compilation can still fail; the engine then warns and runs eagerly.)"""
+    if device.type == "cuda":
+        return importlib.util.find_spec("triton") is not None
+    return any(shutil.which(name) for name in ("g++", "c++", "clang++"))
+
+
+def choose_compile(config: TrainConfig, family, device: torch.device) -> bool:
+    """Whether the run's func engine compiles its meta-gradient.
+
+    ``--compile on`` always and ``off`` never; ``auto`` compiles a run of at least
+    ``family.compile_after`` iterations when a compiler is available, so that short runs (tests,
+    ``make run``) do not pay for a compilation they cannot repay. Decided from the configuration
+    alone, so that a resumed run uses the engine it started with.
+    """
+    if config.backend != "func" or config.compile == "off":
+        return False
+    if config.compile == "on":
+        return True
+    return config.iterations >= family.compile_after and compiler_available(device)
+
+
+class MetaStep:
+    """``step(batch, iteration) -> loss``: fills ``.grad`` with the config's backend, MAML++ options
+    and the family's task loss.
+
+    Args:
+        config: the run's configuration.
+        algo: the algorithm whose meta-parameters get the gradient.
+        loss_fn: the family's task loss.
+        compile: compile the func engine's meta-gradient (see :func:`choose_compile`).
+        family_backward: the family's own ``meta_backward(algo, batch, steps, first_order)``
+            (reinforcement learning), used instead of the engines.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        algo: torch.nn.Module,
+        loss_fn: Callable,
+        compile: bool = False,
+        family_backward: Optional[Callable] = None,
+    ):
+        self.config = config
+        self.algo = algo
+        self.loss_fn = loss_fn
+        self.family_backward = family_backward
+        if compile:  # a fresh in-memory cache per run: earlier runs' entries count toward dynamo's
+            torch.compiler.reset()  # recompile limit (the on-disk caches keep recompiling cheap)
+        func = config.backend == "func" and family_backward is None
+        self.vectorized = VectorizedEngine(algo, loss_fn, compile=compile) if func else None
+
+    @property
+    def engine(self) -> str:
+        """What computes the meta-gradients now: ``func-compiled``, ``func``, ``l2l`` or ``higher``
+        (a failed compilation turns ``func-compiled`` into ``func``)."""
+        if self.vectorized is not None and self.vectorized.compiled:
+            return "func-compiled"
+        return self.config.backend
+
+    def __call__(self, batch, iteration: int) -> float:
+        """Fill ``.grad`` with the meta-gradient of ``batch`` at ``iteration``; returns the query loss."""
+        config, steps = self.config, self.config.inner_steps
+        first_order = True if iteration < config.first_order_until else None
+        if self.family_backward is not None:
+            return self.family_backward(self.algo, batch, steps, first_order)
+        weights = None
+        if config.multi_step_loss:
+            weights = multi_step_weights(iteration, steps, config.msl_anneal).tolist()
+        if self.vectorized is not None:
+            return self.vectorized.meta_backward(batch, steps, first_order=first_order, step_weights=weights)
+        return meta_backward(
+            self.algo,
+            batch,
+            steps,
+            config.backend,
+            first_order=first_order,
+            step_weights=weights,
+            loss_fn=self.loss_fn,
+        )
+
+
+@dataclass
+class Training:
+    """Everything one meta-training run steps: built by :func:`build_training` for ``train``,
+    ``bench`` and the tools alike."""
+
+    config: TrainConfig
+    family: object
+    device: torch.device
+    algo: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Optional[object]
+    generator: torch.Generator
+    meta_step: MetaStep
+    world: World = World()
+
+    def sample(self):
+        """This process's slice of the next meta-training batch of the task stream, on the run's
+        device (the whole batch in a single process)."""
+        c = self.config
+        batch = self.family.sample(c.meta_batch, c.shots, c.query, self.generator)
+        start, stop = distributed.slice_bounds(c.meta_batch, self.world.rank, self.world.size)
+        return type(batch)(*(t[start:stop].to(self.device, non_blocking=True) for t in batch))
+
+    def gradient(self, iteration: int, stop: bool = False) -> tuple:
+        """Fill ``.grad`` with the meta-gradient of the next batch, over all processes of the run.
+
+        Returns ``(meta-loss, stop)``; with several processes both are agreed by all of them: the
+        loss of the whole batch, and whether any process was asked to ``stop``.
+        """
+        batch = self.sample()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.meta_step(batch, iteration)
+        if self.world.size > 1:
+            loss, stop = distributed.all_reduce_grads(
+                self.algo.parameters(), batch.num_tasks, self.config.meta_batch, loss, stop
+            )
+        if self.config.clip_grad is not None:  # after the all-reduce: every process clips alike
+            torch.nn.utils.clip_grad_norm_(self.algo.parameters(), self.config.clip_grad)
+        return loss, stop
+
+
+def build_training(config: TrainConfig, family=None, world: World = World()) -> Training:
+    """The seeded model, algorithm, optimizer, scheduler, task stream and meta-step of ``config``,
+    for this process of ``world``."""
+    if config.meta_batch < world.size:
+        raise ConfigError(
+            f"--meta-batch {config.meta_batch} is smaller than the {world.size} processes of this run; "
+            "every process needs at least one task"
+        )
+    family = family or build_family(config)
+    family.prepare()
+    device = resolve_device(config.device)
+    if device.type == "cuda" and world.size > 1:
+        if world.local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"--device cuda: process {world.rank} has local rank {world.local_rank} but this machine "
+                f"has {torch.cuda.device_count()} GPUs; start at most one process per GPU"
+            )
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    torch.manual_seed(config.seed)
+    algo = build_algorithm(config, family.build_model().to(device))
+    if config.outer_optimizer == "sgd-annealed":  # Reptile's: ε_i = ε·(1 − i/N) at iteration i
+        optimizer = torch.optim.SGD(algo.parameters(), lr=config.meta_lr)
+        anneal = lambda i: 1 - i / config.iterations  # noqa: E731 (its state is last_epoch alone)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, anneal)
+    else:
+        optimizer = torch.optim.Adam(algo.parameters(), lr=config.meta_lr, fused=True)
+        scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.iterations)
+            if config.cosine_lr
+            else None
+        )
+    generator = torch.Generator().manual_seed(config.seed)
+    compile = choose_compile(config, family, device)
+    meta_step = MetaStep(config, algo, family.loss, compile=compile, family_backward=family.meta_backward)
+    return Training(config, family, device, algo, optimizer, scheduler, generator, meta_step, world)
+
+
+@contextlib.contextmanager
+def _stop_requests():
+    """Turn SIGINT/SIGTERM into a flag the loop checks between iterations."""
+    received = []
+    handler = lambda signum, frame: received.append(signum)  # noqa: E731
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def tensorboard_writer(run_dir: Path):
+    """A TensorBoard ``SummaryWriter`` logging to ``RUN/tensorboard`` (needs the tensorboard package)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+
+
+def _finite_gradient(algo: torch.nn.Module) -> bool:
+    """Whether every ``.grad`` of the algorithm is finite (one device sync)."""
+    grads = [p.grad for p in algo.parameters() if p.grad is not None]
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+
+
+def _state(setup: Training, done: int, window: list) -> dict:
+    """The global training state after ``done`` iterations: what a checkpoint holds."""
+    return {
+        "config": setup.config.to_dict(),
+        "algorithm": setup.algo.state_dict(),
+        "optimizer": setup.optimizer.state_dict(),
+        "scheduler": None if setup.scheduler is None else setup.scheduler.state_dict(),
+        "task_rng": setup.generator.get_state(),
+        "iteration": done,
+        "window": list(window),
+    }
+
+
+def _restore(setup: Training, state: dict) -> None:
+    """Load a state made by :func:`_state` (a checkpoint) into ``setup``."""
+    setup.algo.load_state_dict(state["algorithm"])
+    setup.optimizer.load_state_dict(state["optimizer"])
+    if setup.scheduler is not None:
+        setup.scheduler.load_state_dict(state["scheduler"])
+    setup.generator.set_state(state["task_rng"])
+
+
+def _open_run(config: TrainConfig, run_dir: Path, resume: bool, held: contextlib.ExitStack) -> dict:
+    """Lock the run (for as long as ``held`` lasts), then load its checkpoint or start it afresh."""
+    held.enter_context(runs.lock_run(run_dir))
+    if not resume:
+        runs.clear_run(run_dir)
+        runs.write_json_atomic(run_dir / runs.CONFIG, config.to_dict())
+        return {"state": None, "note": None}
+    state, note = runs.load_latest_checkpoint(run_dir)
+    runs.truncate_metrics(run_dir, state["iteration"])
+    return {"state": state, "note": note}
+
+
+def train(config: Optional[TrainConfig], run_dir: Path, progress: bool = True, resume: bool = False) -> dict:
+    """Meta-train ``config`` into ``run_dir`` (or continue it with ``resume``); returns a summary.
+
+    A checkpoint is written atomically every ``config.checkpoint_every`` iterations, at the end,
+    and when SIGINT/SIGTERM arrives (then :class:`Interrupted` is raised). Resuming restores the
+    meta-parameters, optimizer, scheduler, task-stream RNG and the partial logging window, so a
+    resumed run ends bit-for-bit where an uninterrupted one does. The run is locked while it
+    trains (:func:`~metakit.experiments.training.runs.lock_run`).
+
+    Started by ``torchrun`` (``WORLD_SIZE`` > 1), every process trains the same run on its slice
+    of each meta-batch (see :mod:`metakit.experiments.training.distributed`). Rank 0 alone reads and writes
+    ``run_dir`` and shows progress; its ``config`` and ``resume`` are the ones used (the other
+    ranks may pass ``None``), and it hands the configuration and any checkpoint to the others.
+    """
+    run_dir = Path(run_dir)
+    world = distributed.world()
+    with contextlib.ExitStack() as held:
+        if world.size > 1:
+            held.enter_context(distributed.process_group(world))
+            config = TrainConfig.from_dict(distributed.share(world, lambda: config.to_dict()))
+        setup = build_training(config, world=world)
+        opened = distributed.share(world, lambda: _open_run(config, run_dir, resume, held))
+        start, window = 0, []
+        if opened["state"] is not None:
+            _restore(setup, opened["state"])
+            start, window = opened["state"]["iteration"], list(opened["state"]["window"])
+        if world.size > 1:
+            distributed.broadcast_parameters(setup.algo.parameters())
+        clock = time.perf_counter()
+        _loop(setup, run_dir, start, window, progress and world.writer)
+        return {
+            "run": str(run_dir),
+            "iterations": config.iterations,
+            "resumed_from": start if opened["state"] is not None else None,
+            "seconds": time.perf_counter() - clock,
+            "device": str(setup.device),
+            "engine": setup.meta_step.engine,
+            "note": opened["note"],
+        }
+
+
+def _loop(setup: Training, run_dir: Path, start: int, window: list, progress: bool) -> None:
+    """Iterations ``start + 1 … config.iterations``; the writer logs and checkpoints them."""
+    config, algo, optimizer, scheduler = setup.config, setup.algo, setup.optimizer, setup.scheduler
+    writer = setup.world.writer
+    board = tensorboard_writer(run_dir) if config.tensorboard and writer else None
+    clock = time.perf_counter()
+    bar = tqdm(
+        range(start, config.iterations),
+        initial=start,
+        total=config.iterations,
+        desc=config.method,
+        disable=not progress,
+        mininterval=0.5,
+        leave=False,
+    )
+    with _stop_requests() as stop:
+        for iteration in bar:
+            done = iteration + 1
+            loss, stopping = setup.gradient(iteration, bool(stop))
+            checkpoint = done % config.checkpoint_every == 0 or done == config.iterations or stopping
+            # A non-finite gradient with a finite loss makes the next loss non-finite (Adam and SGD
+            # turn it into NaN parameters), so checking the loss every iteration is enough except
+            # right before a checkpoint, which must never hold a NaN. Every process checks alike
+            # (their loss and gradients are the all-reduced ones), so all of them stop together.
+            if not math.isfinite(loss) or (checkpoint and not _finite_gradient(algo)):
+                if writer:
+                    record = {"iteration": done, "diverged": True, "meta_loss": str(loss)}
+                    runs.append_metrics(run_dir, record)
+                raise Divergence(
+                    f"{config.method}: non-finite meta-loss or gradient at iteration {done}; "
+                    "the last checkpoint is kept"
+                )
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            window.append(loss)
+            if done % config.log_every == 0 or done == config.iterations:
+                record = {
+                    "iteration": done,
+                    "meta_loss": sum(window) / len(window),
+                    "meta_lr": optimizer.param_groups[0]["lr"],
+                    "seconds": round(time.perf_counter() - clock, 3),
+                    "engine": setup.meta_step.engine,
+                }
+                if writer:
+                    runs.append_metrics(run_dir, record)
+                if board is not None:
+                    board.add_scalar("meta_loss", record["meta_loss"], done)
+                    board.add_scalar("meta_lr", record["meta_lr"], done)
+                bar.set_postfix(meta_loss=f"{record['meta_loss']:.3f}")
+                window = []
+            if writer and checkpoint:
+                runs.save_checkpoint(run_dir, _state(setup, done, window))
+            if stopping and done < config.iterations:
+                raise Interrupted(f"stopped by signal at iteration {done}; checkpoint saved")
+    bar.close()
+    if board is not None:
+        board.close()

@@ -1,0 +1,1 @@
+"""Small helpers with no meta-learning in them: registries, caches, memory."""

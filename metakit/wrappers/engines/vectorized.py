@@ -1,0 +1,253 @@
+"""The vectorised engine: every method over the whole task batch in one ``torch.func`` pass.
+
+Per task, the inner loop is a pure function of the parameters (``functional_call`` + ``grad``);
+``vmap`` runs it over the task dimension at once, and one ``backward()`` through the batched graph
+gives the meta-gradient. The update rule is the algorithm's own ``inner_updates``, so the numbers
+are those of the learn2learn and higher backends.
+
+For small models the eager engine is bound by per-operation overhead (``vmap`` and ``grad`` add
+tens of microseconds to every operation), not by arithmetic. ``compile=True`` instead compiles
+:meth:`VectorizedEngine.meta_gradient` (``torch.func.grad_and_value`` of the same meta-loss with
+respect to every meta-parameter) with ``torch.compile``: one Inductor graph holds the forward and
+all derivatives, so neither ``torch.func`` nor the autograd engine runs per iteration. That costs
+a one-off compilation per (inner steps, derivative order, multi-step loss, inner learning rate)
+combination.
+"""
+
+import logging
+import warnings
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, grad_and_value, vmap
+
+from metakit.wrappers.engines.loop import TaskBatch, accumulate_grad, adapted_indices
+from metakit.wrappers.pretrain import Pretrain, joint_backward
+from metakit.wrappers.reptile import Reptile
+from metakit.wrappers.rules import reptile_gradient, sgd_step
+
+
+def meta_objective(losses: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The meta-loss from query losses ``[tasks, recorded steps]``: the mean loss after the last
+    step, or with multi-step ``weights`` the weighted sum over steps of the mean loss."""
+    if weights is None:
+        return losses[:, -1].mean()
+    return (losses.mean(0) * weights).sum()
+
+
+class _MetaObjective(nn.Module):
+    """An engine's meta-loss as a module that owns the algorithm, so that ``functional_call`` can
+    substitute every meta-parameter and ``torch.func.grad`` differentiate with respect to them."""
+
+    def __init__(self, engine: "VectorizedEngine"):
+        super().__init__()
+        self.algo = engine.algo
+        self.engine = engine
+
+    def forward(self, batch, steps, first_order, weights):
+        """``(meta_loss, last_query_loss)``; the second is the mean query loss after the last step."""
+        losses = self.engine.meta_losses(batch, steps, first_order, weights is not None)
+        return meta_objective(losses, weights), losses[:, -1].mean()
+
+
+class VectorizedEngine:
+    """Meta-gradients and adaptation for a batch of tasks, vectorised with ``torch.func.vmap``.
+
+    Args:
+        algo: a :class:`MAML`, :class:`MAMLEnhanced`, :class:`MetaSGD`, :class:`ANIL`,
+            :class:`Reptile` or :class:`Pretrain`; its meta-parameters are used in place (the engine
+            holds no copy).
+        loss_fn: the task loss.
+        compile: compute MAML-family meta-gradients with a ``torch.compile``-d
+            :meth:`meta_gradient` (on a GPU in the compiler's ``reduce-overhead`` mode, i.e. with
+            CUDA graphs). Pays off on long runs only: a compilation takes seconds to a minute on
+            CPU (Inductor's on-disk caches make a repeated one a few seconds). If it fails, or
+            dynamo's recompile limit is hit, the engine warns once and stays eager. Reptile,
+            pretraining and :meth:`query_curves` always run eagerly.
+
+    Models with buffers (e.g. batch-norm running statistics) are refused: their in-place
+    updates cannot be vectorised over tasks.
+    """
+
+    def __init__(self, algo: torch.nn.Module, loss_fn: Callable = F.mse_loss, compile: bool = False):
+        buffers = [name for name, _ in algo.module.named_buffers()]
+        if buffers:
+            raise ValueError(
+                f"the func backend does not support models with buffers ({', '.join(buffers)}); "
+                "use --backend l2l"
+            )
+        self.algo = algo
+        self.loss_fn = loss_fn
+        self.names = [name for name, _ in algo.module.named_parameters()]
+        self.adapted = adapted_indices(algo)
+        """Positions (in :attr:`names`) of the tensors the inner loop adapts (all but for e.g. ANIL)."""
+        self._objective = _MetaObjective(self)
+        self._compiled = None
+        # the meta-parameters the compiled gradient is taken for, listed once (walking the
+        # modules on every call cost ~50 µs of a ~1 ms iteration)
+        self._meta_params = {name: p for name, p in self._objective.named_parameters() if p.requires_grad}
+        if compile and not isinstance(algo, (Reptile, Pretrain)):
+            # Inductor's CPU build warns that no CUDA runtime exists: not news on a CPU run
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+            # past dynamo's recompile limit a function silently runs eagerly; make that an error,
+            # which the engine reports (one warning) before it goes on eagerly
+            torch._dynamo.config.fail_on_recompile_limit_hit = True
+            on_gpu = next(algo.parameters()).is_cuda  # CUDA graphs take the launch overhead away
+            mode = "reduce-overhead" if on_gpu else None
+            self._compiled = torch.compile(self.meta_gradient, dynamic=False, mode=mode)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether meta-gradients come from the compiled :meth:`meta_gradient` (``False`` for
+        Reptile and pretraining, and after a failed compilation)."""
+        return self._compiled is not None
+
+    def task_loss(self, params: tuple, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Loss of the model with ``params`` (ordered as :attr:`names`) on one task's points."""
+        return self.loss_fn(functional_call(self.algo.module, dict(zip(self.names, params)), (x,)), y)
+
+    def inner_step(self, params: tuple, x, y, step: int, first_order: bool) -> tuple:
+        """One step of the algorithm's inner rule on one task's support points.
+
+        Only the tensors at :attr:`adapted` are differentiated and stepped; the others pass through.
+        """
+
+        def loss_of(chosen):
+            full = list(params)
+            for i, p in zip(self.adapted, chosen):
+                full[i] = p
+            return self.task_loss(tuple(full), x, y)
+
+        chosen = tuple(params[i] for i in self.adapted)
+        grads = grad(loss_of)(chosen)
+        if first_order:
+            grads = tuple(g.detach() for g in grads)
+        stepped = list(params)
+        for i, p in zip(self.adapted, sgd_step(chosen, self.algo.inner_updates(grads, step))):
+            stepped[i] = p
+        return tuple(stepped)
+
+    def unroll(
+        self,
+        params: tuple,
+        task: TaskBatch,
+        steps: int,
+        first_order: bool,
+        record: Sequence[int],
+        measure: Optional[Callable] = None,
+    ):
+        """Adapt ``params`` to one task for ``steps`` inner steps.
+
+        Returns the adapted parameters and the stacked ``measure(params, x_query, y_query)`` (by
+        default the query loss) after each step count in ``record`` (0: before adapting).
+        """
+        measure = measure or self.task_loss
+        values = []
+        for s in range(steps + 1):
+            if s in record:
+                values.append(measure(params, task.x_query, task.y_query))
+            if s < steps:
+                params = self.inner_step(params, task.x_support, task.y_support, s, first_order)
+        return params, torch.stack(values)
+
+    def meta_losses(self, batch: TaskBatch, steps: int, first_order: bool, every_step: bool) -> torch.Tensor:
+        """Query losses ``[tasks, steps if every_step else 1]`` after adaptation from the model's
+        own parameters, differentiable with respect to every meta-parameter."""
+        theta = tuple(self.algo.module.parameters())
+        record = range(1, steps + 1) if every_step else (steps,)
+
+        def task_losses(*task):
+            return self.unroll(theta, TaskBatch(*task), steps, first_order, record)[1]
+
+        return vmap(task_losses)(*batch)
+
+    def meta_gradient(self, params: dict, batch: TaskBatch, steps: int, first_order: bool, weights=None):
+        """``(gradients, (meta_loss, last_query_loss))`` of the meta-loss, computed functionally.
+
+        ``params`` maps the algorithm's parameter names, prefixed ``algo.``, to the (detached)
+        tensors to differentiate at; parameters left out keep their values and get no gradient.
+        ``weights`` is a tensor of multi-step loss weights or ``None``.
+        """
+
+        def objective(values):
+            return functional_call(self._objective, values, (batch, steps, first_order, weights))
+
+        return grad_and_value(objective, has_aux=True)(params)
+
+    def meta_backward(
+        self,
+        batch: TaskBatch,
+        steps: int,
+        first_order: Optional[bool] = None,
+        step_weights: Optional[Sequence[float]] = None,
+    ) -> float:
+        """Same contract as :func:`metakit.wrappers.engines.loop.meta_backward`."""
+        if isinstance(self.algo, Pretrain):
+            return joint_backward(self.algo, batch, self.loss_fn)
+        if isinstance(self.algo, Reptile):
+            return self._reptile_backward(batch, steps)
+        if first_order is None:
+            first_order = self.algo.first_order
+        batch = TaskBatch(*batch)
+        weights = None
+        if step_weights is not None:
+            weights = torch.as_tensor(step_weights, dtype=next(self.algo.parameters()).dtype)
+        if self._compiled is not None:
+            loss = self._compiled_backward(batch, steps, first_order, weights)
+            if loss is not None:
+                return loss
+        losses = self.meta_losses(batch, steps, first_order, weights is not None)
+        meta_objective(losses, weights).backward()
+        return losses[:, -1].mean().item()
+
+    def _compiled_backward(self, batch, steps, first_order, weights) -> Optional[float]:
+        params = self._meta_params
+        detached = {name: p.detach() for name, p in params.items()}
+        try:
+            grads, (_, last) = self._compiled(detached, batch, steps, first_order, weights)
+        except Exception as err:  # e.g. no C++ compiler: the eager engine gives the same numbers
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            warnings.warn(f"torch.compile failed ({type(err).__name__}: {reason}); using the eager engine")
+            self._compiled = None
+            return None
+        accumulate_grad(list(params.values()), [grads[name] for name in params])
+        return last.item()
+
+    def _reptile_backward(self, batch, steps):
+        theta = tuple(self.algo.module.parameters())
+        start = tuple(p.detach() for p in theta)
+
+        def adapt(*task):
+            task, params = TaskBatch(*task), start
+            for s in range(steps):
+                params = self.inner_step(params, *self.algo.inner_points(task, s), s, True)
+            return params, self.task_loss(params, task.x_query, task.y_query)
+
+        with torch.no_grad():
+            adapted, query = vmap(adapt)(*batch)
+        accumulate_grad(theta, reptile_gradient(start, [[a.mean(0) for a in adapted]]))
+        return query.mean().item()
+
+    @torch.no_grad()
+    def query_curves(self, batch: TaskBatch, max_steps: int, score: Optional[Callable] = None) -> dict:
+        """Query loss (and ``score(prediction, target)``) of every task after 0, 1, …, ``max_steps``
+        inner steps: ``{"loss": [max_steps + 1, tasks], "score": same shape or None}``.
+
+        Adapts with the algorithm's own inner rule (first-order, no meta graph), for evaluation.
+        """
+        start = tuple(p.detach() for p in self.algo.module.parameters())
+
+        def measure(params, x, y):
+            prediction = functional_call(self.algo.module, dict(zip(self.names, params)), (x,))
+            values = [self.loss_fn(prediction, y)]
+            if score is not None:
+                values.append(score(prediction, y).to(values[0].dtype))
+            return torch.stack(values)
+
+        def curve(*task):
+            return self.unroll(start, TaskBatch(*task), max_steps, True, range(max_steps + 1), measure)[1]
+
+        values = vmap(curve)(*batch)  # [tasks, max_steps + 1, 1 or 2]
+        return {"loss": values[..., 0].T, "score": values[..., 1].T if score is not None else None}
