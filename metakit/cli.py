@@ -363,7 +363,6 @@ def train(out, force, resume, quiet, **options):
 def evaluate(run_dir, tasks, shots, steps, ways, seed, device, as_json):
     """Adapt a run to held-out tasks; print MSE or accuracy ± 95% CI per (shots, steps)."""
     from metakit.experiments.reports.evaluate import (
-        describe_learned_rates,
         evaluate_algorithm,
         format_table,
         training_horizon,
@@ -380,7 +379,7 @@ def evaluate(run_dir, tasks, shots, steps, ways, seed, device, as_json):
         click.echo(json.dumps(report))
         return
     click.echo(format_table(report))
-    summary = describe_learned_rates(algo)
+    summary = algo.describe()
     if summary:
         click.echo(summary)
 

@@ -29,14 +29,14 @@ def test_func_adapted_parameters_equal_learn2learn_clone_adapt(name, steps):
                 p.add_(0.1 * torch.randn_like(p))
     batch = regression_batch(tasks=3, points=5, seed=1)
     engine = VectorizedEngine(algo)
-    theta = tuple(algo.module.parameters())
+    theta = dict(algo.module.named_parameters())
     adapted = vmap(lambda *task: engine.unroll(theta, TaskBatch(*task), steps, False, (steps,))[0])(*batch)
     for i in range(3):
         learner = algo.clone()
         for _ in range(steps):
             learner.adapt(((learner(batch.x_support[i]) - batch.y_support[i]) ** 2).mean())
-        for mine, reference in zip(adapted, learner.module.parameters()):
-            torch.testing.assert_close(mine[i], reference, rtol=1e-12, atol=1e-13)
+        for name, reference in learner.module.named_parameters():
+            torch.testing.assert_close(adapted[name][i], reference, rtol=1e-12, atol=1e-13)
 
 
 def final_parameters(run_dir):

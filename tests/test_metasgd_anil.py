@@ -9,7 +9,6 @@ from helpers import conv_net, mlp, regression_batch
 from torch.func import functional_call
 
 from metakit._l2l import learn2learn as l2l
-from metakit.experiments.reports.evaluate import describe_learned_rates
 from metakit.experiments.training.config import TrainConfig
 from metakit.experiments.training.runs import CHECKPOINT
 from metakit.experiments.training.trainer import train
@@ -116,7 +115,7 @@ def test_meta_sgd_rates_have_parameter_shapes_and_clones_share_them():
     learner.adapt(mse(learner(x), torch.zeros(4, 1, dtype=torch.float64)))
     mse(learner(x), torch.ones(4, 1, dtype=torch.float64)).backward()
     assert all(rate.grad is not None and rate.grad.abs().sum() > 0 for rate in algo.lrs)
-    assert "learned Meta-SGD rates" in describe_learned_rates(algo)
+    assert "learned Meta-SGD rates" in algo.describe()
 
 
 # --- ANIL ----------------------------------------------------------------------------------------
@@ -173,12 +172,12 @@ def test_first_order_anil_equals_unroll_without_inner_second_derivatives(backend
 def test_anil_with_a_user_chosen_head(backend):
     torch.manual_seed(10)
     algo = ANIL(mlp(), lr=ALPHA, head=["0"])  # a submodule's name: its weight and bias
-    assert algo.head == ("0.weight", "0.bias") and algo.adapted_params == (0, 1)
+    assert algo.head == ("0.weight", "0.bias") and algo.adapted_names == ("0.weight", "0.bias")
     batch = regression_batch(tasks=2, points=4, seed=11)
     _, expected = head_only_unroll(algo.module, batch, 2, {"0.weight", "0.bias"})
     run_backend(algo, batch, 2, backend)
     assert_grads_equal(named_grads(algo), expected)
-    assert ANIL(mlp(), lr=ALPHA, head=["2.bias"]).adapted_params == (3,)
+    assert ANIL(mlp(), lr=ALPHA, head=["2.bias"]).adapted_names == ("2.bias",)
     with pytest.raises(ValueError, match="no parameters named 9"):
         ANIL(mlp(), lr=ALPHA, head=["9"])
 
@@ -192,7 +191,7 @@ def test_func_adaptation_equals_clone_adapt_and_anil_leaves_the_body(make, steps
         perturbed_rates(algo, seed=13)
     batch = regression_batch(tasks=3, points=5, seed=14)
     engine = VectorizedEngine(algo)
-    theta = tuple(algo.module.parameters())
+    theta = dict(algo.module.named_parameters())
     adapted = torch.func.vmap(
         lambda *task: engine.unroll(theta, TaskBatch(*task), steps, False, (steps,))[0]
     )(*batch)
@@ -200,10 +199,10 @@ def test_func_adaptation_equals_clone_adapt_and_anil_leaves_the_body(make, steps
         learner = algo.clone()
         for _ in range(steps):
             learner.adapt(mse(learner(batch.x_support[i]), batch.y_support[i]))
-        for index, (mine, reference, start) in enumerate(zip(adapted, learner.module.parameters(), theta)):
-            torch.testing.assert_close(mine[i], reference, rtol=1e-12, atol=1e-13)
-            moved = not torch.equal(reference, start)
-            assert moved == (isinstance(algo, MetaSGD) or index in algo.adapted_params)
+        for name, reference in learner.module.named_parameters():
+            torch.testing.assert_close(adapted[name][i], reference, rtol=1e-12, atol=1e-13)
+            moved = not torch.equal(reference, theta[name])
+            assert moved == (isinstance(algo, MetaSGD) or name in algo.adapted_names)
 
 
 # --- the registry, the trainer and the three backends --------------------------------------------

@@ -193,7 +193,7 @@ def test_a_non_finite_gradient_with_a_finite_loss_never_reaches_a_checkpoint(
         def __call__(self, batch, iteration):
             loss = super().__call__(batch, iteration)
             if iteration + 1 == poisoned:
-                next(self.algo.parameters()).grad[0] = float("nan")
+                next(self.meta_engine.algo.parameters()).grad[0] = float("nan")
             return loss
 
     monkeypatch.setattr(train_module, "MetaStep", NaNGradient)

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from helpers import StopAfter
 
 from metakit.cli import cli
+from metakit.experiments.methods import METHODS
 from metakit.experiments.reports.reproduce import results_markdown
 from metakit.experiments.tasks import FAMILIES, build_family
 from metakit.experiments.tasks.family import held_out_generator
@@ -60,7 +61,9 @@ def test_nav2d_config_rules():
             TrainConfig(task="nav2d", **options)
         with pytest.raises(ConfigError, match=message):  # the same rules for a run's config.json
             TrainConfig.from_dict({**TrainConfig(task="nav2d").to_dict(), **options})
-    for method in FAMILIES.get("nav2d").methods:
+    rl_methods = [name for name in METHODS.names() if METHODS.get(name).rl]
+    assert "reptile" not in rl_methods and {"maml", "enhanced", "pretrain"} <= set(rl_methods)
+    for method in rl_methods:
         TrainConfig(task="nav2d", method=method)
 
 
@@ -217,7 +220,7 @@ def test_anil_adapts_only_the_policys_last_layer():
     goals = env.sample_tasks(2, torch.Generator().manual_seed(1), dtype=torch.float64)
     out = sample_adaptation(algo, env, goals, 1, torch.Generator().manual_seed(2), PGConfig(trajectories=4))
     names = [n for n, _ in algo.module.named_parameters()]
-    assert [names[i] for i in algo.adapted_params] == ["mean.4.weight", "mean.4.bias"]
+    assert algo.adapted_names == ("mean.4.weight", "mean.4.bias")
     obs, actions, adv, valid = out.batches[0]
     for i in range(2):
         params = [p.detach().clone().requires_grad_() for p in algo.module.parameters()]

@@ -1,9 +1,9 @@
-"""The algorithms, usable from any learn2learn-style training loop."""
+"""The algorithms, usable from any learn2learn-style training loop, and the engines that train them."""
 
 from metakit.wrappers.anil import ANIL
+from metakit.wrappers.base import Learner, MetaLearner, Objective
 from metakit.wrappers.curvature import MetaCurvatureTransform
-from metakit.wrappers.engines.loop import TaskBatch, meta_backward
-from metakit.wrappers.engines.vectorized import VectorizedEngine
+from metakit.wrappers.engines import LoopEngine, TaskBatch, VectorizedEngine, make_engine, meta_backward
 from metakit.wrappers.enhanced import MAMLEnhanced
 from metakit.wrappers.lslr import LayerwiseLR
 from metakit.wrappers.maml import MAML
@@ -13,14 +13,19 @@ from metakit.wrappers.reptile import Reptile
 
 __all__ = [
     "ANIL",
+    "Learner",
+    "LoopEngine",
     "MAML",
     "MAMLEnhanced",
     "LayerwiseLR",
     "MetaCurvatureTransform",
+    "MetaLearner",
     "MetaSGD",
+    "Objective",
     "Pretrain",
     "Reptile",
     "TaskBatch",
     "VectorizedEngine",
+    "make_engine",
     "meta_backward",
 ]

@@ -1,13 +1,10 @@
 """ANIL (Almost No Inner Loop): MAML whose inner loop adapts only the model's head."""
 
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional
 
-import torch
 from torch import nn
 
-from metakit._l2l import learn2learn as l2l
-from metakit.wrappers.base import adapt_module
-from metakit.wrappers.rules import scaled_updates
+from metakit.wrappers.base import Learner
 
 
 def default_head(model: nn.Module) -> tuple:
@@ -23,7 +20,7 @@ def default_head(model: nn.Module) -> tuple:
     return head
 
 
-class ANIL(nn.Module):
+class ANIL(Learner):
     """ANIL: the inner loop takes SGD steps ``θ_h ← θ_h − α·∇_h L_support`` on the head's parameters
     ``θ_h`` only; the body keeps its meta-learned values and acts as a fixed feature extractor
     within a task.
@@ -31,10 +28,9 @@ class ANIL(nn.Module):
     The meta-parameters are all of the model's parameters: the outer loss reaches the body directly
     (query features) and through the head's inner steps (second order, unless ``first_order``).
 
-    It offers learn2learn's ``clone()`` / ``adapt(loss)`` surface. The adapted tensors are listed
-    in ``adapted_params`` (positions in ``module.parameters()``), which every metakit backend
-    honours: only the head's gradients are computed in the inner loop, and ``inner_updates``
-    receives and returns the head's tensors alone.
+    It offers learn2learn's ``clone()`` / ``adapt(loss)`` surface. Its ``adapted_names`` are the
+    head's, which every metakit engine honours: only the head's gradients are computed in the inner
+    loop, and ``inner_updates`` receives and returns the head's tensors alone.
 
     Args:
         model: any ``nn.Module``.
@@ -63,41 +59,16 @@ class ANIL(nn.Module):
         head: Optional[Iterable[str]] = None,
         first_order: bool = False,
     ):
-        super().__init__()
-        self.module = model
-        self.lr = lr
-        self.first_order = first_order
+        super().__init__(model, lr, first_order)
         names = [name for name, _ in model.named_parameters()]
         wanted = default_head(model) if head is None else (head,) if isinstance(head, str) else tuple(head)
         unknown = [w for w in wanted if not any(n == w or n.startswith(w + ".") for n in names)]
         if unknown or not wanted:
             raise ValueError(f"ANIL head: no parameters named {', '.join(unknown) or '(none given)'}")
-        chosen = [i for i, n in enumerate(names) if any(n == w or n.startswith(w + ".") for w in wanted)]
-        self.head = tuple(names[i] for i in chosen)
+        self.head = tuple(n for n in names if any(n == w or n.startswith(w + ".") for w in wanted))
         """Names of the adapted parameters, in model order."""
-        self.adapted_params = tuple(chosen)
-        """Positions of the adapted parameters in ``module.parameters()``."""
-        self.step = 0
 
-    def forward(self, *args, **kwargs):
-        """Run the wrapped model."""
-        return self.module(*args, **kwargs)
-
-    def clone(self, first_order: Optional[bool] = None) -> "ANIL":
-        """A differentiable copy of the model with the same head, ready for ``adapt``."""
-        return ANIL(
-            l2l.clone_module(self.module),
-            self.lr,
-            head=self.head,
-            first_order=self.first_order if first_order is None else first_order,
-        )
-
-    def inner_updates(self, grads: Sequence[torch.Tensor], step: int) -> list:
-        """The inner-loop step ``α·g`` for each gradient of a head tensor."""
-        return scaled_updates(grads, [self.lr] * len(grads))
-
-    def adapt(self, loss: torch.Tensor, first_order: Optional[bool] = None) -> None:
-        """One inner step of the head on ``loss``, in place on this learner; the body is left as is."""
-        first_order = self.first_order if first_order is None else first_order
-        adapt_module(self.module, loss, self.inner_updates, self.step, first_order, self.adapted_params)
-        self.step += 1
+    @property
+    def adapted_names(self) -> tuple:
+        """The head's parameters."""
+        return self.head

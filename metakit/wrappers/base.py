@@ -1,11 +1,78 @@
-"""The differentiable inner step shared by the learn2learn-style wrappers' ``adapt``."""
+"""The learner contract: what every engine needs from an algorithm, and one base that provides it.
 
-from typing import Callable, Optional, Sequence
+An engine (learn2learn loop, ``higher``, the vectorised ``torch.func`` engine, the RL objective)
+asks an algorithm four things and never tests its class:
+
+* ``objective``: what meta-training optimises (:class:`Objective`);
+* ``adapted_names``: which of the model's parameters the inner loop adapts, by name;
+* ``inner_updates(grads, step)``: the inner rule, a pure map from the adapted parameters'
+  gradients to the steps subtracted from them;
+* ``describe()``: one line on what the algorithm learned besides the model, for reports.
+
+:class:`MetaLearner` names that contract as a ``typing.Protocol``; :class:`Learner` implements it
+once, with learn2learn's ``clone()`` / ``adapt(loss)`` surface, for every metakit algorithm except
+:class:`~metakit.wrappers.maml.MAML`, which stays a subclass of learn2learn's own ``MAML``.
+"""
+
+import copy
+import enum
+from typing import Callable, Optional, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import nn
 
 from metakit._l2l import learn2learn as l2l
+from metakit.wrappers.rules import scaled_updates
+
+
+class Objective(enum.Enum):
+    """What an algorithm's meta-training optimises; engines dispatch on it.
+
+    * ``UNROLLED``: the query loss after a differentiable inner loop of ``inner_updates`` (the
+      MAML family); second order unless ``first_order``.
+    * ``INTERPOLATION``: Reptile's: the inner loop is not differentiated; the meta-gradient is
+      ``θ − mean φ̃`` over the adapted parameters φ̃. The learner also gives
+      ``inner_points(task, step)``, the points each inner step trains on.
+    * ``JOINT``: the model's own loss on every point of every task, with no inner loop (the
+      pretraining baseline); at test time it adapts by SGD like the others.
+    * ``METRIC``: the learner maps a task's support set to query predictions without gradient
+      steps, ``predict(forward, x_support, y_support, x_query)`` with ``forward`` the model as a
+      function (e.g. class prototypes); the meta-loss is the task loss of those predictions.
+    """
+
+    UNROLLED = "unrolled"
+    INTERPOLATION = "interpolation"
+    JOINT = "joint"
+    METRIC = "metric"
+
+    @property
+    def differentiates_inner_loop(self) -> bool:
+        """Whether the meta-gradient flows through adaptation (else clones are detached copies)."""
+        return self in (Objective.UNROLLED, Objective.METRIC)
+
+
+@runtime_checkable
+class MetaLearner(Protocol):
+    """What engines need from an algorithm (see the module docstring)."""
+
+    module: nn.Module
+    first_order: bool
+    objective: Objective
+
+    @property
+    def adapted_names(self) -> tuple:
+        """Names (as in ``module.named_parameters()``) of the parameters the inner loop adapts."""
+
+    def inner_updates(self, grads: Sequence[torch.Tensor], step: int) -> list:
+        """The steps subtracted from the adapted parameters at inner step ``step``."""
+
+    def describe(self) -> str:
+        """One line on what was learned besides the model ('' if nothing)."""
+
+
+def parameter_names(module: nn.Module) -> tuple:
+    """Names of ``module``'s parameters, in ``parameters()`` order."""
+    return tuple(name for name, _ in module.named_parameters())
 
 
 def adapt_module(
@@ -14,20 +81,97 @@ def adapt_module(
     inner_updates: Callable,
     step: int,
     first_order: bool,
-    adapted: Optional[Sequence[int]] = None,
+    adapted: Optional[Sequence[str]] = None,
 ) -> None:
     """One inner step of ``module`` on ``loss``, in place (learn2learn's ``update_module``).
 
-    The gradients of the parameters at positions ``adapted`` (default: all) go through
+    The gradients of the parameters named ``adapted`` (default: all) go through
     ``inner_updates(grads, step)``, whose steps are subtracted; the other parameters are left as
     they are. Unless ``first_order``, the step stays differentiable (second order).
     """
-    params = list(module.parameters())
-    adapted = range(len(params)) if adapted is None else adapted
+    names = parameter_names(module)
+    adapted = names if adapted is None else tuple(adapted)
+    params = dict(module.named_parameters())
     grads = torch.autograd.grad(
-        loss, [params[i] for i in adapted], create_graph=not first_order, retain_graph=not first_order
+        loss, [params[n] for n in adapted], create_graph=not first_order, retain_graph=not first_order
     )
-    updates = [None] * len(params)
-    for i, update in zip(adapted, inner_updates(grads, step)):
-        updates[i] = -update
-    l2l.update_module(module, updates=updates)
+    steps = dict(zip(adapted, inner_updates(grads, step)))
+    l2l.update_module(module, updates=[None if n not in steps else -steps[n] for n in names])
+
+
+class Learner(nn.Module):
+    """The base of metakit's algorithms: a wrapped model, an inner learning rate and the contract.
+
+    Subclasses change the inner rule (``inner_updates``), which parameters adapt
+    (``adapted_names``), the ``objective`` and ``describe()``; ``forward``, ``clone`` and ``adapt``
+    are written here once. Meta-parameters of the inner rule (learned rates, curvature) are
+    submodules or parameters of the learner: a clone shares them with its parent, so the
+    meta-gradient reaches them through every clone.
+
+    Args:
+        model: any ``nn.Module``.
+        lr: inner learning rate α.
+        first_order: do not differentiate through the inner gradients.
+
+    Example::
+
+        learner = algorithm.clone()
+        learner.adapt(loss_fn(learner(x_support), y_support))
+        loss_fn(learner(x_query), y_query).backward()
+    """
+
+    objective = Objective.UNROLLED
+
+    def __init__(self, model: nn.Module, lr: float, first_order: bool = False):
+        super().__init__()
+        self.module = model
+        self.lr = lr
+        self.first_order = first_order
+        self.step = 0
+        """Inner steps this learner has taken (``adapt`` advances it; a clone starts at 0)."""
+
+    def forward(self, *args, **kwargs):
+        """Run the wrapped model."""
+        return self.module(*args, **kwargs)
+
+    @property
+    def adapted_names(self) -> tuple:
+        """Every parameter of the model adapts (subclasses may choose fewer)."""
+        return parameter_names(self.module)
+
+    def inner_updates(self, grads: Sequence[torch.Tensor], step: int) -> list:
+        """The inner-loop step ``α·g`` for each gradient."""
+        return scaled_updates(grads, [self.lr] * len(grads))
+
+    def describe(self) -> str:
+        """Nothing is learned besides the model."""
+        return ""
+
+    def clone(self, first_order: Optional[bool] = None) -> "Learner":
+        """A copy of the model (learn2learn's ``clone_module``) ready for ``adapt``, sharing this
+        learner's inner-rule meta-parameters; detached from the initialisation where the objective
+        does not differentiate through adaptation."""
+        learner = copy.copy(self)
+        for attribute in ("_modules", "_parameters", "_buffers"):
+            setattr(learner, attribute, dict(getattr(self, attribute)))
+        module = l2l.clone_module(self.module)
+        if not self.objective.differentiates_inner_loop:
+            l2l.detach_module(module, keep_requires_grad=True)
+        learner.module = module
+        learner.first_order = self.first_order if first_order is None else first_order
+        learner.step = 0
+        return learner
+
+    def adapt(self, loss: torch.Tensor, first_order: Optional[bool] = None) -> None:
+        """One inner step on ``loss``, in place on this learner; advances :attr:`step`."""
+        if self.objective.differentiates_inner_loop:
+            first_order = self.first_order if first_order is None else first_order
+            adapt_module(self.module, loss, self.inner_updates, self.step, first_order, self.adapted_names)
+        else:  # a detached copy: a plain SGD step, no graph
+            params = dict(self.module.named_parameters())
+            chosen = [params[n] for n in self.adapted_names]
+            grads = torch.autograd.grad(loss, chosen)
+            with torch.no_grad():
+                for param, update in zip(chosen, self.inner_updates(grads, self.step)):
+                    param.sub_(update)
+        self.step += 1

@@ -1,18 +1,17 @@
 """MAML Enhanced: MAML with Meta-Curvature and layer-specific, per-step learning rates."""
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from metakit._l2l import learn2learn as l2l
-from metakit.wrappers.base import adapt_module
+from metakit.wrappers.base import Learner
 from metakit.wrappers.curvature import MetaCurvatureTransform
 from metakit.wrappers.lslr import LayerwiseLR
 from metakit.wrappers.rules import scaled_updates
 
 
-class MAMLEnhanced(nn.Module):
+class MAMLEnhanced(Learner):
     """MAML whose inner gradient is transformed by Meta-Curvature and scaled by LSLR.
 
     Inner update at step s, for every parameter tensor i::
@@ -53,41 +52,38 @@ class MAMLEnhanced(nn.Module):
         layerwise_lr: bool = True,
         first_order: bool = False,
     ):
-        super().__init__()
-        self.module = model
-        self.lr = lr
+        super().__init__(model, lr, first_order)
         self.inner_steps = inner_steps
-        self.first_order = first_order
         params = list(model.parameters())
         self.curvature = nn.ModuleList(MetaCurvatureTransform(p) for p in params) if curvature else None
         self.lslr = LayerwiseLR(len(params), inner_steps, lr, dtype=params[0].dtype) if layerwise_lr else None
-        self.step = 0
-
-    def forward(self, *args, **kwargs):
-        """Run the wrapped model."""
-        return self.module(*args, **kwargs)
-
-    def clone(self, first_order: Optional[bool] = None) -> "MAMLEnhanced":
-        """A differentiable copy of the model that shares this wrapper's curvature and rates."""
-        learner = MAMLEnhanced(
-            l2l.clone_module(self.module),
-            self.lr,
-            self.inner_steps,
-            curvature=False,
-            layerwise_lr=False,
-            first_order=self.first_order if first_order is None else first_order,
-        )
-        learner.curvature = self.curvature
-        learner.lslr = self.lslr
-        return learner
 
     def inner_updates(self, grads: Sequence[torch.Tensor], step: int) -> list:
         """The inner-loop step ``LSLR[i, step] · MC_i(g_i)`` for each gradient."""
         rates = self.lslr(step) if self.lslr is not None else [self.lr] * len(grads)
         return scaled_updates(grads, rates, self.curvature)
 
-    def adapt(self, loss: torch.Tensor, first_order: Optional[bool] = None) -> None:
-        """One inner step on ``loss``, in place on this learner; advances the step index."""
-        first_order = self.first_order if first_order is None else first_order
-        adapt_module(self.module, loss, self.inner_updates, self.step, first_order)
-        self.step += 1
+    def describe(self) -> str:
+        """One line on the learned rates (range and mean per step) and how far the curvature
+        matrices moved from the identity; '' with neither."""
+        parts = []
+        if self.lslr is not None:
+            rates = self.lslr.rates.detach()
+            per_step = ", ".join(
+                f"step {s}: {r.min():.4f}..{r.max():.4f} (mean {r.mean():.4f})"
+                for s, r in enumerate(rates.T, 1)
+            )
+            parts.append(f"learned rates {per_step}")
+        if self.curvature is not None:
+            drift = max(
+                (
+                    p.detach()
+                    - (torch.eye(p.shape[0], device=p.device) if p.dim() == 2 else torch.ones_like(p))
+                )
+                .abs()
+                .max()
+                .item()
+                for p in self.curvature.parameters()
+            )
+            parts.append(f"curvature max |M − I| {drift:.4f}")
+        return "; ".join(parts)

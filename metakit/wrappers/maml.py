@@ -5,6 +5,7 @@ from typing import Sequence
 import torch
 
 from metakit._l2l import learn2learn as l2l
+from metakit.wrappers.base import Objective, parameter_names
 from metakit.wrappers.rules import scaled_updates
 
 
@@ -12,8 +13,9 @@ class MAML(l2l.algorithms.MAML):
     """Model-Agnostic Meta-Learning, a drop-in for ``learn2learn.algorithms.MAML``.
 
     It is learn2learn's MAML (``clone()`` copies the model with learn2learn's ``clone_module``;
-    ``adapt(loss)`` takes one differentiable SGD step with ``update_module``), plus
-    ``inner_updates`` so that metakit's higher and ``torch.func`` backends apply the same rule.
+    ``adapt(loss)`` takes one differentiable SGD step with ``update_module``), plus metakit's
+    learner contract (:class:`~metakit.wrappers.base.MetaLearner`: ``objective``,
+    ``adapted_names``, ``inner_updates``, ``describe``) so that every engine applies the same rule.
 
     Args:
         model: any ``nn.Module``.
@@ -31,6 +33,13 @@ class MAML(l2l.algorithms.MAML):
     Reference: Finn et al., "Model-Agnostic Meta-Learning", ICML 2017, arXiv:1703.03400.
     """
 
+    objective = Objective.UNROLLED
+
+    @property
+    def adapted_names(self) -> tuple:
+        """Every parameter of the model adapts."""
+        return parameter_names(self.module)
+
     def clone(self, first_order=None, allow_unused=None, allow_nograd=None) -> "MAML":
         """A differentiable copy of the wrapped model, ready for ``adapt``."""
         pick = lambda value, default: default if value is None else value  # noqa: E731
@@ -45,3 +54,7 @@ class MAML(l2l.algorithms.MAML):
     def inner_updates(self, grads: Sequence[torch.Tensor], step: int) -> list:
         """The inner-loop step ``α·g`` for each gradient (subtracted from the parameters)."""
         return scaled_updates(grads, [self.lr] * len(grads))
+
+    def describe(self) -> str:
+        """Nothing is learned besides the model."""
+        return ""

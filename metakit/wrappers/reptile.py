@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from metakit.wrappers.sgd import SGDLearner
+from metakit.wrappers.base import Learner, Objective
 
 
 def cycling_block(step: int, size: int, total: int) -> list:
@@ -12,12 +12,13 @@ def cycling_block(step: int, size: int, total: int) -> list:
     return [(step * size + j) % total for j in range(size)]
 
 
-class Reptile(SGDLearner):
+class Reptile(Learner):
     """Reptile (Nichol et al., 2018): move the initialisation toward task-adapted weights.
 
-    ``clone()`` returns a detached copy of the model; ``adapt(loss)`` takes one plain SGD step on
-    it. After adapting a batch of tasks, :func:`metakit.wrappers.rules.reptile_gradient`
-    gives ``θ − mean φ̃``, which the backends write into ``.grad``: SGD with learning rate ε on
+    Its objective is :attr:`Objective.INTERPOLATION`: ``clone()`` returns a detached copy of the
+    model; ``adapt(loss)`` takes one plain SGD step on it. After adapting a batch of tasks,
+    :func:`metakit.wrappers.rules.reptile_gradient` gives ``θ − mean φ̃``, which the engines write
+    into ``.grad``: SGD with learning rate ε on
     it is exactly θ ← θ + ε (mean φ̃ − θ), and any other optimizer (e.g. Adam) works too.
 
     Args:
@@ -38,15 +39,11 @@ class Reptile(SGDLearner):
     arXiv:1803.02999.
     """
 
-    def __init__(self, model: nn.Module, lr: float, all_points: bool = False):
-        super().__init__(model, lr)
-        self.all_points = all_points
+    objective = Objective.INTERPOLATION
 
-    def clone(self) -> "Reptile":
-        """A copy of the model detached from the initialisation, with the same settings."""
-        learner = super().clone()
-        learner.all_points = self.all_points
-        return learner
+    def __init__(self, model: nn.Module, lr: float, all_points: bool = False):
+        super().__init__(model, lr, first_order=True)
+        self.all_points = all_points
 
     def inner_points(self, task, step: int) -> tuple:
         """``(x, y)`` that meta-training's inner step ``step`` trains on, for one task (tensors

@@ -11,11 +11,6 @@ import torch
 Tensors = Sequence[torch.Tensor]
 
 
-def sgd_step(params: Tensors, updates: Tensors) -> list:
-    """One gradient-descent step: θ ← θ − u for each parameter (``u`` already scaled)."""
-    return [p - u for p, u in zip(params, updates)]
-
-
 def scaled_updates(
     grads: Tensors,
     rates: Sequence,

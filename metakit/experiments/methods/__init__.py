@@ -1,7 +1,8 @@
 """The method registry: name → :class:`MethodSpec` (how to build the algorithm, and what applies).
 
-A new method is one file in this package defining a :class:`MethodSpec`, plus one line below.
-Method files import the wrappers inside ``build``, so listing and checking methods stays cheap.
+A new method is one file defining a learner (a :class:`~metakit.wrappers.base.Learner` subclass)
+and a :class:`MethodSpec`, plus one :func:`register_method` call (or one line below for a built-in
+one). Specs import the wrappers inside ``build``, so listing and checking methods stays cheap.
 """
 
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ class MethodSpec:
         learned_inner_rule: its inner rule is learned per step for ``inner_steps`` steps (evaluation
             marks the steps beyond them; there the last trained step's rule is reused).
         all_points: ``--inner-all-points`` applies (its meta-update holds no query set out).
+        rl: it runs on reinforcement-learning families (its inner rule is ``inner_updates`` on a
+            policy gradient, or it is the ``JOINT`` pretraining baseline).
     """
 
     build: Callable
@@ -35,20 +38,21 @@ class MethodSpec:
     always_first_order: bool = False
     learned_inner_rule: bool = False
     all_points: bool = False
+    rl: bool = False
 
 
 METHODS = Registry(
     "method",
     {
-        "maml": "metakit.experiments.methods.maml:MAML_SPEC",
-        "fomaml": "metakit.experiments.methods.maml:FOMAML_SPEC",
-        "reptile": "metakit.experiments.methods.reptile:REPTILE_SPEC",
-        "mc": "metakit.experiments.methods.enhanced:MC_SPEC",
-        "lslr": "metakit.experiments.methods.enhanced:LSLR_SPEC",
-        "enhanced": "metakit.experiments.methods.enhanced:ENHANCED_SPEC",
-        "metasgd": "metakit.experiments.methods.metasgd:METASGD_SPEC",
-        "anil": "metakit.experiments.methods.anil:ANIL_SPEC",
-        "pretrain": "metakit.experiments.methods.pretrain:PRETRAIN_SPEC",
+        "maml": "metakit.experiments.methods.builtin:MAML_SPEC",
+        "fomaml": "metakit.experiments.methods.builtin:FOMAML_SPEC",
+        "reptile": "metakit.experiments.methods.builtin:REPTILE_SPEC",
+        "mc": "metakit.experiments.methods.builtin:MC_SPEC",
+        "lslr": "metakit.experiments.methods.builtin:LSLR_SPEC",
+        "enhanced": "metakit.experiments.methods.builtin:ENHANCED_SPEC",
+        "metasgd": "metakit.experiments.methods.builtin:METASGD_SPEC",
+        "anil": "metakit.experiments.methods.builtin:ANIL_SPEC",
+        "pretrain": "metakit.experiments.methods.builtin:PRETRAIN_SPEC",
     },
 )
 
@@ -56,3 +60,9 @@ METHODS = Registry(
 def build_algorithm(config, model):
     """The algorithm of ``config.method`` wrapped around ``model``."""
     return METHODS.get(config.method).build(config, model)
+
+
+def register_method(name: str, spec: MethodSpec, replace: bool = False) -> None:
+    """Make ``spec`` available as ``--method name`` (``TrainConfig(method=name)``, train, eval,
+    plot, reproduce and bench) in this process."""
+    METHODS.register(name, spec, replace=replace)

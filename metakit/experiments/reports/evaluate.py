@@ -7,9 +7,8 @@ import torch
 
 from metakit.experiments.methods import METHODS
 from metakit.experiments.training.config import ConfigError
-from metakit.wrappers.engines.loop import TaskBatch
+from metakit.wrappers.engines.batch import TaskBatch
 from metakit.wrappers.engines.vectorized import VectorizedEngine
-from metakit.wrappers.enhanced import MAMLEnhanced
 
 
 def mean_ci95(values: torch.Tensor):
@@ -219,32 +218,3 @@ def _format_returns(report: dict) -> str:
     if beyond:
         lines.append(horizon_note(report.get("horizon")))
     return "\n".join(lines)
-
-
-def describe_learned_rates(algo) -> str:
-    """One line summarising learned layerwise rates and curvature, or '' for other methods.
-
-    An algorithm with a ``describe_rates()`` method (e.g. Meta-SGD) describes its own rates.
-    """
-    if hasattr(algo, "describe_rates"):
-        return algo.describe_rates()
-    if not isinstance(algo, MAMLEnhanced):
-        return ""
-    parts = []
-    if algo.lslr is not None:
-        rates = algo.lslr.rates.detach()
-        per_step = ", ".join(
-            f"step {s + 1}: {rates[:, s].min():.4f}..{rates[:, s].max():.4f} (mean {rates[:, s].mean():.4f})"
-            for s in range(rates.shape[1])
-        )
-        parts.append(f"learned rates {per_step}")
-    if algo.curvature is not None:
-        drift = max(
-            (p.detach() - (torch.eye(p.shape[0], device=p.device) if p.dim() == 2 else torch.ones_like(p)))
-            .abs()
-            .max()
-            .item()
-            for p in algo.curvature.parameters()
-        )
-        parts.append(f"curvature max |M − I| {drift:.4f}")
-    return "; ".join(parts)

@@ -4,13 +4,14 @@ few-shot classification families share."""
 import hashlib
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metakit.wrappers.engines.loop import TaskBatch
+from metakit.wrappers.engines import make_engine
+from metakit.wrappers.engines.batch import TaskBatch
 
 EVAL_QUERY_POINTS = 100
 """Query points per held-out regression task (the same expected MSE as K, with less noise)."""
@@ -89,10 +90,6 @@ class TaskFamily:
     reproduction: Optional[Reproduction] = None
     eval_chunk: int = 100
     """Held-out tasks adapted at once in evaluation (bounds its memory)."""
-    meta_backward: Optional[Callable] = None
-    """Families that compute their own meta-gradient (reinforcement learning) define
-    ``meta_backward(algo, batch, steps, first_order) -> loss``; the trainer calls it on each batch
-    of :meth:`sample`, instead of its engines."""
     compile_after: int = 5000
     """``--compile auto`` compiles runs of at least this many iterations: a compilation costs
     3–30 s and saves about 2.5 ms per sinusoid-sized iteration."""
@@ -126,6 +123,13 @@ class TaskFamily:
     def build_model(self) -> nn.Module:
         """A freshly initialised model for this family."""
         raise NotImplementedError
+
+    def meta_engine(self, algo, backend: str, compile: bool):
+        """The engine that computes ``algo``'s meta-gradients on this family's batches: an object
+        with ``name`` and ``meta_backward(batch, steps, first_order, step_weights) -> loss``
+        (:func:`metakit.wrappers.engines.make_engine` on the task loss; families that sample their
+        own data, such as reinforcement learning, bring their own)."""
+        return make_engine(algo, self.loss, backend, compile)
 
     def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The task loss (differentiable)."""

@@ -8,7 +8,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from tqdm import tqdm
@@ -18,8 +18,6 @@ from metakit.experiments.tasks import build_family
 from metakit.experiments.training import distributed, runs
 from metakit.experiments.training.config import ConfigError, TrainConfig
 from metakit.experiments.training.distributed import World
-from metakit.wrappers.engines.loop import meta_backward
-from metakit.wrappers.engines.vectorized import VectorizedEngine
 from metakit.wrappers.rules import multi_step_weights
 
 
@@ -64,63 +62,33 @@ def choose_compile(config: TrainConfig, family, device: torch.device) -> bool:
 
 
 class MetaStep:
-    """``step(batch, iteration) -> loss``: fills ``.grad`` with the config's backend, MAML++ options
-    and the family's task loss.
+    """``step(batch, iteration) -> loss``: fills ``.grad`` through the family's engine with the
+    config's MAML++ options (multi-step loss weights, derivative-order annealing).
 
     Args:
         config: the run's configuration.
-        algo: the algorithm whose meta-parameters get the gradient.
-        loss_fn: the family's task loss.
-        compile: compile the func engine's meta-gradient (see :func:`choose_compile`).
-        family_backward: the family's own ``meta_backward(algo, batch, steps, first_order)``
-            (reinforcement learning), used instead of the engines.
+        engine: the family's :meth:`~metakit.experiments.tasks.family.TaskFamily.meta_engine` for
+            the run's algorithm.
     """
 
-    def __init__(
-        self,
-        config: TrainConfig,
-        algo: torch.nn.Module,
-        loss_fn: Callable,
-        compile: bool = False,
-        family_backward: Optional[Callable] = None,
-    ):
+    def __init__(self, config: TrainConfig, engine):
         self.config = config
-        self.algo = algo
-        self.loss_fn = loss_fn
-        self.family_backward = family_backward
-        if compile:  # a fresh in-memory cache per run: earlier runs' entries count toward dynamo's
-            torch.compiler.reset()  # recompile limit (the on-disk caches keep recompiling cheap)
-        func = config.backend == "func" and family_backward is None
-        self.vectorized = VectorizedEngine(algo, loss_fn, compile=compile) if func else None
+        self.meta_engine = engine
 
     @property
     def engine(self) -> str:
         """What computes the meta-gradients now: ``func-compiled``, ``func``, ``l2l`` or ``higher``
         (a failed compilation turns ``func-compiled`` into ``func``)."""
-        if self.vectorized is not None and self.vectorized.compiled:
-            return "func-compiled"
-        return self.config.backend
+        return self.meta_engine.name
 
     def __call__(self, batch, iteration: int) -> float:
         """Fill ``.grad`` with the meta-gradient of ``batch`` at ``iteration``; returns the query loss."""
         config, steps = self.config, self.config.inner_steps
         first_order = True if iteration < config.first_order_until else None
-        if self.family_backward is not None:
-            return self.family_backward(self.algo, batch, steps, first_order)
         weights = None
         if config.multi_step_loss:
             weights = multi_step_weights(iteration, steps, config.msl_anneal).tolist()
-        if self.vectorized is not None:
-            return self.vectorized.meta_backward(batch, steps, first_order=first_order, step_weights=weights)
-        return meta_backward(
-            self.algo,
-            batch,
-            steps,
-            config.backend,
-            first_order=first_order,
-            step_weights=weights,
-            loss_fn=self.loss_fn,
-        )
+        return self.meta_engine.meta_backward(batch, steps, first_order=first_order, step_weights=weights)
 
 
 @dataclass
@@ -198,7 +166,9 @@ def build_training(config: TrainConfig, family=None, world: World = World()) -> 
         )
     generator = torch.Generator().manual_seed(config.seed)
     compile = choose_compile(config, family, device)
-    meta_step = MetaStep(config, algo, family.loss, compile=compile, family_backward=family.meta_backward)
+    if compile:  # a fresh in-memory cache per run: earlier runs' entries count toward dynamo's
+        torch.compiler.reset()  # recompile limit (the on-disk caches keep recompiling cheap)
+    meta_step = MetaStep(config, family.meta_engine(algo, config.backend, compile))
     return Training(config, family, device, algo, optimizer, scheduler, generator, meta_step, world)
 
 

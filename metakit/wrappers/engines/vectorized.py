@@ -21,12 +21,12 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, grad_and_value, vmap
+from torch.func import functional_call, grad_and_value, vmap
 
-from metakit.wrappers.engines.loop import TaskBatch, accumulate_grad, adapted_indices
-from metakit.wrappers.pretrain import Pretrain, joint_backward
-from metakit.wrappers.reptile import Reptile
-from metakit.wrappers.rules import reptile_gradient, sgd_step
+from metakit.wrappers.base import Objective
+from metakit.wrappers.engines.batch import TaskBatch, accumulate_grad, joint_backward
+from metakit.wrappers.engines.inner_step import Params, functional_inner_step
+from metakit.wrappers.rules import reptile_gradient
 
 
 def meta_objective(losses: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -56,16 +56,15 @@ class VectorizedEngine:
     """Meta-gradients and adaptation for a batch of tasks, vectorised with ``torch.func.vmap``.
 
     Args:
-        algo: a :class:`MAML`, :class:`MAMLEnhanced`, :class:`MetaSGD`, :class:`ANIL`,
-            :class:`Reptile` or :class:`Pretrain`; its meta-parameters are used in place (the engine
-            holds no copy).
+        algo: any learner (:class:`~metakit.wrappers.base.MetaLearner`); its meta-parameters are
+            used in place (the engine holds no copy).
         loss_fn: the task loss.
         compile: compute MAML-family meta-gradients with a ``torch.compile``-d
             :meth:`meta_gradient` (on a GPU in the compiler's ``reduce-overhead`` mode, i.e. with
             CUDA graphs). Pays off on long runs only: a compilation takes seconds to a minute on
             CPU (Inductor's on-disk caches make a repeated one a few seconds). If it fails, or
-            dynamo's recompile limit is hit, the engine warns once and stays eager. Reptile,
-            pretraining and :meth:`query_curves` always run eagerly.
+            dynamo's recompile limit is hit, the engine warns once and stays eager. Objectives other
+            than ``UNROLLED``, and :meth:`query_curves`, always run eagerly.
 
     Models with buffers (e.g. batch-norm running statistics) are refused: their in-place
     updates cannot be vectorised over tasks.
@@ -80,15 +79,12 @@ class VectorizedEngine:
             )
         self.algo = algo
         self.loss_fn = loss_fn
-        self.names = [name for name, _ in algo.module.named_parameters()]
-        self.adapted = adapted_indices(algo)
-        """Positions (in :attr:`names`) of the tensors the inner loop adapts (all but for e.g. ANIL)."""
         self._objective = _MetaObjective(self)
         self._compiled = None
         # the meta-parameters the compiled gradient is taken for, listed once (walking the
         # modules on every call cost ~50 µs of a ~1 ms iteration)
         self._meta_params = {name: p for name, p in self._objective.named_parameters() if p.requires_grad}
-        if compile and not isinstance(algo, (Reptile, Pretrain)):
+        if compile and algo.objective is Objective.UNROLLED:
             # Inductor's CPU build warns that no CUDA runtime exists: not news on a CPU run
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
             # past dynamo's recompile limit a function silently runs eagerly; make that an error,
@@ -101,37 +97,30 @@ class VectorizedEngine:
     @property
     def compiled(self) -> bool:
         """Whether meta-gradients come from the compiled :meth:`meta_gradient` (``False`` for
-        Reptile and pretraining, and after a failed compilation)."""
+        objectives other than ``UNROLLED``, and after a failed compilation)."""
         return self._compiled is not None
 
-    def task_loss(self, params: tuple, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Loss of the model with ``params`` (ordered as :attr:`names`) on one task's points."""
-        return self.loss_fn(functional_call(self.algo.module, dict(zip(self.names, params)), (x,)), y)
+    def forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """The model's output on ``x`` with the name → tensor ``params``."""
+        return functional_call(self.algo.module, params, (x,))
 
-    def inner_step(self, params: tuple, x, y, step: int, first_order: bool) -> tuple:
-        """One step of the algorithm's inner rule on one task's support points.
+    @property
+    def name(self) -> str:
+        """``func-compiled`` or ``func``."""
+        return "func-compiled" if self.compiled else "func"
 
-        Only the tensors at :attr:`adapted` are differentiated and stepped; the others pass through.
-        """
+    def task_loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Loss of the model with ``params`` on one task's points."""
+        return self.loss_fn(self.forward(params, x), y)
 
-        def loss_of(chosen):
-            full = list(params)
-            for i, p in zip(self.adapted, chosen):
-                full[i] = p
-            return self.task_loss(tuple(full), x, y)
-
-        chosen = tuple(params[i] for i in self.adapted)
-        grads = grad(loss_of)(chosen)
-        if first_order:
-            grads = tuple(g.detach() for g in grads)
-        stepped = list(params)
-        for i, p in zip(self.adapted, sgd_step(chosen, self.algo.inner_updates(grads, step))):
-            stepped[i] = p
-        return tuple(stepped)
+    def inner_step(self, params: Params, x, y, step: int, first_order: bool) -> Params:
+        """One step of the algorithm's inner rule on one task's points ``x, y``
+        (:func:`~metakit.wrappers.engines.inner_step.functional_inner_step`)."""
+        return functional_inner_step(self.algo, lambda p: self.task_loss(p, x, y), params, step, first_order)
 
     def unroll(
         self,
-        params: tuple,
+        params: Params,
         task: TaskBatch,
         steps: int,
         first_order: bool,
@@ -155,7 +144,7 @@ class VectorizedEngine:
     def meta_losses(self, batch: TaskBatch, steps: int, first_order: bool, every_step: bool) -> torch.Tensor:
         """Query losses ``[tasks, steps if every_step else 1]`` after adaptation from the model's
         own parameters, differentiable with respect to every meta-parameter."""
-        theta = tuple(self.algo.module.parameters())
+        theta = dict(self.algo.module.named_parameters())
         record = range(1, steps + 1) if every_step else (steps,)
 
         def task_losses(*task):
@@ -184,10 +173,15 @@ class VectorizedEngine:
         step_weights: Optional[Sequence[float]] = None,
     ) -> float:
         """Same contract as :func:`metakit.wrappers.engines.loop.meta_backward`."""
-        if isinstance(self.algo, Pretrain):
+        objective = self.algo.objective
+        if objective is Objective.JOINT:
             return joint_backward(self.algo, batch, self.loss_fn)
-        if isinstance(self.algo, Reptile):
-            return self._reptile_backward(batch, steps)
+        if objective is Objective.INTERPOLATION:
+            return self._interpolation_backward(batch, steps)
+        if objective is Objective.METRIC:
+            losses = self._metric_losses(batch)
+            losses.mean().backward()
+            return losses.mean().item()
         if first_order is None:
             first_order = self.algo.first_order
         batch = TaskBatch(*batch)
@@ -215,9 +209,9 @@ class VectorizedEngine:
         accumulate_grad(list(params.values()), [grads[name] for name in params])
         return last.item()
 
-    def _reptile_backward(self, batch, steps):
+    def _interpolation_backward(self, batch, steps):
         theta = tuple(self.algo.module.parameters())
-        start = tuple(p.detach() for p in theta)
+        start = {name: p.detach() for name, p in self.algo.module.named_parameters()}
 
         def adapt(*task):
             task, params = TaskBatch(*task), start
@@ -227,8 +221,20 @@ class VectorizedEngine:
 
         with torch.no_grad():
             adapted, query = vmap(adapt)(*batch)
-        accumulate_grad(theta, reptile_gradient(start, [[a.mean(0) for a in adapted]]))
+        mean = [adapted[name].mean(0) for name in start]
+        accumulate_grad(theta, reptile_gradient(list(start.values()), [mean]))
         return query.mean().item()
+
+    def _metric_losses(self, batch: TaskBatch) -> torch.Tensor:
+        """Per-task query losses ``[tasks]`` of a ``METRIC`` learner's predictions."""
+        params = dict(self.algo.module.named_parameters())
+
+        def task_loss(*task):
+            task = TaskBatch(*task)
+            prediction = self.algo.predict(lambda x: self.forward(params, x), *task[:3])
+            return self.loss_fn(prediction, task.y_query)
+
+        return vmap(task_loss)(*batch)
 
     @torch.no_grad()
     def query_curves(self, batch: TaskBatch, max_steps: int, score: Optional[Callable] = None) -> dict:
@@ -237,17 +243,27 @@ class VectorizedEngine:
 
         Adapts with the algorithm's own inner rule (first-order, no meta graph), for evaluation.
         """
-        start = tuple(p.detach() for p in self.algo.module.parameters())
+        start = {name: p.detach() for name, p in self.algo.module.named_parameters()}
 
-        def measure(params, x, y):
-            prediction = functional_call(self.algo.module, dict(zip(self.names, params)), (x,))
+        def measure(prediction, y):
             values = [self.loss_fn(prediction, y)]
             if score is not None:
                 values.append(score(prediction, y).to(values[0].dtype))
             return torch.stack(values)
 
-        def curve(*task):
-            return self.unroll(start, TaskBatch(*task), max_steps, True, range(max_steps + 1), measure)[1]
+        if self.algo.objective is Objective.METRIC:  # no gradient steps: the same at every count
+
+            def curve(*task):
+                task = TaskBatch(*task)
+                prediction = self.algo.predict(lambda x: self.forward(start, x), *task[:3])
+                return measure(prediction, task.y_query).expand(max_steps + 1, -1)
+
+        else:
+
+            def curve(*task):
+                record = range(max_steps + 1)
+                at = lambda params, x, y: measure(self.forward(params, x), y)  # noqa: E731
+                return self.unroll(start, TaskBatch(*task), max_steps, True, record, at)[1]
 
         values = vmap(curve)(*batch)  # [tasks, max_steps + 1, 1 or 2]
         return {"loss": values[..., 0].T, "score": values[..., 1].T if score is not None else None}

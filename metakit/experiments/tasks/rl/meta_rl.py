@@ -27,16 +27,17 @@ core on 2D navigation (~1 s per update); the returns after 1–3 steps stop impr
 """
 
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 
+from metakit.experiments.methods import METHODS
 from metakit.experiments.tasks.family import TaskFamily, held_out_generator
 from metakit.experiments.tasks.rl.objective import meta_backward as rl_meta_backward
 from metakit.experiments.tasks.rl.objective import sample_adaptation
 from metakit.experiments.tasks.rl.policy import GaussianMLPPolicy
 from metakit.experiments.tasks.rl.policy_gradient import PGConfig
-from metakit.wrappers.pretrain import Pretrain
+from metakit.wrappers.base import Objective
 
 TRAIN_NOISE_SEEDS = 2**31
 """Episode-noise seeds of training batches are below this; held-out streams are at or above it
@@ -62,10 +63,11 @@ class RLFamily(TaskFamily):
     ``rollout``, see :mod:`metakit.experiments.tasks.rl.objective`) and the protocol.
 
     Rows of its evaluation report the mean undiscounted return per episode (higher is better).
-    Methods: those whose inner rule is ``inner_updates`` on a policy gradient (maml, fomaml, mc,
-    lslr, enhanced, metasgd, anil) and ``pretrain``, the paper's pretrained-policy baseline (one
-    policy trained by policy gradient on all tasks, i.e. the meta-objective with 0 inner steps,
-    fine-tuned by the same policy-gradient steps at test time). Reptile is not wired for RL.
+    Methods: those whose spec says ``rl`` (:attr:`~metakit.experiments.methods.MethodSpec.rl`):
+    the ones whose inner rule is ``inner_updates`` on a policy gradient (maml, fomaml, mc, lslr,
+    enhanced, metasgd, anil) and ``pretrain``, the paper's pretrained-policy baseline (one policy
+    trained by policy gradient on all tasks, i.e. the meta-objective with 0 inner steps, fine-tuned
+    by the same policy-gradient steps at test time). Reptile is not wired for RL.
     """
 
     kind = "rl"
@@ -73,8 +75,6 @@ class RLFamily(TaskFamily):
     protocol = dict(inner_lr=0.1, inner_steps=1, meta_batch=20, meta_lr=3e-3, iterations=300)
     eval_protocol = {"steps": (0, 1, 2, 3)}
     options = ()
-    methods = ("maml", "fomaml", "mc", "lslr", "enhanced", "metasgd", "anil", "pretrain")
-    """The methods that apply (``--method``)."""
     compile_after = math.inf  # never compiled: the meta-gradient runs eagerly under torch.func
     eval_chunk = 100
     env = None
@@ -98,10 +98,11 @@ class RLFamily(TaskFamily):
     def check_config(cls, config) -> None:
         """Refuse the methods and options that have no meaning, or no implementation, for RL."""
         task = f"--task {config.task}"
-        if config.method not in cls.methods:
+        if not METHODS.get(config.method).rl:
+            usable = [name for name in METHODS.names() if METHODS.get(name).rl]
             raise ValueError(
                 f"--method {config.method} does not apply to {task} (reinforcement learning); "
-                f"choose from {', '.join(cls.methods)}"
+                f"choose from {', '.join(usable)}"
             )
         if config.backend != "func":
             raise ValueError(
@@ -121,18 +122,10 @@ class RLFamily(TaskFamily):
         goals = self.env.sample_tasks(tasks, generator)
         return GoalBatch(goals, torch.randint(0, TRAIN_NOISE_SEEDS, (tasks,), generator=generator))
 
-    def meta_backward(self, algo, batch: GoalBatch, steps: int, first_order: Optional[bool]) -> float:
-        """Accumulate the MAML-RL meta-gradient of ``batch`` into ``.grad``
-        (:func:`~metakit.experiments.tasks.rl.objective.meta_backward`); ``pretrain`` takes 0 inner steps.
-
-        Returns minus the mean return per episode after the inner steps, the run's logged
-        ``meta_loss`` (the surrogate's own value, −mean Â, is 0 with standardised advantages).
-        """
-        if isinstance(algo, Pretrain):
-            steps, first_order = 0, True
-        generator = torch.Generator().manual_seed(int(batch.seeds[0]))
-        out = rl_meta_backward(algo, self.env, batch.goals, generator, self.training, steps, first_order)
-        return -out["returns"][-1]
+    def meta_engine(self, algo, backend: str, compile: bool) -> "PolicyGradientEngine":
+        """The MAML-RL meta-gradient of ``algo`` on this family's environment (``backend`` is func,
+        ``compile`` off: :meth:`check_config` refuses the others)."""
+        return PolicyGradientEngine(algo, self)
 
     def held_out_goals(self, tasks: int, seed: int) -> torch.Tensor:
         """``tasks`` fixed held-out tasks, ``[tasks, ...]``: task ``t`` is drawn from
@@ -161,3 +154,29 @@ class RLFamily(TaskFamily):
             sampled = self.adaptation(algo, goals[i : i + self.eval_chunk], steps, generator)
             curves.append(torch.stack([t.episode_returns().mean(1) for t in sampled.trajectories]))
         return torch.cat(curves, 1)
+
+
+class PolicyGradientEngine:
+    """The engine of a meta-RL family: ``meta_backward`` accumulates the MAML-RL meta-gradient of a
+    :class:`GoalBatch` into ``.grad`` (:func:`~metakit.experiments.tasks.rl.objective.meta_backward`),
+    sampling the episodes itself; a ``JOINT`` learner (the pretrained-policy baseline) takes 0
+    inner steps."""
+
+    name = "func"
+
+    def __init__(self, algo, family: RLFamily):
+        self.algo = algo
+        self.family = family
+
+    def meta_backward(self, batch: GoalBatch, steps: int, first_order=None, step_weights=None) -> float:
+        """Returns minus the mean return per episode after the inner steps, the run's logged
+        ``meta_loss`` (the surrogate's own value, −mean Â, is 0 with standardised advantages).
+        ``step_weights`` must be ``None`` (the family refuses the multi-step loss)."""
+        if self.algo.objective is Objective.JOINT:
+            steps, first_order = 0, True
+        generator = torch.Generator().manual_seed(int(batch.seeds[0]))
+        family = self.family
+        out = rl_meta_backward(
+            self.algo, family.env, batch.goals, generator, family.training, steps, first_order
+        )
+        return -out["returns"][-1]

@@ -9,7 +9,7 @@ states). Any algorithm with ``module`` (a policy such as
 :class:`~metakit.experiments.tasks.rl.policy.GaussianMLPPolicy`), ``inner_updates(grads, step)`` and
 ``first_order`` works: :class:`~metakit.wrappers.MAML` and :class:`~metakit.wrappers.MAMLEnhanced`
 (Meta-Curvature and layerwise rates are meta-parameters of the same objective), Meta-SGD, and ANIL,
-whose ``adapted_params`` limit the inner step to the policy's last layer.
+whose ``adapted_names`` limit the inner step to the policy's last layer.
 
 The meta-objective (what :func:`meta_loss` differentiates), per task, for ``S`` inner steps:
 
@@ -50,12 +50,11 @@ from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
-from torch.func import grad, vmap
+from torch.func import vmap
 
 from metakit.experiments.tasks.rl.policy import batched_policy_forward, log_probs, policy_forward
 from metakit.experiments.tasks.rl.policy_gradient import PGBatch, PGConfig, pg_batch, surrogate_loss
-from metakit.wrappers.engines.loop import adapted_indices
-from metakit.wrappers.rules import sgd_step
+from metakit.wrappers.engines.inner_step import functional_inner_step
 
 StepScale = Optional[Callable[[int], float]]
 
@@ -110,30 +109,16 @@ def outer_loss(module: nn.Module, names, params, batch: PGBatch):
 
 
 def inner_step(algo, names, params, batch: PGBatch, step: int, first_order: bool, curvature: str, scale=1.0):
-    """One task's policy-gradient step with the algorithm's rule: ``θ − scale · U_step(∇L_in(θ))``.
+    """One task's policy-gradient step with the algorithm's rule: ``θ − scale · U_step(∇L_in(θ))``
+    (:func:`~metakit.wrappers.engines.inner_step.functional_inner_step`, the supervised engine's
+    step): only the parameters the algorithm adapts (``adapted_names``, e.g. ANIL's last layer)
+    are differentiated and stepped; the others pass through unchanged."""
 
-    Only the tensors the algorithm adapts (``adapted_params``, e.g. ANIL's last layer; by default
-    all) are differentiated and stepped; the others pass through unchanged.
-    """
-    adapted = adapted_indices(algo)
+    def loss_of(named):
+        return inner_loss(algo.module, names, tuple(named[n] for n in names), batch, curvature)
 
-    def loss_of(chosen):
-        full = list(params)
-        for i, p in zip(adapted, chosen):
-            full[i] = p
-        return inner_loss(algo.module, names, tuple(full), batch, curvature)
-
-    chosen = tuple(params[i] for i in adapted)
-    grads = grad(loss_of)(chosen)
-    if first_order:
-        grads = tuple(g.detach() for g in grads)
-    updates = algo.inner_updates(grads, step)
-    if scale != 1.0:
-        updates = [scale * u for u in updates]
-    stepped = list(params)
-    for i, p in zip(adapted, sgd_step(chosen, updates)):
-        stepped[i] = p
-    return tuple(stepped)
+    stepped = functional_inner_step(algo, loss_of, dict(zip(names, params)), step, first_order, scale)
+    return tuple(stepped[n] for n in names)
 
 
 class Adaptation(NamedTuple):

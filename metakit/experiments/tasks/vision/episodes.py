@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from metakit.experiments.tasks.family import TaskFamily, accuracy, conv_net, held_out_generator
 from metakit.experiments.tasks.vision.image_sets import ClassImages, DataError
-from metakit.wrappers.engines.loop import TaskBatch
+from metakit.wrappers.engines.batch import TaskBatch
 
 EVAL_QUERY = 10
 """Query images per class in held-out episodes (fixed, so every K sees the same query set)."""

@@ -1,0 +1,39 @@
+"""What every engine shares: the task batch, gradient accumulation and the joint objective."""
+
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+
+
+class TaskBatch(NamedTuple):
+    """Support and query tensors of a batch of tasks, each of shape ``[tasks, points, ...]``."""
+
+    x_support: torch.Tensor
+    y_support: torch.Tensor
+    x_query: torch.Tensor
+    y_query: torch.Tensor
+
+    def task(self, i: int) -> "TaskBatch":
+        """The i-th task alone (no task dimension)."""
+        return TaskBatch(*(t[i] for t in self))
+
+    @property
+    def num_tasks(self) -> int:
+        """Number of tasks in the batch (the leading dimension)."""
+        return self.x_support.shape[0]
+
+
+def accumulate_grad(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> None:
+    """Add ``grads`` into ``.grad`` of ``params``, as ``backward()`` would."""
+    for p, g in zip(params, grads):
+        p.grad = g.clone() if p.grad is None else p.grad + g
+
+
+def joint_backward(algo, batch: TaskBatch, loss_fn: Callable) -> float:
+    """The ``JOINT`` objective: back-propagate the loss of the un-adapted model on all points of all
+    tasks; return it."""
+    x = torch.cat([batch.x_support, batch.x_query], 1).flatten(0, 1)
+    y = torch.cat([batch.y_support, batch.y_query], 1).flatten(0, 1)
+    loss = loss_fn(algo(x), y)
+    loss.backward()
+    return loss.item()
