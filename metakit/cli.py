@@ -417,6 +417,7 @@ def _guarded(work):
 def _load_run(run_dir: Path, device: str = "cpu"):
     """``(config, algorithm)`` of a run on ``device``, or a usage error; warns when an older
     checkpoint is used."""
+    from metakit.experiments.tasks.vision.image_sets import DataError
     from metakit.experiments.training.config import ConfigError
     from metakit.experiments.training.runs import RunError, load_run
     from metakit.experiments.training.trainer import resolve_device
@@ -424,7 +425,7 @@ def _load_run(run_dir: Path, device: str = "cpu"):
     try:
         config, algo, note = load_run(run_dir)
         algo.to(resolve_device(device))
-    except (RunError, ConfigError) as err:
+    except (RunError, ConfigError, DataError) as err:  # image families load their data to size the model
         usage_error(str(err))
     if note:
         click.echo(f"Warning: {note}", err=True)

@@ -146,6 +146,17 @@ def test_bad_data_is_a_one_line_error_with_nothing_written(case, omniglot_root, 
     assert (snapshot(omniglot_root), snapshot(omniglot_run)) == before
 
 
+def test_eval_of_a_run_whose_data_is_gone_is_a_one_line_error(omniglot_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(omniglot_run, run)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "data_root": str(tmp_path / "gone")}))
+    result = invoke("eval", run, "--tasks", 4, "--shots", 1, "--steps", 0)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and str(tmp_path / "gone") in lines[0], result.output
+    assert "Traceback" not in result.output
+
+
 def test_a_corrupt_image_is_named(omniglot_root, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(omniglot_root, root)

@@ -9,7 +9,8 @@ from PIL import ImageFont
 
 from metakit.experiments.tasks.vision import glyph_set
 from metakit.experiments.tasks.vision.glyph_set import glyph_splits, load_glyphs, render_glyphs
-from metakit.experiments.tasks.vision.image_sets import ClassImages, cache_dir, load_payload
+from metakit.experiments.tasks.vision.glyphs import Glyphs
+from metakit.experiments.tasks.vision.image_sets import ClassImages, cache_dir, load_payload, save_atomic
 
 SUBSET = ("Greek", "Block elements")
 UNASSIGNED = "\u0378"  # no font has it: drawing it shows the font's .notdef glyph
@@ -29,6 +30,11 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("METAKIT_CACHE", str(tmp_path / "cache"))
 
 
+def char_of(name: str) -> str:
+    """The character of a class name ``"<alphabet>/<codepoint in hex>"``."""
+    return chr(int(name.rsplit("/", 1)[1], 16))
+
+
 def clear_caches() -> None:
     for cached in (glyph_set.all_fonts, glyph_set.glyph_classes, glyph_set._pil_font):
         cached.cache_clear()
@@ -38,10 +44,10 @@ def test_counts_and_shapes(full):
     data, root = full
     assert data.num_classes >= 1000
     assert len(data.alphabet_names()) >= 20
-    assert data.images.dtype == torch.uint8 and data.images.shape[1:] == (20, 28, 28)
+    assert data.images.dtype == torch.uint8 and data.images.shape[1:] == (20, 1, 28, 28)
     assert len(set(data.names)) == data.num_classes
     assert all(name.startswith(alphabet + "/") for name, alphabet in zip(data.names, data.alphabets))
-    assert (root / "glyphs-v1-28.pt").is_file()
+    assert (root / "glyphs-v2-28.pt").is_file()
 
 
 def test_splits_are_disjoint_by_alphabet_and_cover_every_class(full):
@@ -59,8 +65,8 @@ def test_splits_are_disjoint_by_alphabet_and_cover_every_class(full):
 
 def test_drawings_have_ink_and_differ(full):
     images = full[0].images
-    assert (images.amax(dim=(2, 3)) >= 128).all()  # never blank
-    assert (images.amin(dim=(2, 3)) == 0).all()  # never a solid square
+    assert (images.amax(dim=(2, 3, 4)) >= 128).all()  # never blank
+    assert (images.amin(dim=(2, 3, 4)) == 0).all()  # never a solid square
     flat = images.flatten(2)
     for klass in range(images.shape[0]):
         assert torch.unique(flat[klass], dim=0).shape[0] == 20, full[0].names[klass]
@@ -71,7 +77,7 @@ def test_each_class_is_drawn_in_fonts_that_really_have_it(full):
     pil = {font.path: ImageFont.truetype(str(font.path), 16) for font in glyph_set.all_fonts()}
     notdef = {path: bytes(font.getmask(UNASSIGNED)) for path, font in pil.items()}
     for name in data.names:
-        char = glyph_set.class_char(name)
+        char = char_of(name)
         fonts = glyph_set.glyph_fonts(char)[:20]  # the fonts of the 20 drawings
         assert len({font.family for font in fonts}) >= 3, name
         for font in fonts:
@@ -88,7 +94,7 @@ def test_tex_fonts_count_only_for_characters_they_really_draw():
 
 
 def test_homoglyphs_make_one_class(full):
-    chars = {glyph_set.class_char(name) for name in full[0].names}
+    chars = {char_of(name) for name in full[0].names}
     for group in ("AΑА", "oοоօ", "PΡР", "Δ∆", "-֊"):
         assert len(chars & set(group)) == 1, group
     assert {"A", "o", "P"} <= chars  # the first alphabet keeps its letter
@@ -148,6 +154,28 @@ def test_a_corrupt_or_outdated_cache_is_rebuilt(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("*.tmp"))  # atomic writes leave nothing behind
 
 
+def test_a_cache_in_the_old_layout_is_rebuilt_not_misread(tmp_path, monkeypatch):
+    calls = counting_renderer(monkeypatch)
+    old = render_glyphs(alphabets=SUBSET).images[:, :, 0]  # v1: [classes, drawings, size, size]
+    payload = {"images": old, "names": ["x"] * old.shape[0], "alphabets": ["x"] * old.shape[0]}
+    save_atomic(glyph_set.cache_path(tmp_path, 28), {"renderer": glyph_set.renderer_key(), **payload})
+    data = load_glyphs(tmp_path)
+    assert calls == [28] and data.images.shape[1:] == (20, 1, 28, 28) and "x" not in data.names
+
+
+def test_the_glyph_family_keeps_the_validation_split(full):
+    data, root = full
+    splits = Glyphs(ways=5, data_root=str(root)).load()
+    assert list(splits) == ["train", "validation", "test"]
+    names = {split: set(part.names) for split, part in splits.items()}
+    assert len(names["validation"]) >= 100
+    assert not names["validation"] & names["train"] and not names["validation"] & names["test"]
+    assert splits["validation"].names == glyph_splits(data)["validation"].names
+    assert set(splits["validation"].alphabet_names()) <= {
+        a.name for a in glyph_set.ALPHABETS if a.split == "validation"
+    }
+
+
 def test_cache_dir_order(tmp_path, monkeypatch):
     assert cache_dir(tmp_path / "given") == tmp_path / "given"
     assert cache_dir(None) == tmp_path / "cache"
@@ -160,9 +188,9 @@ def test_cache_dir_order(tmp_path, monkeypatch):
 
 
 def test_select_keeps_order():
-    images = torch.arange(4, dtype=torch.uint8).view(4, 1, 1, 1).expand(4, 2, 3, 3).contiguous()
+    images = torch.arange(4, dtype=torch.uint8).view(4, 1, 1, 1, 1).expand(4, 2, 1, 3, 3).contiguous()
     data = ClassImages(images, ("b/1", "a/1", "b/2", "c/1"), ("b", "a", "b", "c"))
     picked = data.select({"c", "b"})
     assert picked.names == ("b/1", "b/2", "c/1")
-    assert picked.images[:, 0, 0, 0].tolist() == [0, 2, 3]
+    assert picked.images[:, 0, 0, 0, 0].tolist() == [0, 2, 3]
     assert data.alphabet_names() == ["a", "b", "c"] and picked.num_classes == 3

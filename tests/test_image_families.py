@@ -4,20 +4,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metakit.experiments.tasks.family import BatchStatNorm2d, conv_net
+from metakit.experiments.reports.evaluate import evaluate_algorithm
+from metakit.experiments.tasks import FAMILIES, build_family, register_family
+from metakit.experiments.tasks.vision.convnet import BatchStatNorm2d, conv_net
 from metakit.experiments.tasks.vision.episodes import EVAL_QUERY, ImageEpisodes
 from metakit.experiments.tasks.vision.image_sets import ClassImages, DataError
 from metakit.experiments.training.config import TrainConfig
+from metakit.experiments.training.runs import load_run
+from metakit.experiments.training.trainer import train
 from metakit.wrappers import MAML, MAMLEnhanced, TaskBatch, VectorizedEngine, meta_backward
 
-TRAIN_CLASSES, TEST_CLASSES, PER_CLASS = 12, 8, 20
+TRAIN_CLASSES, VALIDATION_CLASSES, TEST_CLASSES, PER_CLASS = 12, 10, 8, 20
 
 
 def tagged_images(classes: int, offset: int) -> ClassImages:
-    """Images whose pixel (0, 0) names the class (offset + c + 1) and pixel (0, 1) the drawing."""
-    images = torch.zeros(classes, PER_CLASS, 28, 28, dtype=torch.uint8)
-    images[:, :, 0, 0] = torch.arange(offset + 1, offset + classes + 1, dtype=torch.uint8)[:, None]
-    images[:, :, 0, 1] = torch.arange(1, PER_CLASS + 1, dtype=torch.uint8)
+    """One-channel images whose pixel (0, 0) names the class (offset + c + 1) and pixel (0, 1) the
+    drawing."""
+    images = torch.zeros(classes, PER_CLASS, 1, 28, 28, dtype=torch.uint8)
+    images[:, :, 0, 0, 0] = torch.arange(offset + 1, offset + classes + 1, dtype=torch.uint8)[:, None]
+    images[:, :, 0, 0, 1] = torch.arange(1, PER_CLASS + 1, dtype=torch.uint8)
     names = tuple(f"a/{offset + c}" for c in range(classes))
     return ClassImages(images, names, ("a",) * classes)
 
@@ -29,7 +34,11 @@ class Tagged(ImageEpisodes):
     protocol = dict(ways=3, shots=2, inner_steps=1, inner_lr=0.1, meta_batch=4, meta_lr=1e-3, iterations=5)
 
     def load(self):
-        return {"train": tagged_images(TRAIN_CLASSES, 0), "test": tagged_images(TEST_CLASSES, 100)}
+        return {
+            "train": tagged_images(TRAIN_CLASSES, 0),
+            "validation": tagged_images(VALIDATION_CLASSES, 50),
+            "test": tagged_images(TEST_CLASSES, 100),
+        }
 
 
 def tags(x: torch.Tensor):
@@ -101,6 +110,7 @@ def test_held_out_episodes_are_fixed_and_independent_of_what_is_asked():
     "family, action, message",
     [
         (Tagged(ways=13), lambda f: f.prepare(), "meta-train split has 12 classes; 13-way"),
+        (Tagged(ways=11), lambda f: f.prepare(), "validation split has 10 classes; 11-way"),
         (Tagged(ways=9), lambda f: f.prepare(), "meta-test split has 8 classes; 9-way"),
         (
             Tagged(ways=3, min_images=21),
@@ -138,7 +148,7 @@ def image_batch(tasks=3, ways=3, shots=2, size=8, seed=0) -> TaskBatch:
 
 def small_conv() -> torch.nn.Module:
     torch.manual_seed(0)
-    return conv_net(ways=3, channels=3, blocks=2, image_size=8).double()
+    return conv_net(ways=3, in_channels=1, image_size=8, channels=3, blocks=2).double()
 
 
 def unrolled_maml_loss(model, batch, steps, alpha):
@@ -208,3 +218,68 @@ def test_batch_stat_norm_equals_torch_batch_norm_in_training_mode():
         norm.bias.uniform_(-1, 1, generator=g)
     expected = F.batch_norm(x, None, None, norm.weight, norm.bias, training=True, eps=norm.eps)
     torch.testing.assert_close(norm(x), expected, rtol=1e-12, atol=1e-12)
+
+
+COLOUR_SHAPE = (3, 20, 24)  # channels, height, width
+
+
+def colour_images(classes: int, seed: int, shape=COLOUR_SHAPE) -> ClassImages:
+    """Random uint8 images of ``shape``, 12 per class."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (classes, 12, *shape), generator=g, dtype=torch.uint8)
+    return ClassImages(images, tuple(f"c/{seed}-{c}" for c in range(classes)), ("c",) * classes)
+
+
+class Colour(ImageEpisodes):
+    """Three-channel 20×24 images of a few classes, with a small two-block conv net."""
+
+    channels = 4
+    blocks = 2
+    protocol = dict(ways=3, shots=1, inner_steps=1, inner_lr=0.1, meta_batch=2, meta_lr=1e-3, iterations=3)
+
+    def load(self):
+        return {"train": colour_images(5, 0), "validation": colour_images(3, 1), "test": colour_images(4, 2)}
+
+
+def test_a_family_of_colour_non_square_images_trains_and_evaluates(tmp_path):
+    register_family("test-colour", Colour)
+    try:
+        config = TrainConfig(task="test-colour", log_every=1)
+        train(config, tmp_path / "run", progress=False)
+        loaded, algo, _ = load_run(tmp_path / "run")  # builds the model without calling prepare
+        rows = evaluate_algorithm(algo, build_family(loaded), tasks=4, shots=[1], steps=[0, 1], seed=1)
+    finally:
+        FAMILIES.unregister("test-colour")
+    convs = [m for m in algo.modules() if isinstance(m, torch.nn.Conv2d)]
+    heads = [m for m in algo.modules() if isinstance(m, torch.nn.Linear)]
+    assert convs[0].in_channels == 3 and convs[0].out_channels == 4 and len(convs) == 2
+    assert heads[-1].in_features == 4 * (20 // 4) * (24 // 4) and heads[-1].out_features == 3
+    assert [(r["shots"], r["steps"]) for r in rows] == [(1, 0), (1, 1)]
+    assert all(0 <= r["accuracy"] <= 1 for r in rows)
+    batch = Colour(ways=3).sample(2, 1, 2, torch.Generator().manual_seed(0))
+    assert batch.x_support.shape == (2, 3, *COLOUR_SHAPE) and batch.x_query.shape == (2, 6, *COLOUR_SHAPE)
+
+
+def test_the_conv_net_head_uses_height_and_width():
+    for height, width in ((20, 24), (24, 20), (16, 40)):
+        model = conv_net(ways=5, in_channels=3, image_size=(height, width), channels=4, blocks=2)
+        assert model(torch.rand(6, 3, height, width)).shape == (6, 5)
+        assert model[-1].in_features == 4 * (height // 4) * (width // 4)
+    with pytest.raises(ValueError, match="too small"):
+        conv_net(ways=5, in_channels=1, image_size=(28, 12))
+
+
+class Mismatched(Colour):
+    """Validation images of another shape than the meta-train ones."""
+
+    def load(self):
+        return {**super().load(), "validation": colour_images(3, 1, shape=(3, 24, 20))}
+
+
+def test_rotations_of_non_square_images_and_mixed_shapes_are_one_line_errors():
+    with pytest.raises(DataError, match="--rotations needs square images; .* are 20×24 px") as err:
+        Colour(ways=3, rotations=True).prepare()
+    assert "\n" not in str(err.value)
+    Colour(ways=3).prepare()  # the same images without rotations are fine
+    with pytest.raises(DataError, match="validation images are 3×24×20 .*meta-train images are 3×20×24"):
+        Mismatched(ways=3).build_model()

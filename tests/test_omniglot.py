@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from metakit.experiments.tasks.vision import omniglot_folder
-from metakit.experiments.tasks.vision.image_sets import DataError
+from metakit.experiments.tasks.vision.image_sets import DataError, save_atomic
 from metakit.experiments.tasks.vision.omniglot_folder import load_omniglot
 
 SIDE = 105
@@ -36,13 +36,13 @@ def ink_box(split: str, klass: int, drawing: int) -> tuple:
 
 
 def expected_images(split: str, size: int = SIDE) -> np.ndarray:
-    """What the loader should return at full size: 255 inside each square, 0 elsewhere."""
+    """What the loader should return at full size: one channel, 255 inside each square, 0 elsewhere."""
     count = sum(LAYOUT[split].values())
-    images = np.zeros((count, DRAWINGS, size, size), np.uint8)
+    images = np.zeros((count, DRAWINGS, 1, size, size), np.uint8)
     for c in range(count):
         for d in range(DRAWINGS):
             x0, y0, x1, y1 = ink_box(split, c, d)
-            images[c, d, y0 : y1 + 1, x0 : x1 + 1] = 255
+            images[c, d, 0, y0 : y1 + 1, x0 : x1 + 1] = 255
     return images
 
 
@@ -98,8 +98,8 @@ def check(data: dict) -> None:
 def test_reads_the_official_layout_with_ink_as_255(tmp_path):
     data = load_omniglot(make_root(tmp_path / "data"), size=SIDE)
     check(data)
-    assert data["background"].images.shape == (6, DRAWINGS, SIDE, SIDE)
-    assert data["evaluation"].images.shape == (2, DRAWINGS, SIDE, SIDE)
+    assert data["background"].images.shape == (6, DRAWINGS, 1, SIDE, SIDE)
+    assert data["evaluation"].images.shape == (2, DRAWINGS, 1, SIDE, SIDE)
     assert data["background"].alphabet_names() == ["Alpha", "Beta_(B)"]
 
 
@@ -125,10 +125,10 @@ def test_reads_from_the_zips_alone(tmp_path):
 def test_resizes_with_antialiasing(tmp_path):
     data = load_omniglot(make_root(tmp_path / "data"), size=28)
     images = data["background"].images
-    assert images.shape == (6, DRAWINGS, 28, 28)
+    assert images.shape == (6, DRAWINGS, 1, 28, 28)
     x0, y0, x1, y1 = (round(v * 28 / SIDE) for v in ink_box("background", 0, 0))
-    assert images[0, 0, (y0 + y1) // 2, (x0 + x1) // 2] == 255  # inside the square
-    assert images[0, 0, 27, 27] == 0 and images[0, 0, 0, 0] == 0  # background
+    assert images[0, 0, 0, (y0 + y1) // 2, (x0 + x1) // 2] == 255  # inside the square
+    assert images[0, 0, 0, 27, 27] == 0 and images[0, 0, 0, 0, 0] == 0  # background
     assert ((images > 0) & (images < 255)).any()  # grey edges: antialiased, not nearest-neighbour
 
 
@@ -143,7 +143,7 @@ def test_every_class_keeps_the_smallest_count_in_name_order(tmp_path):
     np.testing.assert_array_equal(
         data["background"].images[0, 1:].numpy(), expected_images("background")[0, : DRAWINGS - 1]
     )
-    assert data["evaluation"].images.shape == (2, DRAWINGS - 1, SIDE, SIDE)
+    assert data["evaluation"].images.shape == (2, DRAWINGS - 1, 1, SIDE, SIDE)
 
 
 def test_the_cache_is_reused_and_invalidated_by_a_new_listing(tmp_path, monkeypatch):
@@ -162,6 +162,22 @@ def test_the_cache_is_reused_and_invalidated_by_a_new_listing(tmp_path, monkeypa
     changed = load_omniglot(root, size=SIDE)
     assert calls
     assert changed["evaluation"].names[-1] == "Gamma/character03"
+
+
+def test_a_cache_in_the_old_layout_is_rebuilt_not_misread(tmp_path):
+    root = Path(os.path.abspath(make_root(tmp_path / "data")))
+    splits = {name: omniglot_folder.list_split(root, name) for name in omniglot_folder.SPLITS}
+    old = {  # the v1 layout, [classes, drawings, size, size], under the current name and fingerprint
+        name: {
+            "images": torch.zeros(len(split.classes), DRAWINGS, SIDE, SIDE, dtype=torch.uint8),
+            "names": ["x"] * len(split.classes),
+            "alphabets": ["x"] * len(split.classes),
+        }
+        for name, split in splits.items()
+    }
+    fingerprint = omniglot_folder.fingerprint(splits, SIDE)
+    save_atomic(omniglot_folder.cache_path(root, SIDE), {"fingerprint": fingerprint, **old})
+    check(load_omniglot(root, size=SIDE))
 
 
 def test_a_read_only_root_works(tmp_path):

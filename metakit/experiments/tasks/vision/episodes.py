@@ -1,4 +1,4 @@
-"""N-way K-shot image classification episodes drawn from a set of classes (glyphs, Omniglot)."""
+"""N-way K-shot image classification episodes drawn from a set of classes (glyphs, Omniglot, any images)."""
 
 from dataclasses import dataclass
 from typing import Optional
@@ -6,7 +6,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from metakit.experiments.tasks.family import TaskFamily, accuracy, conv_net, held_out_generator
+from metakit.experiments.tasks.family import TaskFamily, held_out_generator
+from metakit.experiments.tasks.vision.convnet import accuracy, conv_net
 from metakit.experiments.tasks.vision.image_sets import ClassImages, DataError
 from metakit.wrappers.engines.batch import TaskBatch
 
@@ -18,10 +19,12 @@ class ImageEpisodes(TaskFamily):
     """Few-shot classification: each task picks ``ways`` classes and ``shots`` + ``query`` images
     per class; labels 0..N−1 are assigned to the chosen classes in random order.
 
-    Subclasses implement :meth:`load` (the meta-train and meta-test classes). The model is the
-    standard 4-block conv net (:func:`~metakit.experiments.tasks.family.conv_net`); with
-    ``rotations`` every meta-train class also appears rotated by 90°, 180° and 270° as three new
-    classes. Images are scaled to [0, 1] with 1 for ink.
+    Subclasses implement :meth:`load` (the meta-train, validation and meta-test classes), with
+    images of any number of channels and any size, the same in every split. The model is the
+    standard conv net (:func:`~metakit.experiments.tasks.vision.convnet.conv_net`: :attr:`blocks`
+    blocks of :attr:`channels` filters) sized for them; with ``rotations`` every meta-train class
+    also appears rotated by 90°, 180° and 270° as three new classes (square images only). Images
+    are scaled from uint8 to [0, 1].
     """
 
     kind = "classification"
@@ -31,7 +34,11 @@ class ImageEpisodes(TaskFamily):
     eval_protocol = {"shots": (1, 5), "steps": (0, 1, 5)}
     options = ("shots", "query", "ways", "data_root", "rotations")
     channels = 64
+    """Filters of every conv block."""
+    blocks = 4
+    """Conv blocks of the model."""
     image_size = 28
+    """Side that the glyph set is rendered at and Omniglot resized to (the model is sized from the data)."""
     eval_chunk = 20  # 20 episodes of 5-way 5-shot: ~1,500 images through the conv net at once
     compile_after = 500  # an iteration costs about a second eagerly; compiling saves ~30% of it
 
@@ -51,29 +58,38 @@ class ImageEpisodes(TaskFamily):
         return cls(config.ways, config.data_root, bool(config.rotations), config.shots + config.query)
 
     def load(self) -> dict:
-        """``{"train": ClassImages, "test": ClassImages}`` (a one-line :class:`DataError` if bad)."""
+        """``{"train", "validation", "test"}`` :class:`ClassImages` with images of one shape;
+        ``"validation"`` is ``None`` where the data has no validation split (a one-line
+        :class:`DataError` if the data is bad)."""
         raise NotImplementedError
 
     def prepare(self) -> None:
-        """Load the data once and check that it has enough classes and images for the config."""
+        """Load the data once and check that it has enough classes and images for the config, one
+        image shape, and square images for ``rotations``."""
         if self._test is not None:
             return
         splits = self.load()
-        train, test = splits["train"], splits["test"]
+        train, validation, test = splits["train"], splits["validation"], splits["test"]
         images = train.images
         if self.rotations:
-            images = torch.cat([torch.rot90(images, k, dims=(2, 3)) for k in range(4)])
-        for name, data, classes in (
-            ("meta-train", train, images.shape[0]),
-            ("meta-test", test, test.num_classes),
-        ):
+            height, width = train.image_shape[1:]
+            if height != width:
+                where = f" in {self.data_root}" if self.data_root else ""
+                raise DataError(
+                    f"--rotations needs square images; the meta-train images{where} are {height}×{width} px"
+                )
+            images = torch.cat([torch.rot90(images, k, dims=(3, 4)) for k in range(4)])
+        named = [("meta-train", train, images.shape[0]), ("meta-test", test, test.num_classes)]
+        if validation is not None:
+            named.insert(1, ("validation", validation, validation.num_classes))
+        for name, data, classes in named:
             if classes < self.ways:
                 raise DataError(
                     f"the {name} split has {classes} classes; {self.ways}-way tasks need at least {self.ways}"
                 )
-            if data.images.shape[2] != self.image_size:
+            if data.image_shape != train.image_shape:
                 raise DataError(
-                    f"the {name} images are {data.images.shape[2]} px; expected {self.image_size}"
+                    f"the {name} images are {_shape(data)}; the meta-train images are {_shape(train)}"
                 )
         if self.min_images > train.images.shape[1]:
             raise DataError(
@@ -83,13 +99,13 @@ class ImageEpisodes(TaskFamily):
         self._train, self._test = images, test
 
     def sample(self, tasks, shots, query, generator):
-        """``tasks`` episodes from the meta-train classes: support ``[tasks, ways·shots, 1, H, W]``,
+        """``tasks`` episodes from the meta-train classes: support ``[tasks, ways·shots, C, H, W]``,
         labels ``[tasks, ways·shots]`` (class-major), and the same for the query set."""
         self.prepare()
         classes, per_class = self._train.shape[:2]
         chosen = torch.rand(tasks, classes, generator=generator).argsort(1)[:, : self.ways]
         picks = torch.rand(tasks, self.ways, per_class, generator=generator).argsort(2)[..., : shots + query]
-        images = self._train[chosen[..., None], picks]  # [tasks, ways, shots + query, H, W]
+        images = self._train[chosen[..., None], picks]  # [tasks, ways, shots + query, C, H, W]
         return _episodes(images, shots)
 
     def held_out(self, tasks: int, max_shots: int, seed: int) -> "EpisodeHeldOut":
@@ -108,14 +124,17 @@ class ImageEpisodes(TaskFamily):
             generator = held_out_generator(seed, t, 0)
             chosen = torch.randperm(data.shape[0], generator=generator)[: self.ways]
             order = torch.stack([torch.randperm(per_class, generator=generator) for _ in range(self.ways)])
-            images = data[chosen[:, None], order]  # [ways, per_class, H, W]
+            images = data[chosen[:, None], order]  # [ways, per_class, C, H, W]
             support.append(images[:, :max_shots])
             query.append(images[:, per_class - EVAL_QUERY :])
         return EpisodeHeldOut(torch.stack(support), torch.stack(query))
 
     def build_model(self):
-        """The 4-block conv net with a ``ways``-way head."""
-        return conv_net(self.ways, self.channels, image_size=self.image_size)
+        """The conv net for the data's channels and size, with a ``ways``-way head (loads the data
+        first, see :meth:`prepare`)."""
+        self.prepare()
+        in_channels, height, width = self._test.image_shape
+        return conv_net(self.ways, in_channels, (height, width), self.channels, self.blocks)
 
     def loss(self, prediction, target):
         """Cross-entropy."""
@@ -126,9 +145,14 @@ class ImageEpisodes(TaskFamily):
         return accuracy(prediction, target)
 
 
+def _shape(data: ClassImages) -> str:
+    """``"channels×height×width"`` of the images, for messages."""
+    return "×".join(map(str, data.image_shape)) + " (channels×height×width)"
+
+
 def _to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[..., H, W]`` → float in [0, 1] with a channel axis ``[..., 1, H, W]``."""
-    return (images.float() / 255.0).unsqueeze(-3)
+    """uint8 images → float in [0, 1]."""
+    return images.float() / 255.0
 
 
 def _labels(tasks: int, ways: int, per_class: int) -> torch.Tensor:
@@ -136,7 +160,7 @@ def _labels(tasks: int, ways: int, per_class: int) -> torch.Tensor:
 
 
 def _episodes(images: torch.Tensor, shots: int) -> TaskBatch:
-    """Split ``[tasks, ways, n, H, W]`` images into a support (first ``shots``) and a query batch."""
+    """Split ``[tasks, ways, n, C, H, W]`` images into a support (first ``shots``) and a query batch."""
     tasks, ways = images.shape[:2]
     support = images[:, :, :shots].flatten(1, 2)
     query = images[:, :, shots:].flatten(1, 2)
@@ -150,8 +174,8 @@ def _episodes(images: torch.Tensor, shots: int) -> TaskBatch:
 
 @dataclass(frozen=True)
 class EpisodeHeldOut:
-    """Held-out episodes: ``support`` ``[tasks, ways, max_shots, H, W]`` and ``query``
-    ``[tasks, ways, EVAL_QUERY, H, W]`` (uint8); ``batch(K)`` uses the first K support images."""
+    """Held-out episodes: ``support`` ``[tasks, ways, max_shots, C, H, W]`` and ``query``
+    ``[tasks, ways, EVAL_QUERY, C, H, W]`` (uint8); ``batch(K)`` uses the first K support images."""
 
     support: torch.Tensor
     query: torch.Tensor

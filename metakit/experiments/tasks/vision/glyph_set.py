@@ -76,8 +76,9 @@ DEDUP_SIZE = 28
 HOMOGLYPH_DISTANCE = 0.05
 """Two characters whose clean renderings differ by less than this (relative squared difference,
 averaged over the font families they share) are the same visual class; the later one is dropped."""
-CACHE_VERSION = "v1"
-"""Part of the cache file name; bump it when the rendering changes."""
+CACHE_VERSION = "v2"
+"""Part of the cache file name; bump it when the rendering or the cached layout changes (v2: images
+carry a channel axis)."""
 
 SKIPPED_FONTS = ("LastResort", "STIXNonUni", "STIXSiz", "cmex10", "DejaVuSansDisplay", "DejaVuSerifDisplay")
 """Font files left out: a fallback font whose every glyph is a placeholder box, fonts of private-use
@@ -360,11 +361,6 @@ def class_name(alphabet: str, char: str) -> str:
     return f"{alphabet}/{ord(char):04X}"
 
 
-def class_char(name: str) -> str:
-    """The character of a class name made by :func:`class_name`."""
-    return chr(int(name.rsplit("/", 1)[1], 16))
-
-
 def drawings(char: str, size: int) -> np.ndarray:
     """The :data:`DRAWINGS` drawings of ``char``: ``[DRAWINGS, size, size]`` uint8, seeded by its codepoint,
     cycling through :func:`glyph_fonts`."""
@@ -390,9 +386,9 @@ def render_glyphs(alphabets: Optional[Collection[str]] = None, size: int = 28) -
         if wanted - known:
             raise ValueError(f"unknown glyph alphabets {sorted(wanted - known)}; choose from {sorted(known)}")
         classes = tuple(item for item in classes if item[0] in wanted)
-    images = np.zeros((len(classes), DRAWINGS, size, size), dtype=np.uint8)
+    images = np.zeros((len(classes), DRAWINGS, 1, size, size), dtype=np.uint8)
     for i, (_, char) in enumerate(classes):
-        images[i] = drawings(char, size)
+        images[i, :, 0] = drawings(char, size)
     return ClassImages(
         torch.from_numpy(images),
         tuple(class_name(alphabet, char) for alphabet, char in classes),
@@ -401,7 +397,8 @@ def render_glyphs(alphabets: Optional[Collection[str]] = None, size: int = 28) -
 
 
 def cache_path(data_root: Optional[Path], size: int) -> Path:
-    """Where :func:`load_glyphs` caches the glyph set of side ``size``."""
+    """Where :func:`load_glyphs` caches the glyph set of side ``size``:
+    ``cache_dir(data_root)/glyphs-{CACHE_VERSION}-{size}.pt``."""
     return cache_dir(data_root) / f"glyphs-{CACHE_VERSION}-{size}.pt"
 
 
@@ -413,14 +410,14 @@ def renderer_key() -> str:
 
 
 def load_glyphs(data_root: Optional[Path] = None, size: int = 28) -> ClassImages:
-    """Every glyph class at ``size``×``size`` pixels, rendered once (about 10 s) and then loaded from
-    ``cache_dir(data_root)/glyphs-v1-{size}.pt``. A missing, corrupt or outdated cache is rendered again."""
+    """Every glyph class as one-channel ``size``×``size`` images, rendered once (about 10 s) and then
+    loaded from :func:`cache_path`. A missing, corrupt or outdated cache is rendered again."""
     path = cache_path(data_root, size)
     key = renderer_key()
     payload = load_payload(path)
     if isinstance(payload, dict) and payload.get("renderer") == key:
         data = from_payload(payload)
-        if data is not None and tuple(data.images.shape[1:]) == (DRAWINGS, size, size) and data.num_classes:
+        if data is not None and data.images.shape[1:] == (DRAWINGS, 1, size, size) and data.num_classes:
             return data
     data = render_glyphs(size=size)
     save_atomic(path, {"renderer": key, **to_payload(data)})

@@ -11,8 +11,9 @@ class Glyphs(ImageEpisodes):
     """N-way K-shot classification of Unicode characters, each drawn in several fonts with random
     affine jitter and stroke width (see :mod:`metakit.experiments.tasks.vision.glyph_set`).
 
-    Meta-train and meta-test classes come from disjoint alphabets (Unicode scripts); the set is
-    rendered once into ``--data-root`` (default: the user's cache folder) and loaded from there.
+    Meta-train, validation and meta-test classes come from disjoint alphabets (Unicode scripts,
+    see :func:`~metakit.experiments.tasks.vision.glyph_set.glyph_splits`); the set is rendered once
+    into ``--data-root`` (default: the user's cache folder) and loaded from there.
     """
 
     protocol = {**ImageEpisodes.protocol, "iterations": 1000, "rotations": False}
@@ -29,6 +30,5 @@ class Glyphs(ImageEpisodes):
     )
 
     def load(self):
-        """The glyph set's meta-train and meta-test alphabets."""
-        splits = glyph_splits(load_glyphs(Path(self.data_root) if self.data_root else None, self.image_size))
-        return {"train": splits["train"], "test": splits["test"]}
+        """The glyph set's meta-train, validation and meta-test alphabets."""
+        return glyph_splits(load_glyphs(Path(self.data_root) if self.data_root else None, self.image_size))

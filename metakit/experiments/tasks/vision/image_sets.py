@@ -18,9 +18,10 @@ class DataError(ValueError):
 
 @dataclass(frozen=True, eq=False)
 class ClassImages:
-    """Images grouped by class: ``images[c, i]`` is the ``i``-th drawing of class ``c``.
+    """Images grouped by class: ``images[c, i]`` is the ``i``-th image of class ``c``.
 
-    ``images`` is uint8 ``[classes, per_class, size, size]`` with 255 for ink and 0 for background;
+    ``images`` is uint8 ``[classes, per_class, channels, height, width]``, any number of channels
+    and any size (the glyph set and Omniglot: one channel, 255 for ink and 0 for background);
     ``names`` and ``alphabets`` hold one string per class (its name and its alphabet or script).
     """
 
@@ -29,9 +30,9 @@ class ClassImages:
     alphabets: tuple
 
     def __post_init__(self):
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 5:
             raise ValueError(
-                f"images must be uint8 [classes, per_class, size, size], got "
+                f"images must be uint8 [classes, per_class, channels, height, width], got "
                 f"{self.images.dtype} {tuple(self.images.shape)}"
             )
         if not len(self.names) == len(self.alphabets) == self.images.shape[0]:
@@ -44,6 +45,11 @@ class ClassImages:
     def num_classes(self) -> int:
         """Number of classes."""
         return self.images.shape[0]
+
+    @property
+    def image_shape(self) -> tuple:
+        """``(channels, height, width)`` of every image."""
+        return tuple(self.images.shape[2:])
 
     def select(self, alphabets: Collection[str]) -> "ClassImages":
         """The classes whose alphabet is in ``alphabets`` (a name or a collection of names), in order."""
@@ -112,14 +118,3 @@ def load_payload(path: Path):
         return None
     except Exception:  # any unreadable cache is rebuilt, whatever the pickle or zip layer raised
         return None
-
-
-def save_images(path: Path, data: ClassImages) -> bool:
-    """Cache one image set at ``path`` atomically (see :func:`save_atomic`)."""
-    return save_atomic(path, to_payload(data))
-
-
-def load_images(path: Path) -> Optional[ClassImages]:
-    """The image set cached at ``path``, or ``None`` if there is none or it is unreadable."""
-    payload = load_payload(path)
-    return None if payload is None else from_payload(payload)

@@ -8,8 +8,11 @@ from metakit.experiments.tasks.vision.omniglot_folder import load_omniglot
 
 class Omniglot(ImageEpisodes):
     """N-way K-shot classification of handwritten characters: ``images_background`` is meta-train,
-    ``images_evaluation`` meta-test; images are resized to 28×28, and the rotations of every
-    meta-train class are further classes (on by default, as in the MAML paper)."""
+    ``images_evaluation`` meta-test; images are resized to 28×28 (one channel), and the rotations of
+    every meta-train class are further classes (on by default, as in the MAML paper).
+
+    The official background/evaluation layout has no validation split, so there is none here.
+    """
 
     protocol = {**ImageEpisodes.protocol, "iterations": 60_000, "rotations": True}
 
@@ -23,6 +26,7 @@ class Omniglot(ImageEpisodes):
             )
 
     def load(self):
-        """The background (meta-train) and evaluation (meta-test) alphabets."""
+        """The background (meta-train) and evaluation (meta-test) alphabets; ``"validation"`` is
+        ``None``, as the official layout has no validation split."""
         splits = load_omniglot(Path(self.data_root), self.image_size)
-        return {"train": splits["background"], "test": splits["evaluation"]}
+        return {"train": splits["background"], "validation": None, "test": splits["evaluation"]}

@@ -36,7 +36,9 @@ from metakit.experiments.tasks.vision.image_sets import (
 
 SPLITS = ("background", "evaluation")
 """The two official splits, in the order they are returned."""
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+"""Part of the cache file name and fingerprint; bump it when the cached layout changes (2: images carry a
+channel axis)."""
 LAYOUT = (
     "images_background/ and images_evaluation/ holding <alphabet>/<character>/*.png "
     "(or images_background.zip and images_evaluation.zip), directly or under omniglot-py/"
@@ -202,7 +204,7 @@ def decode(source, label: str, size: int) -> np.ndarray:
 
 
 def _decode_classes(split: Split, per_class: int, size: int) -> np.ndarray:
-    images = np.zeros((len(split.classes), per_class, size, size), dtype=np.uint8)
+    images = np.zeros((len(split.classes), per_class, 1, size, size), dtype=np.uint8)
     if split.is_zip:
         with zipfile.ZipFile(split.source) as archive:
             for c, character in enumerate(split.classes):
@@ -212,17 +214,17 @@ def _decode_classes(split: Split, per_class: int, size: int) -> np.ndarray:
                         data = archive.read(member)
                     except (OSError, zipfile.BadZipFile) as exc:
                         raise DataError(f"cannot read image {label}: {_one_line(exc)}") from exc
-                    images[c, i] = decode(io.BytesIO(data), label, size)
+                    images[c, i, 0] = decode(io.BytesIO(data), label, size)
     else:
         for c, character in enumerate(split.classes):
             for i, path in enumerate(character.files[:per_class]):
-                images[c, i] = decode(path, str(path), size)
+                images[c, i, 0] = decode(path, str(path), size)
     return images
 
 
 def read_split(split: Split, size: int) -> ClassImages:
-    """Decode a listed split; every class keeps its first ``per_class`` images, where ``per_class`` is the
-    smallest image count of any class of the split (20 in the official data)."""
+    """Decode a listed split into one-channel images; every class keeps its first ``per_class`` images,
+    where ``per_class`` is the smallest image count of any class of the split (20 in the official data)."""
     per_class = min(len(character.files) for character in split.classes)
     return ClassImages(
         torch.from_numpy(_decode_classes(split, per_class, size)),
@@ -235,7 +237,7 @@ def cache_path(root: Path, size: int) -> Path:
     """Where the decoded tensors of ``root`` at ``size`` are cached: in :func:`cache_dir`, keyed by the
     absolute root path, so that read-only data folders work."""
     key = hashlib.sha256(str(root).encode()).hexdigest()[:16]
-    return cache_dir(None) / "omniglot" / f"omniglot-{key}-{size}.pt"
+    return cache_dir(None) / "omniglot" / f"omniglot-v{CACHE_VERSION}-{key}-{size}.pt"
 
 
 def _cached(path: Path, expected: str) -> Optional[dict]:
