@@ -18,7 +18,7 @@ import torch
 from metakit.experiments.methods import METHODS
 from metakit.experiments.reports.evaluate import evaluate_algorithm, format_table
 from metakit.experiments.tasks import build_family, register_family
-from metakit.experiments.tasks.family import RegressionFamily, uniform
+from metakit.experiments.tasks.regression.functions import RegressionFamily, uniform
 from metakit.experiments.training.config import TrainConfig
 from metakit.experiments.training.runs import load_run
 from metakit.experiments.training.trainer import train

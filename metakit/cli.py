@@ -361,7 +361,8 @@ def train(out, force, resume, quiet, **options):
 @click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto: CUDA when available.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def evaluate(run_dir, tasks, shots, steps, ways, seed, device, as_json):
-    """Adapt a run to held-out tasks; print MSE or accuracy ± 95% CI per (shots, steps)."""
+    """Adapt a run to held-out tasks; print the family's metric (MSE, accuracy, return) ± 95% CI per
+    (shots, steps)."""
     from metakit.experiments.reports.evaluate import (
         evaluate_algorithm,
         format_table,
@@ -370,7 +371,7 @@ def evaluate(run_dir, tasks, shots, steps, ways, seed, device, as_json):
 
     config, algo = _load_run(run_dir, device)
     family = _eval_family(config, ways)
-    shots = shots or list(family.eval_protocol.get("shots", ()))  # RL families take none
+    shots = shots or list(family.eval_protocol.get("shots", ()))
     steps = steps or list(family.eval_protocol["steps"])
     horizon = training_horizon(config)
     results = _guarded(lambda: evaluate_algorithm(algo, family, tasks, shots, steps, seed, horizon))
@@ -378,7 +379,7 @@ def evaluate(run_dir, tasks, shots, steps, ways, seed, device, as_json):
     if as_json:
         click.echo(json.dumps(report))
         return
-    click.echo(format_table(report))
+    click.echo(format_table(report, family.metric))
     summary = algo.describe()
     if summary:
         click.echo(summary)
@@ -407,10 +408,11 @@ def _guarded(work):
     from metakit.experiments.tasks.vision.image_sets import DataError
     from metakit.experiments.training.config import ConfigError
     from metakit.experiments.training.runs import RunError
+    from metakit.experiments.util.errors import MetakitError
 
     try:
         return work()
-    except (DataError, ConfigError, RunError) as err:
+    except (DataError, ConfigError, RunError, MetakitError) as err:
         usage_error(str(err))
 
 
@@ -472,43 +474,27 @@ def plot(run_dirs, out, tasks, shots, seed):
     _check_writable_dir(out, "--out")
 
     from metakit.experiments.reports.evaluate import evaluate_algorithm
-    from metakit.experiments.reports.plots import (
-        plot_adaptation,
-        plot_metric_vs_steps,
-        plot_paths,
-        plot_training_curves,
-    )
+    from metakit.experiments.reports.plots import draw_figures
     from metakit.experiments.tasks import build_family
 
     family = build_family(loaded[0][1])
     shots = shots or family.eval_protocol.get("shots", (None,))[0]  # RL families take none
-    steps = family.eval_protocol["steps"] if family.kind == "rl" else range(11)
     methods = [config.method for _, config, _ in loaded]
     label = {
         d: (c.method if methods.count(c.method) == 1 else f"{c.method} ({d.name})") for d, c, _ in loaded
     }
     out.mkdir(parents=True, exist_ok=True)
-    names = []
-    if family.kind == "regression":
-        plot_adaptation(
-            {label[d]: algo for d, _, algo in loaded}, family, out / "adaptation.png", shots=shots, seed=seed
-        )
-        names.append("adaptation.png")
     curves = {
         label[d]: _guarded(
-            lambda a=algo, c=config: evaluate_algorithm(a, build_family(c), tasks, [shots], steps, seed)
+            lambda a=algo, c=config: evaluate_algorithm(
+                a, build_family(c), tasks, [shots], family.plot_steps, seed
+            )
         )
         for d, config, algo in loaded
     }
-    names.append(f"{family.metric}_vs_steps.png")
-    plot_metric_vs_steps(curves, out / names[-1], shots=shots, metric=family.metric)
-    if family.kind == "rl" and family.position_observations:
-        plot_paths({label[d]: (algo, build_family(c)) for d, c, algo in loaded}, out / "paths.png", seed=seed)
-        names.append("paths.png")
-    plot_training_curves({label[d]: d for d, _, _ in loaded}, out / "training_curves.png")
-    names.append("training_curves.png")
-    for name in names:
-        click.echo(out / name)
+    runs = {label[d]: (d, algo) for d, _, algo in loaded}
+    for path in _guarded(lambda: draw_figures(family, runs, curves, out, shots, seed)):
+        click.echo(path)
 
 
 @cli.command()
@@ -638,17 +624,17 @@ def bench(quick, task, threads, paper_protocol, protocol_iterations, as_json, **
     if protocol_iterations is not None and not paper_protocol:
         usage_error("--protocol-iterations applies to --paper-protocol only")
 
-    if FAMILIES.get(task).kind == "rl":  # reinforcement learning: the rollout throughput
-        from metakit.experiments.tasks.rl.rollout_bench import bench_task, format_rollouts
-
+    family_bench = FAMILIES.get(task).bench
+    if family_bench is not None:  # a family that benchmarks itself (RL: the rollout throughput)
         try:
-            report = bench_task(task, quick, threads, **options)
+            report, text = family_bench(task, quick, threads, **options)
         except ValueError as err:
             usage_error(str(err))
-        click.echo(json.dumps(report) if as_json else format_rollouts(report))
+        click.echo(json.dumps(report) if as_json else text)
         return
 
     from metakit.experiments.reports import bench as benchmarks
+
     if paper_protocol:
         iterations = protocol_iterations or TrainConfig().iterations
         report = benchmarks.time_paper_protocol(iterations, threads, progress=not as_json)

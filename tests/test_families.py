@@ -7,7 +7,8 @@ import torch
 
 from metakit.experiments.reports.evaluate import evaluate_algorithm
 from metakit.experiments.tasks import FAMILIES, build_family, register_family
-from metakit.experiments.tasks.family import RegressionFamily, held_out_generator, uniform
+from metakit.experiments.tasks.family import held_out_generator
+from metakit.experiments.tasks.regression.functions import RegressionFamily, uniform
 from metakit.experiments.tasks.regression.harmonic import Harmonic
 from metakit.experiments.tasks.regression.sinusoid import Sinusoid
 from metakit.experiments.tasks.regression.sinusoid_line import SinusoidLine

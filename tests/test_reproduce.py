@@ -13,7 +13,7 @@ from PIL import Image
 from metakit.cli import cli
 from metakit.experiments.reports.evaluate import training_horizon
 from metakit.experiments.reports.reproduce import results_markdown
-from metakit.experiments.tasks.family import Reproduction
+from metakit.experiments.tasks.family import MSE, Reproduction
 from metakit.experiments.tasks.regression.sinusoid import Sinusoid
 from metakit.experiments.training import runs
 from metakit.experiments.training.config import TrainConfig
@@ -142,14 +142,14 @@ def test_results_tables_mark_cells_beyond_the_trained_horizon():
     reproduction = Reproduction(
         description="d", eval_shots=(5,), eval_steps=(0, 1, 3), reported_steps=(0, 1, 3)
     )
-    lines = results_markdown(rows, reproduction, "mse", 1, 6, 3, {"": {"lslr": 2, "mc": 1}}).splitlines()
+    lines = results_markdown(rows, reproduction, MSE, 1, 6, 3, {"": {"lslr": 2, "mc": 1}}).splitlines()
     table = [line.strip("| ").split(" | ") for line in lines if line.startswith("| ")]
     cells = {name: values for name, *values in table}
     assert [c.endswith("\\*") for c in cells["lslr"]] == [False, False, True]
     assert [c.endswith("\\*") for c in cells["mc"]] == [False, False, True]
     assert not any("*" in c for c in cells["maml"])
     assert "\\* beyond the inner steps the learned rates were trained for (lslr 2, mc 1)" in lines
-    one = results_markdown(rows[:6], reproduction, "mse", 1, 6, 3, {"": {"lslr": 2, "mc": 1}})
+    one = results_markdown(rows[:6], reproduction, MSE, 1, 6, 3, {"": {"lslr": 2, "mc": 1}})
     assert "\\* beyond the 2 inner steps the learned rates were trained for" in one.splitlines()
 
 

@@ -17,7 +17,7 @@ from metakit.cli import cli
 from metakit.experiments.methods import METHODS
 from metakit.experiments.reports.reproduce import results_markdown
 from metakit.experiments.tasks import FAMILIES, build_family
-from metakit.experiments.tasks.family import held_out_generator
+from metakit.experiments.tasks.family import RETURN, held_out_generator
 from metakit.experiments.tasks.rl.meta_rl import GoalBatch
 from metakit.experiments.tasks.rl.nav2d_env import Nav2D
 from metakit.experiments.tasks.rl.objective import adaptation_returns, meta_backward, sample_adaptation
@@ -263,7 +263,7 @@ def test_reproduction_protocol_and_its_returns_table():
         for s in (0, 1)
         for k in reproduction.reported_steps
     ]
-    text = results_markdown(rows, reproduction, "return", 2, 40, 300)
+    text = results_markdown(rows, reproduction, RETURN, 2, 40, 300)
     assert "mean return per episode ± 95% CI" in text and "### policy-gradient steps" in text
     assert "| maml | -19.50 ± 0.50 [± 0.71] |" in text
     assert text.count("| pretrain | -39.50 ± 0.50 [± 0.71]") == 1

@@ -7,11 +7,12 @@ import pytest
 import torch
 from helpers import assert_close_lists, grads_of
 
-from metakit.experiments.reports.evaluate import evaluate_algorithm, mean_ci95
+from metakit.experiments.reports.evaluate import evaluate_algorithm
 from metakit.experiments.tasks.regression.sinusoid import Sinusoid
 from metakit.experiments.training.config import ConfigError, TrainConfig
 from metakit.experiments.training.runs import load_run
 from metakit.experiments.training.trainer import build_training, train
+from metakit.experiments.util.statistics import mean_ci95
 from metakit.wrappers import VectorizedEngine, meta_backward
 from metakit.wrappers.rules import multi_step_weights
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from metakit.experiments.reports.evaluate import evaluate_algorithm, format_table, task_statistics
-from metakit.experiments.tasks.family import RegressionHeldOut, TaskFamily
+from metakit.experiments.reports.evaluate import evaluate_algorithm, format_table
+from metakit.experiments.tasks.regression.functions import RegressionFamily, RegressionHeldOut
+from metakit.experiments.util.statistics import task_statistics
 from metakit.wrappers import MAML
 
 LR, STEPS = 0.1, 40
@@ -44,7 +45,7 @@ def test_all_finite_tasks_give_mean_median_and_no_divergence():
     assert stats["diverged"] == 0 and stats["worse"] == 3  # 3, 10 and 4 are above 2.5
 
 
-class FixedTasks(TaskFamily):
+class FixedTasks(RegressionFamily):
     """Five hand-made linear regression tasks, for a model that starts at y = −x. Task 1's inputs
     are large, so gradient descent at rate 0.1 blows up on it alone; task 3's query set contradicts
     its support set, so adapting makes it worse; task 4's query loss falls, then rises again while

@@ -72,17 +72,6 @@ QUICK = BenchPlan(
 )
 
 
-IMAGE_PLAN = BenchPlan(
-    methods=("maml",),
-    meta_batch=(32,),
-    inner_steps=(1,),
-    contenders=("func", "func-compiled", BASELINE),
-    repeats=3,
-    min_time=1.0,
-)
-"""The default for classification families: the conv net, 5-way 1-shot, meta-batch 32."""
-
-
 def make_plan(quick: bool = False, task: str = "sinusoid", **options) -> BenchPlan:
     """The full (or ``quick``) plan for ``task`` with ``options`` (plan fields) overriding it.
 
@@ -96,7 +85,7 @@ def make_plan(quick: bool = False, task: str = "sinusoid", **options) -> BenchPl
     if quick:
         base = QUICK
     else:
-        base = IMAGE_PLAN if FAMILIES.get(task).kind == "classification" else BenchPlan()
+        base = replace(BenchPlan(), **FAMILIES.get(task).bench_plan)
     return replace(base, task=task, **options)
 
 

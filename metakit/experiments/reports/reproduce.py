@@ -9,13 +9,9 @@ from typing import Callable, Dict, List, Optional
 
 from metakit.experiments.methods import METHODS
 from metakit.experiments.reports.evaluate import evaluate_algorithm, horizon_note, training_horizon
-from metakit.experiments.reports.plots import (
-    plot_adaptation,
-    plot_metric_vs_steps,
-    plot_paths,
-    plot_training_curves,
-)
+from metakit.experiments.reports.plots import draw_figures
 from metakit.experiments.tasks import FAMILIES, build_family
+from metakit.experiments.tasks.family import Metric
 from metakit.experiments.training import runs
 from metakit.experiments.training.config import TrainConfig
 from metakit.experiments.training.trainer import Divergence, train
@@ -105,13 +101,15 @@ def reproduce(
                 shots = reproduction.eval_shots or (config.shots,)
                 results = _evaluate_cached(run_dir, shots, reproduction.eval_steps, tasks, eval_seed)
                 first = {
-                    r["steps"]: _number(r[metric], metric) for r in results if r.get("shots") == shots[0]
+                    r["steps"]: metric.format(r[metric.key], 1 if metric.percent else 3)
+                    for r in results
+                    if r.get("shots") == shots[0]
                 }
                 shot = "" if shots[0] is None else f"{shots[0]}-shot "  # RL rows have no shots
                 steps = reproduction.reported_steps
                 echo(
                     f"[{name} seed {seed}] {status} in {time.perf_counter() - started:.0f}s; "
-                    f"{shot}{metric} after {'/'.join(map(str, steps))} steps: "
+                    f"{shot}{metric.key} after {'/'.join(map(str, steps))} steps: "
                     + " / ".join(first[s] for s in steps)
                 )
                 rows += [{"method": method, "variant": label, "seed": seed, **r} for r in results]
@@ -125,15 +123,8 @@ def reproduce(
         markdown += f"\nRuns whose training diverged (not in the table):\n\n{listed}"
     paths["markdown"].write_text(markdown)
     if rows:  # nothing to plot when every run's training diverged
-        paths.update(_plots(out, family_class, rows, run_dirs, metric))
+        paths.update(_plots(out, family_class, rows, run_dirs))
     return paths
-
-
-def _number(value, metric: str) -> str:
-    """A result for people: ``diverged`` where adaptation blew up (``None``); accuracy in percent."""
-    if value is None:
-        return "diverged"
-    return f"{100 * value:.1f}%" if metric == "accuracy" else f"{value:.3f}"
 
 
 def _write_csv(path: Path, rows: List[dict], with_variant: bool) -> None:
@@ -146,7 +137,7 @@ def _write_csv(path: Path, rows: List[dict], with_variant: bool) -> None:
         writer.writerows({k: r.get(k, "") for k in columns} for r in rows)
 
 
-def summarise(rows: List[dict], metric: str) -> Dict[tuple, dict]:
+def summarise(rows: List[dict], metric: Metric) -> Dict[tuple, dict]:
     """Per (variant, method, shots, steps): mean metric and mean 95% CI over seeds, std across seeds,
     and whether the steps lie beyond the trained horizon."""
     groups: Dict[tuple, List[dict]] = {}
@@ -154,7 +145,7 @@ def summarise(rows: List[dict], metric: str) -> Dict[tuple, dict]:
         groups.setdefault((r["variant"], r["method"], r.get("shots"), r["steps"]), []).append(r)
     summary = {}
     for key, group in groups.items():
-        values = [g[metric] for g in group]
+        values = [g[metric.key] for g in group]
         beyond = any(g.get("beyond_horizon") for g in group)
         if None in values:
             summary[key] = {"value": None, "ci95": None, "seed_std": None, "beyond": beyond}
@@ -169,7 +160,7 @@ def summarise(rows: List[dict], metric: str) -> Dict[tuple, dict]:
 
 
 def results_markdown(
-    rows: List[dict], reproduction, metric: str, seeds: int, tasks: int, iterations: int, horizons=None
+    rows: List[dict], reproduction, metric: Metric, seeds: int, tasks: int, iterations: int, horizons=None
 ) -> str:
     """The results tables: metric ± 95% CI over tasks (mean over seeds), and ± std across seeds.
 
@@ -178,14 +169,14 @@ def results_markdown(
     """
     summary = summarise(rows, metric)
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    name = {"accuracy": "query accuracy (%)", "return": "mean return per episode"}.get(metric, "query MSE")
+    name = metric.description + " (%)" * metric.percent
     lines = [
         f"{reproduction.description}; {iterations} meta-iterations, {seeds} seed(s), {tasks} held-out "
         f"tasks. Cell: {name} ± 95% CI over tasks (averaged over seeds) [± std across seeds].",
         "",
     ]
-    scale = 100 if metric == "accuracy" else 1
-    digits = 3 if metric == "mse" else 2
+    scale = 100 if metric.percent else 1
+    digits = metric.digits if metric.summary_digits is None else metric.summary_digits
     tables = dict.fromkeys((r["variant"], r.get("shots")) for r in rows)
     for variant, shots in tables:
         label = "policy-gradient steps" if shots is None else f"{shots}-shot"
@@ -218,26 +209,16 @@ def results_markdown(
     return "\n".join(lines)
 
 
-def _plots(
-    out: Path, family_class, rows: List[dict], run_dirs: Dict[str, Path], metric: str
-) -> Dict[str, Path]:
-    paths = {f"{metric}_vs_steps": out / f"{metric}_vs_steps.png", "training": out / "training_curves.png"}
+def _plots(out: Path, family_class, rows: List[dict], run_dirs: Dict[str, Path]) -> Dict[str, Path]:
+    """The family's figures (:func:`~metakit.experiments.reports.plots.draw_figures`) of each
+    method's first run, from the rows of its first seed and variant."""
     loaded = {method: runs.load_run(run_dir) for method, run_dir in run_dirs.items()}
     variant = rows[0]["variant"]
-    first = {
+    curves = {
         m: [r for r in rows if r["method"] == m and r["seed"] == 0 and r["variant"] == variant]
         for m in run_dirs
     }
-    shots = rows[0].get("shots")
-    if family_class.kind == "rl" and family_class.position_observations:
-        paths["paths"] = out / "paths.png"
-        plot_paths({m: (algo, build_family(c)) for m, (c, algo, _) in loaded.items()}, paths["paths"])
-    if family_class.kind == "regression":
-        paths["adaptation"] = out / "adaptation.png"
-        config = next(iter(loaded.values()))[0]
-        plot_adaptation(
-            {m: algo for m, (_, algo, _) in loaded.items()}, build_family(config), paths["adaptation"]
-        )
-    plot_metric_vs_steps(first, paths[f"{metric}_vs_steps"], shots=shots, metric=metric)
-    plot_training_curves(run_dirs, paths["training"])
-    return paths
+    family = build_family(next(iter(loaded.values()))[0])
+    figures = {m: (run_dirs[m], algo) for m, (_, algo, _) in loaded.items()}
+    paths = draw_figures(family, figures, curves, out, rows[0].get("shots"), seed=1)
+    return {path.stem: path for path in paths}

@@ -1,22 +1,18 @@
-"""What a task family is: the protocol every family implements, and the pieces regression and
-few-shot classification families share."""
+"""What a task family is: a small core every family implements (sampling, model, config rules,
+protocol, evaluation, figures), the supervised layer that regression and classification share
+(held-out set, loss, score), and the :class:`Metric` that tables, markdown and plots read."""
 
 import hashlib
-import math
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from pathlib import Path
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from metakit.wrappers.engines import make_engine
+from metakit.experiments.util.statistics import task_statistics
+from metakit.wrappers.engines import VectorizedEngine, make_engine
 from metakit.wrappers.engines.batch import TaskBatch
-
-EVAL_QUERY_POINTS = 100
-"""Query points per held-out regression task (the same expected MSE as K, with less noise)."""
-SUPPORT_BLOCK = 20
-"""Held-out regression support points are drawn in blocks of this many, each from its own stream."""
 
 
 def held_out_generator(seed: int, task: int, stream: int) -> torch.Generator:
@@ -31,6 +27,45 @@ def held_out_generator(seed: int, task: int, stream: int) -> torch.Generator:
         raise ValueError("held-out seed, task or stream out of range")
     digest = hashlib.blake2b(f"held-out/{seed}/{task}/{stream}".encode(), digest_size=4).digest()
     return torch.Generator().manual_seed(2**31 | int.from_bytes(digest, "little") % 2**31)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """The number a family reports, and how to show it.
+
+    Attributes:
+        key: its key in result rows (``"mse"``, ``"accuracy"``, ``"return"``).
+        label: the column header of tables (``"MSE"``).
+        description: what a cell holds, for markdown and axis labels (``"query MSE"``).
+        percent: shown ×100 with a ``%`` sign.
+        digits: decimals shown in evaluation tables.
+        summary_digits: decimals in reproduction summaries (``results.md``; default ``digits``).
+        higher_is_better: a diverged task ranks lowest (not highest) in medians.
+        log_axis: plotted on a log axis.
+    """
+
+    key: str
+    label: str
+    description: str
+    percent: bool = False
+    digits: int = 4
+    higher_is_better: bool = False
+    log_axis: bool = False
+    summary_digits: Optional[int] = None
+
+    def format(self, value: Optional[float], digits: Optional[int] = None) -> str:
+        """``value`` for people: ``diverged`` for ``None``, percent where :attr:`percent`."""
+        if value is None:
+            return "diverged"
+        digits = self.digits if digits is None else digits
+        return f"{100 * value:.{digits}f}%" if self.percent else f"{value:.{digits}f}"
+
+
+MSE = Metric("mse", "MSE", "query MSE", digits=4, log_axis=True, summary_digits=3)
+ACCURACY = Metric("accuracy", "accuracy", "query accuracy", percent=True, digits=2, higher_is_better=True)
+RETURN = Metric("return", "return", "mean return per episode", digits=2, higher_is_better=True)
+METRICS = {m.key: m for m in (MSE, ACCURACY, RETURN)}
+"""The built-in metrics by key (a report that names none is read with the one its rows carry)."""
 
 
 @dataclass(frozen=True)
@@ -59,40 +94,43 @@ class Reproduction:
 
 
 class TaskFamily:
-    """A task family: how to sample tasks, the held-out set, the model, the loss and the metric.
+    """A task family: the core every family implements.
 
     A family is one file defining a subclass, plus one line in
-    :data:`metakit.experiments.tasks.FAMILIES` (or a call to
-    :func:`metakit.experiments.tasks.register_family` from user code). Class attributes:
+    :data:`metakit.experiments.tasks.FAMILIES` (or a :func:`metakit.experiments.tasks.register_family`
+    call from user code). Class attributes:
 
-    * ``kind``: ``"regression"``, ``"classification"`` or ``"rl"`` (reinforcement learning, see
-      :mod:`metakit.experiments.tasks.rl.meta_rl`);
-    * ``metric``: the key of the evaluation metric in result rows (``"mse"``, ``"accuracy"``);
+    * ``metric``: the :class:`Metric` its evaluation reports;
     * ``protocol``: defaults of the training options this family sets (``shots``, ``query``,
       ``inner_lr``, ``inner_steps``, ``meta_batch``, ``meta_lr``, ``iterations``, ``ways``);
-    * ``eval_protocol``: default ``shots`` and ``steps`` lists of ``metakit eval``;
+    * ``eval_protocol``: default ``shots`` (if it takes any) and ``steps`` of ``metakit eval``;
+    * ``plot_steps``: the step counts of ``metakit plot``'s metric-vs-steps curve;
+    * ``steps_label``: what a step is, for axis labels and tables;
     * ``options``: family-specific training options it accepts (``shots``, ``query``, ``ways``,
       ``data_root``, ``rotations``); any other family-specific option is refused for it;
     * ``reproduction``: a :class:`Reproduction`, for families that ``metakit reproduce`` runs;
-    * ``eval_chunk``: how many held-out tasks evaluation adapts at once;
-    * ``compile_after``: runs of at least this many iterations compile under ``--compile auto``.
+    * ``compile_after``: runs of at least this many iterations compile under ``--compile auto``;
+    * ``bench_plan``: ``metakit bench`` plan fields this family changes (e.g. the conv net's batch);
+    * ``bench``: ``None``, or a classmethod that benchmarks the family itself
+      (``bench(task, quick, threads, **options) -> (report, text)``), as RL families time rollouts.
 
-    Instances are built by :meth:`from_config` (cheap: data loads in :meth:`prepare`) and must
-    implement :meth:`sample`,
-    :meth:`held_out`, :meth:`build_model`, :meth:`loss` and :meth:`score`.
+    Instances are built by :meth:`from_config` (cheap: data loads in :meth:`prepare`) and implement
+    :meth:`sample`, :meth:`build_model`, :meth:`meta_engine` and :meth:`evaluate`;
+    :meth:`figures` adds figures of the family's own to ``metakit plot`` and ``reproduce``.
     """
 
-    kind = "regression"
-    metric = "mse"
+    metric: Metric = MSE
     protocol: Dict[str, object] = {}
     eval_protocol: Dict[str, tuple] = {"shots": (5, 10, 20), "steps": (0, 1, 5, 10)}
+    plot_steps: tuple = tuple(range(11))
+    steps_label = "gradient steps at test time"
     options: tuple = ("shots", "query")
     reproduction: Optional[Reproduction] = None
-    eval_chunk: int = 100
-    """Held-out tasks adapted at once in evaluation (bounds its memory)."""
     compile_after: int = 5000
     """``--compile auto`` compiles runs of at least this many iterations: a compilation costs
     3–30 s and saves about 2.5 ms per sinusoid-sized iteration."""
+    bench_plan: Dict[str, object] = {}
+    bench: Optional[Callable] = None
 
     @classmethod
     def from_config(cls, config) -> "TaskFamily":
@@ -109,15 +147,12 @@ class TaskFamily:
     def prepare(self) -> None:
         """Load and check whatever data the family needs (a one-line ``DataError`` if it is bad).
 
-        Called before a run writes anything; building the model must not need it.
+        Called before a run writes anything.
         """
 
-    def sample(self, tasks: int, shots: int, query: int, generator: torch.Generator) -> TaskBatch:
-        """A meta-training batch of ``tasks`` tasks (tensors on the CPU)."""
-        raise NotImplementedError
-
-    def held_out(self, tasks: int, max_shots: int, seed: int):
-        """A fixed evaluation set: an object whose ``batch(shots)`` gives a :class:`TaskBatch`."""
+    def sample(self, tasks: int, shots: int, query: int, generator: torch.Generator):
+        """A meta-training batch of ``tasks`` tasks (tensors on the CPU; a :class:`TaskBatch` for
+        supervised families)."""
         raise NotImplementedError
 
     def build_model(self) -> nn.Module:
@@ -126,98 +161,92 @@ class TaskFamily:
 
     def meta_engine(self, algo, backend: str, compile: bool):
         """The engine that computes ``algo``'s meta-gradients on this family's batches: an object
-        with ``name`` and ``meta_backward(batch, steps, first_order, step_weights) -> loss``
-        (:func:`metakit.wrappers.engines.make_engine` on the task loss; families that sample their
-        own data, such as reinforcement learning, bring their own)."""
-        return make_engine(algo, self.loss, backend, compile)
+        with ``name`` and ``meta_backward(batch, steps, first_order, step_weights) -> loss``."""
+        raise NotImplementedError
+
+    def evaluate(
+        self, algo, tasks: int, shots: Sequence, steps: Sequence[int], seed: int, horizon=None
+    ) -> list:
+        """Result rows (one per shots × steps) of ``algo`` adapted to ``tasks`` held-out tasks:
+        ``{"shots" (if the family takes shots), "steps", metric.key, "ci95", "tasks", ...}``, with
+        ``"beyond_horizon": True`` past a learned rule's ``horizon``."""
+        raise NotImplementedError
+
+    def figures(self, algos: Dict[str, nn.Module], out: Path, shots, seed: int) -> list:
+        """Figures of this family's own (beyond metric vs steps and training curves) for the runs
+        ``algos`` (label → algorithm); returns the paths written. None by default."""
+        return []
+
+
+class SupervisedFamily(TaskFamily):
+    """A family of supervised tasks: a fixed held-out set, a task loss and a score.
+
+    Subclasses implement :meth:`held_out`, :meth:`loss` and :meth:`score` besides the core; the
+    meta-gradients come from metakit's engines on the loss, and :meth:`evaluate` adapts the
+    held-out tasks with the vectorised engine, ``eval_chunk`` tasks at a time.
+    """
+
+    eval_chunk: int = 100
+    """Held-out tasks adapted at once in evaluation (bounds its memory)."""
+    reports_loss: bool = False
+    """Rows also carry the mean query ``loss`` (where the metric is not the loss itself)."""
+
+    def held_out(self, tasks: int, max_shots: int, seed: int):
+        """A fixed evaluation set: an object whose ``batch(shots)`` gives a :class:`TaskBatch`."""
+        raise NotImplementedError
 
     def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The task loss (differentiable)."""
-        return F.mse_loss(prediction, target)
+        raise NotImplementedError
 
     def score(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The reported metric of one task's predictions."""
-        return F.mse_loss(prediction, target)
-
-
-class RegressionFamily(TaskFamily):
-    """A regression family of functions ``R → R``; subclasses draw task parameters and points.
-
-    Subclasses implement :meth:`draw_tasks` and :meth:`draw_points`. Training batches draw the
-    tasks, then ``shots + query`` points per task, from the training generator. The held-out set
-    draws each task from its own streams (:func:`held_out_generator`): the task, then
-    :data:`EVAL_QUERY_POINTS` query points, then support points in blocks of
-    :data:`SUPPORT_BLOCK`; the K-shot support set is the first K, so every K sees the same tasks
-    and query points.
-    """
-
-    protocol = dict(shots=10, inner_lr=0.01, inner_steps=1, meta_batch=25, meta_lr=1e-3, iterations=70_000)
-
-    def draw_tasks(self, tasks: int, generator: torch.Generator) -> Dict[str, torch.Tensor]:
-        """Parameters of ``tasks`` tasks, each tensor of shape ``[tasks, 1, 1]``."""
         raise NotImplementedError
 
-    def draw_points(self, params: Dict[str, torch.Tensor], points: int, generator: torch.Generator):
-        """``(x, y)`` of shape ``[tasks, points, 1]`` each for the tasks in ``params``."""
-        raise NotImplementedError
+    def row_fields(self) -> dict:
+        """Fields that lead every result row (e.g. classification's ``ways``)."""
+        return {}
 
-    def truth(self, params: Dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """Noise-free targets at ``x`` (``[tasks, points, 1]``), for plots."""
-        raise NotImplementedError
+    def meta_engine(self, algo, backend: str, compile: bool):
+        """:func:`metakit.wrappers.engines.make_engine` on the task loss."""
+        return make_engine(algo, self.loss, backend, compile)
 
-    def plot_range(self, params: Dict[str, torch.Tensor]) -> tuple:
-        """The x interval to draw one task's function over."""
-        return (-5.0, 5.0)
+    def evaluate(self, algo, tasks, shots, steps, seed, horizon=None) -> list:
+        """The metric (mean ± 95% CI over tasks) for every (shots, steps) pair on the same held-out
+        tasks.
 
-    def build_model(self) -> nn.Module:
-        """The MAML paper's regressor: 1 → 40 → 40 → 1 with ReLU, PyTorch's default initialisation."""
-        return nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 1))
-
-    def sample(self, tasks, shots, query, generator):
-        """``shots`` support and ``query`` query points for each of ``tasks`` new tasks."""
-        params = self.draw_tasks(tasks, generator)
-        x, y = self.draw_points(params, shots + query, generator)
-        return TaskBatch(x[:, :shots], y[:, :shots], x[:, shots:], y[:, shots:])
-
-    def held_out(self, tasks: int, max_shots: int, seed: int) -> "RegressionHeldOut":
-        """``tasks`` fixed held-out tasks with up to ``max_shots`` support points each."""
-        params, xs, ys, xq, yq = [], [], [], [], []
-        blocks = math.ceil(max_shots / SUPPORT_BLOCK)
-        for t in range(tasks):
-            p = self.draw_tasks(1, held_out_generator(seed, t, 0))
-            x, y = self.draw_points(p, EVAL_QUERY_POINTS, held_out_generator(seed, t, 1))
-            drawn = [
-                self.draw_points(p, SUPPORT_BLOCK, held_out_generator(seed, t, 2 + b)) for b in range(blocks)
+        Every row also gives the ``median`` of the metric over tasks, how many tasks ended ``worse``
+        than before adapting and how many ``diverged``
+        (:func:`~metakit.experiments.util.statistics.task_statistics`). Where adaptation diverged
+        on some task (a non-finite loss), the metric, CI and loss are ``None``. Tasks are adapted
+        :attr:`eval_chunk` at a time (each task is independent, so the numbers do not depend on
+        it), on the device of the algorithm's parameters.
+        """
+        self.prepare()
+        held_out = self.held_out(tasks, max(shots), seed)
+        engine = VectorizedEngine(algo, self.loss)
+        device = next(algo.parameters()).device
+        chunk = self.eval_chunk
+        results = []
+        for k in shots:
+            batch = held_out.batch(k)
+            chunks = [
+                engine.query_curves(
+                    TaskBatch(*(t[i : i + chunk].to(device) for t in batch)), max(steps), self.score
+                )
+                for i in range(0, tasks, chunk)
             ]
-            params.append(p)
-            xq.append(x)
-            yq.append(y)
-            xs.append(torch.cat([d[0] for d in drawn], 1)[:, :max_shots])
-            ys.append(torch.cat([d[1] for d in drawn], 1)[:, :max_shots])
-        params = {k: torch.cat([p[k] for p in params]) for k in params[0]}
-        return RegressionHeldOut(params, torch.cat(xs), torch.cat(ys), torch.cat(xq), torch.cat(yq))
-
-
-@dataclass(frozen=True)
-class RegressionHeldOut:
-    """Held-out regression tasks; ``batch(K)`` uses the first K support points of every task."""
-
-    params: Dict[str, torch.Tensor]
-    x_support: torch.Tensor
-    y_support: torch.Tensor
-    x_query: torch.Tensor
-    y_query: torch.Tensor
-
-    def batch(self, shots: int) -> TaskBatch:
-        """The tasks with a ``shots``-point support set."""
-        return TaskBatch(self.x_support[:, :shots], self.y_support[:, :shots], self.x_query, self.y_query)
-
-    def task_params(self, task: int) -> Dict[str, torch.Tensor]:
-        """One task's parameters (keeping the task dimension)."""
-        return {k: v[task : task + 1] for k, v in self.params.items()}
-
-
-def uniform(bounds, shape, generator: torch.Generator) -> torch.Tensor:
-    """Draws from U[low, high) of the given shape."""
-    low, high = bounds
-    return low + (high - low) * torch.rand(shape, generator=generator)
+            curves = {key: torch.cat([c[key] for c in chunks], 1) for key in ("loss", "score")}
+            for s in steps:
+                stats = task_statistics(
+                    curves["loss"][s], curves["score"][s], curves["loss"][0], self.metric.higher_is_better
+                )
+                row = {**self.row_fields(), "shots": k, "steps": s}
+                row.update({self.metric.key: stats["mean"], "ci95": stats["ci95"], "median": stats["median"]})
+                if self.reports_loss:
+                    row["loss"] = stats["loss"]
+                row.update({"worse": stats["worse"], "diverged": stats["diverged"], "tasks": tasks})
+                if horizon is not None and s > horizon:
+                    row["beyond_horizon"] = True
+                results.append(row)
+        return results

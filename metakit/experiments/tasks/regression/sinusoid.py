@@ -4,7 +4,8 @@ import math
 
 import torch
 
-from metakit.experiments.tasks.family import RegressionFamily, Reproduction, uniform
+from metakit.experiments.tasks.family import Reproduction
+from metakit.experiments.tasks.regression.functions import RegressionFamily, uniform
 
 HORIZON_10 = dict(inner_steps=10, multi_step_loss=True, msl_anneal=10**7, clip_grad=10.0, cosine_lr=True)
 """The protocol of the learned-rule methods in ``reproduce sinusoid``: 10 inner steps, every one

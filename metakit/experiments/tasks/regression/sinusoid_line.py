@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from metakit.experiments.tasks.family import RegressionFamily, uniform
+from metakit.experiments.tasks.regression.functions import RegressionFamily, uniform
 
 
 class SinusoidLine(RegressionFamily):

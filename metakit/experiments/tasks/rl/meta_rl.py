@@ -27,16 +27,19 @@ core on 2D navigation (~1 s per update); the returns after 1–3 steps stop impr
 """
 
 import math
-from typing import NamedTuple
+from pathlib import Path
+from typing import Dict, NamedTuple
 
 import torch
 
 from metakit.experiments.methods import METHODS
-from metakit.experiments.tasks.family import TaskFamily, held_out_generator
+from metakit.experiments.tasks.family import RETURN, TaskFamily, held_out_generator
 from metakit.experiments.tasks.rl.objective import meta_backward as rl_meta_backward
 from metakit.experiments.tasks.rl.objective import sample_adaptation
 from metakit.experiments.tasks.rl.policy import GaussianMLPPolicy
 from metakit.experiments.tasks.rl.policy_gradient import PGConfig
+from metakit.experiments.util.errors import MetakitError
+from metakit.experiments.util.statistics import mean_ci95
 from metakit.wrappers.base import Objective
 
 TRAIN_NOISE_SEEDS = 2**31
@@ -70,10 +73,11 @@ class RLFamily(TaskFamily):
     by the same policy-gradient steps at test time). Reptile is not wired for RL.
     """
 
-    kind = "rl"
-    metric = "return"
+    metric = RETURN
     protocol = dict(inner_lr=0.1, inner_steps=1, meta_batch=20, meta_lr=3e-3, iterations=300)
     eval_protocol = {"steps": (0, 1, 2, 3)}
+    plot_steps = (0, 1, 2, 3)
+    steps_label = "policy-gradient steps at test time"
     options = ()
     compile_after = math.inf  # never compiled: the meta-gradient runs eagerly under torch.func
     eval_chunk = 100
@@ -126,6 +130,42 @@ class RLFamily(TaskFamily):
         """The MAML-RL meta-gradient of ``algo`` on this family's environment (``backend`` is func,
         ``compile`` off: :meth:`check_config` refuses the others)."""
         return PolicyGradientEngine(algo, self)
+
+    @classmethod
+    def bench(cls, task: str, quick: bool, threads: int, **options) -> tuple:
+        """``metakit bench --task TASK``: the rollout throughput
+        (:func:`~metakit.experiments.tasks.rl.rollout_bench.bench_task`) and its table."""
+        from metakit.experiments.tasks.rl.rollout_bench import bench_task, format_rollouts
+
+        report = bench_task(task, quick, threads, **options)
+        return report, format_rollouts(report)
+
+    def evaluate(self, algo, tasks, shots, steps, seed, horizon=None) -> list:
+        """Rows ``{"steps", "return", "ci95", "tasks"}``: the mean return per episode after that many
+        policy-gradient steps, ± the 95% CI over the held-out tasks (:meth:`adaptation_returns`);
+        ``beyond_horizon`` past ``horizon``. RL tasks take no ``shots`` (pass none)."""
+        if any(k is not None for k in shots):
+            raise MetakitError(
+                "--shots does not apply to reinforcement-learning runs (they adapt on sampled episodes)"
+            )
+        curves = self.adaptation_returns(algo, tasks, max(steps), seed)
+        results = []
+        for s in steps:
+            mean, ci = mean_ci95(curves[s])
+            row = {"steps": s, self.metric.key: mean, "ci95": ci, "tasks": tasks}
+            if horizon is not None and s > horizon:
+                row["beyond_horizon"] = True
+            results.append(row)
+        return results
+
+    def figures(self, algos, out, shots, seed):
+        """With position observations (2D navigation), the MAML paper's Fig. 4: paths before and
+        after adaptation on held-out goals (``paths.png``)."""
+        if not self.position_observations:
+            return []
+        path = Path(out) / "paths.png"
+        plot_paths({label: (algo, self) for label, algo in algos.items()}, path, seed=seed)
+        return [path]
 
     def held_out_goals(self, tasks: int, seed: int) -> torch.Tensor:
         """``tasks`` fixed held-out tasks, ``[tasks, ...]``: task ``t`` is drawn from
@@ -180,3 +220,35 @@ class PolicyGradientEngine:
             self.algo, family.env, batch.goals, generator, family.training, steps, first_order
         )
         return -out["returns"][-1]
+
+
+def plot_paths(runs: Dict[str, tuple], path: Path, tasks: int = 3, seed: int = 1, shown: int = 3):
+    """2D navigation (MAML Fig. 4, left): the paths of ``shown`` episodes of each run's policy before
+    adaptation and after each evaluated number of policy-gradient steps, on ``tasks`` held-out
+    goals (the evaluation's goals, episodes and step sizes); one column per run, one row per goal.
+
+    ``runs`` maps a label to ``(algorithm, family)`` (an RL family with ``position_observations``).
+    """
+    from metakit.experiments.util.figures import plt, save  # matplotlib only when drawing
+
+    fig, axes = plt.subplots(tasks, len(runs), figsize=(3.2 * len(runs), 3.2 * tasks), squeeze=False)
+    for col, (name, (algo, family)) in enumerate(runs.items()):
+        goals = family.held_out_goals(tasks, seed)
+        steps = max(family.eval_protocol["steps"])
+        sampled = family.adaptation(algo, goals, steps, held_out_generator(seed, 0, 1))
+        colors = plt.cm.viridis(torch.linspace(0.0, 0.9, steps + 1).tolist())
+        for t in range(tasks):
+            ax = axes[t][col]
+            for k, episodes in enumerate(sampled.trajectories):
+                for j in range(shown):
+                    xy = episodes.observations[t, j, : int(episodes.valid[t, j].sum()), :2]
+                    label = None
+                    if j == 0:
+                        label = "before adaptation" if k == 0 else f"after {k} step{'s' * (k > 1)}"
+                    ax.plot(xy[:, 0], xy[:, 1], color=colors[k], lw=1, alpha=0.8, label=label)
+            ax.scatter(*goals[t, :2].tolist(), marker="*", s=120, color="tab:red", zorder=3, label="goal")
+            ax.set_aspect("equal", adjustable="datalim")
+            if t == 0:
+                ax.set_title(name)
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    save(fig, path)

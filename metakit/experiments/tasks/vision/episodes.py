@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from metakit.experiments.tasks.family import TaskFamily, held_out_generator
+from metakit.experiments.tasks.family import ACCURACY, SupervisedFamily, held_out_generator
 from metakit.experiments.tasks.vision.convnet import accuracy, conv_net
 from metakit.experiments.tasks.vision.image_sets import ClassImages, DataError
 from metakit.wrappers.engines.batch import TaskBatch
@@ -15,7 +15,7 @@ EVAL_QUERY = 10
 """Query images per class in held-out episodes (fixed, so every K sees the same query set)."""
 
 
-class ImageEpisodes(TaskFamily):
+class ImageEpisodes(SupervisedFamily):
     """Few-shot classification: each task picks ``ways`` classes and ``shots`` + ``query`` images
     per class; labels 0..N−1 are assigned to the chosen classes in random order.
 
@@ -27,8 +27,8 @@ class ImageEpisodes(TaskFamily):
     are scaled from uint8 to [0, 1].
     """
 
-    kind = "classification"
-    metric = "accuracy"
+    metric = ACCURACY
+    reports_loss = True
     protocol = dict(ways=5, shots=1, inner_steps=1, inner_lr=0.4, meta_batch=32, meta_lr=1e-3)
     """The MAML paper's Omniglot settings; subclasses add ``iterations`` and ``rotations``."""
     eval_protocol = {"shots": (1, 5), "steps": (0, 1, 5)}
@@ -41,6 +41,15 @@ class ImageEpisodes(TaskFamily):
     """Side that the glyph set is rendered at and Omniglot resized to (the model is sized from the data)."""
     eval_chunk = 20  # 20 episodes of 5-way 5-shot: ~1,500 images through the conv net at once
     compile_after = 500  # an iteration costs about a second eagerly; compiling saves ~30% of it
+    bench_plan = dict(
+        methods=("maml",),
+        meta_batch=(32,),
+        inner_steps=(1,),
+        contenders=("func", "func-compiled", "learn2learn"),
+        repeats=3,
+        min_time=1.0,
+    )
+    """``metakit bench``: the conv net at 5-way 1-shot, meta-batch 32, one inner step."""
 
     def __init__(
         self, ways: int, data_root: Optional[str] = None, rotations: bool = False, min_images: int = 2
@@ -139,6 +148,10 @@ class ImageEpisodes(TaskFamily):
     def loss(self, prediction, target):
         """Cross-entropy."""
         return F.cross_entropy(prediction, target)
+
+    def row_fields(self) -> dict:
+        """Rows lead with the episodes' ``ways``."""
+        return {"ways": self.ways}
 
     def score(self, prediction, target):
         """Accuracy."""
