@@ -23,12 +23,20 @@ from metakit.experiments.util.cache import user_cache  # noqa: E402
 # boot; in the user's cache folder a repeated setting compiles in seconds instead of half a minute.
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(user_cache() / "torch-compile"))
 
-from metakit.experiments.methods import BACKENDS, METHODS  # noqa: E402
+from metakit.experiments.methods import METHODS  # noqa: E402
 from metakit.experiments.tasks import FAMILIES  # noqa: E402
-from metakit.experiments.training.config import COMPILE_MODES, DEVICES, OUTER_OPTIMIZERS, TrainConfig  # noqa: E402
+from metakit.experiments.training.config import (  # noqa: E402
+    COMPILE_MODES,
+    DEVICES,
+    OPTIONS,
+    TrainConfig,
+    choices_of,
+    flag,
+    value_type,
+)
 from metakit.experiments.util.allocator import keep_freed_memory  # noqa: E402
 
-FROM_FAMILY = "  [default: the task family's protocol]"
+FROM_FAMILY = "the task family's protocol"
 ENGINES = {
     "func-compiled": "compiled func engine",
     "func": "eager func engine",
@@ -118,137 +126,48 @@ def cli():
 
 
 def _family_default(help_text: str) -> str:
-    return help_text + FROM_FAMILY
+    return f"{help_text}  [default: {FROM_FAMILY}]"
+
+
+CLICK_TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING}
+"""How ``metakit train`` parses each type of training option: parsing only, ``TrainConfig`` checks values."""
+
+
+def training_options(command):
+    """Give ``command`` one click option per :class:`TrainConfig` field, in the fields' order.
+
+    A bool becomes ``--x/--no-x``; a ``None`` default is shown as the family's protocol or the field's
+    ``default_text``; choices are the metavar and a minimum is noted beside the default. Values are
+    checked by ``TrainConfig`` alone, so click and the config cannot disagree.
+    """
+    for name, declared in reversed(OPTIONS.items()):
+        meta, kind, default = declared.metadata, value_type(name), declared.default
+        negative = f"no-{flag(name)[2:]}"
+        if default is None:
+            shown = FROM_FAMILY if meta["family_default"] else meta["default_text"]
+        elif kind is bool:
+            shown = flag(name)[2:] if default else negative
+        else:
+            shown = str(default)
+        note = shown if meta["minimum"] is None else f"{shown}; x>={meta['minimum']}"
+        settings = dict(default=default, show_default=False, help=f"{meta['help']}  [default: {note}]")
+        if kind is bool:
+            decorate = click.option(f"{flag(name)}/--{negative}", name, **settings)
+        else:
+            choices = choices_of(name)
+            metavar = f"[{'|'.join(choices)}]" if choices else None
+            decorate = click.option(flag(name), name, type=CLICK_TYPES[kind], metavar=metavar, **settings)
+        command = decorate(command)
+    return command
 
 
 @cli.command()
-@click.option("--method", type=click.Choice(METHODS.names()), default="maml", help="Meta-learning algorithm.")
-@click.option("--task", type=click.Choice(FAMILIES.names()), default="sinusoid", help="Task family.")
-@click.option(
-    "--ways",
-    type=click.IntRange(min=2),
-    default=None,
-    help=_family_default("Classification: classes per task, N."),
-)
-@click.option(
-    "--shots",
-    type=click.IntRange(min=1),
-    default=None,
-    help=_family_default("Support examples per task (per class for classification), K."),
-)
-@click.option(
-    "--query",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Query examples per task (per class for classification) in training.  [default: --shots]",
-)
-@click.option(
-    "--inner-steps",
-    type=click.IntRange(min=1),
-    default=None,
-    help=_family_default("Inner-loop steps per task."),
-)
-@click.option(
-    "--inner-lr",
-    type=PositiveFloat(),
-    default=None,
-    help=_family_default("Inner learning rate α (initial value of learned rates)."),
-)
-@click.option(
-    "--meta-batch", type=click.IntRange(min=1), default=None, help=_family_default("Tasks per meta-update.")
-)
-@click.option(
-    "--meta-lr",
-    type=PositiveFloat(),
-    default=None,
-    help=_family_default("Learning rate of the meta-update (sgd-annealed: its first value)."),
-)
-@click.option("--iterations", type=click.IntRange(min=1), default=None, help=_family_default("Meta-updates."))
-@click.option(
-    "--seed", type=TRAIN_SEED, default=0, help="Seed of the model initialisation and the task stream."
-)
-@click.option(
-    "--backend",
-    type=click.Choice(BACKENDS),
-    default="func",
-    help="func: vectorised torch.func engine; l2l / higher: per-task reference loops.",
-)
-@click.option(
-    "--compile",
-    type=click.Choice(COMPILE_MODES),
-    default="auto",
-    help="func backend: compile the meta-gradient with torch.compile (a compilation costs seconds, "
-    "then ~3x faster); auto: for runs long enough to repay it.",
-)
-@click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto: CUDA when available.")
-@click.option(
-    "--data-root",
-    type=click.Path(path_type=str),
-    default=None,
-    help="Image families: the data folder (omniglot) or the rendered cache (glyphs).  "
-    "[default: ~/.cache/metakit for glyphs]",
-)
-@click.option(
-    "--rotations/--no-rotations",
-    default=None,
-    help=_family_default("Image families: rotated training classes (90°, 180°, 270°) as new classes."),
-)
-@click.option(
-    "--log-every", type=click.IntRange(min=1), default=100, help="Iterations between lines of metrics.jsonl."
-)
-@click.option(
-    "--multi-step-loss/--no-multi-step-loss",
-    default=False,
-    help="MAML++ multi-step loss (query loss after every inner step, annealed weights).",
-)
-@click.option(
-    "--msl-anneal",
-    type=click.IntRange(min=0),
-    default=10_000,
-    help="Iterations over which multi-step weights move to the last step.",
-)
-@click.option(
-    "--first-order-until",
-    type=click.IntRange(min=0),
-    default=0,
-    help="MAML++ derivative-order annealing: first-order for the first N iterations.",
-)
-@click.option(
-    "--cosine-lr/--no-cosine-lr", default=False, help="MAML++ cosine annealing of the meta learning rate."
-)
-@click.option(
-    "--clip-grad",
-    type=PositiveFloat(),
-    default=None,
-    help="Clip the meta-gradient to this total norm before each outer step.  [default: no clipping]",
-)
-@click.option(
-    "--outer-optimizer",
-    type=click.Choice(OUTER_OPTIMIZERS),
-    default="adam",
-    help="adam; or sgd-annealed: SGD whose step size falls linearly from --meta-lr to 0 (Reptile's paper).",
-)
-@click.option(
-    "--inner-all-points/--no-inner-all-points",
-    default=False,
-    help="Reptile: inner steps train on support + query points, in mini-batches of the support size.",
-)
+@training_options
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
     default=None,
     help="Run directory.  [default: runs/METHOD-TIMESTAMP]",
-)
-@click.option(
-    "--tensorboard/--no-tensorboard",
-    default=False,
-    help="Also log metrics to RUN/tensorboard (needs `pip install tensorboard`).",
-)
-@click.option(
-    "--checkpoint-every",
-    type=click.IntRange(min=1),
-    default=1000,
-    help="Iterations between checkpoints (also written at the end and on Ctrl-C/SIGTERM).",
 )
 @click.option("--force", is_flag=True, help="Allow writing into an existing non-empty --out.")
 @click.option(
@@ -279,7 +198,7 @@ def train(out, force, resume, quiet, **options):
     if resume is not None:
         ctx = click.get_current_context()
         given = [
-            f"--{name.replace('_', '-')}"
+            flag(name)
             for name in [*options, "out", "force"]
             if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
         ]
@@ -298,7 +217,7 @@ def train(out, force, resume, quiet, **options):
         except ConfigError as err:
             usage_error(str(err))
         if writer and config.tensorboard and importlib.util.find_spec("tensorboard") is None:
-            usage_error("--tensorboard needs the tensorboard package: pip install tensorboard")
+            usage_error(f"{flag('tensorboard')} needs the tensorboard package: pip install tensorboard")
         out = out or Path("runs") / f"{config.method}-{datetime.now():%Y%m%d-%H%M%S}"
         if writer and continues_elastic_job(out, config):  # torchrun restarted this job: continue
             resume = out if has_checkpoint(out) else None

@@ -1,117 +1,176 @@
 """The training configuration and every rule on how its options combine.
 
 The rules live here, not in the command line, so that a config built in Python or loaded from a
-run's ``config.json`` is checked exactly as ``metakit train`` checks its options.
+run's ``config.json`` is checked exactly as ``metakit train`` checks its options. Each option is
+declared once, as a :class:`TrainConfig` field made by :func:`option`: its type, default, help,
+minimum and choices; ``metakit train`` generates its command-line options from these fields.
 """
 
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Optional
+from dataclasses import Field, asdict, dataclass, field, fields
+from typing import Optional, get_args, get_type_hints
 
 from metakit.experiments.methods import BACKENDS, METHODS
 from metakit.experiments.tasks import FAMILIES
 
 DEVICES = ("auto", "cpu", "cuda")
 OUTER_OPTIMIZERS = ("adam", "sgd-annealed")
-"""``--outer-optimizer``: Adam at ``--meta-lr``, or SGD whose step size falls linearly from
-``--meta-lr`` to zero over the run (Reptile's outer rule, Nichol et al. 2018)."""
+"""``outer_optimizer``: Adam at ``meta_lr``, or SGD whose step size falls linearly from ``meta_lr``
+to zero over the run (Reptile's outer rule, Nichol et al. 2018)."""
 COMPILE_MODES = ("auto", "on", "off")
-"""``--compile``: ``auto`` compiles a func run long enough to repay the compilation (see
+"""``compile``: ``auto`` compiles a func run long enough to repay the compilation (see
 :func:`metakit.experiments.training.trainer.choose_compile`), ``on`` always, ``off`` never."""
 TRAIN_SEEDS = 2**31
 """Training seeds are below 2**31; held-out streams use seeds at or above it (see
 :func:`~metakit.experiments.tasks.family.held_out_generator`)."""
-FAMILY_DEFAULTS = (
-    "ways",
-    "shots",
-    "inner_steps",
-    "inner_lr",
-    "meta_batch",
-    "meta_lr",
-    "iterations",
-    "rotations",
-)
-"""Options whose default (``None``) is the task family's protocol."""
-FAMILY_OPTIONS = ("shots", "query", "ways", "data_root", "rotations")
-"""Options that only some families accept (see ``TaskFamily.options``; reinforcement-learning
-families take no ``shots`` or ``query``)."""
 
 
 class ConfigError(ValueError):
     """Options that are invalid alone or together; the message is one line."""
 
 
+def flag(name: str) -> str:
+    """The command-line flag of the option (or field) ``name``: ``flag("inner_steps") == "--inner-steps"``."""
+    return "--" + name.replace("_", "-")
+
+
+def option(
+    default=None,
+    *,
+    help: str,
+    minimum=None,
+    choices=None,
+    family_default: bool = False,
+    family_option: bool = False,
+    default_text: Optional[str] = None,
+    noun: Optional[str] = None,
+) -> Field:
+    """A :class:`TrainConfig` field with everything its ``metakit train`` option needs in its metadata.
+
+    Args:
+        default: the value when the option is not given.
+        help: the option's ``--help`` text.
+        minimum: the smallest accepted value (numbers; floats are also always finite and > 0).
+        choices: the accepted values, or a function returning them (for registries that can grow).
+        family_default: the ``None`` default stands for the task family's protocol.
+        family_option: only the families listing it in ``TaskFamily.options`` accept it.
+        default_text: what a ``None`` default means, for the help (options without a family default).
+        noun: what a value is called in the "unknown ..." error of a choice; default: the name in words.
+    """
+    if default is None and not family_default and default_text is None:
+        raise TypeError("an option whose default is None needs family_default or default_text")
+    metadata = dict(
+        help=help,
+        minimum=minimum,
+        choices=choices,
+        family_default=family_default,
+        family_option=family_option,
+        default_text=default_text,
+        noun=noun,
+    )
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class TrainConfig:
-    """Everything that defines a meta-training run.
+    """Everything that defines a meta-training run; each field's help is in its metadata (see :func:`option`).
 
     Options left at ``None`` take the task family's protocol (for sinusoid, the MAML paper's); a
     constructed config holds concrete values and has passed every rule (else :class:`ConfigError`).
     """
 
-    method: str = "maml"
-    """A registered method: maml, fomaml, reptile, mc, lslr, enhanced, pretrain, ..."""
-    task: str = "sinusoid"
-    """A registered task family: sinusoid, harmonic, sinusoid-line, glyphs, omniglot, ..."""
-    ways: Optional[int] = None
-    """Classification: classes per task, N."""
-    shots: Optional[int] = None
-    """Support examples per task (regression) or per class (classification), K."""
-    query: Optional[int] = None
-    """Query examples per task or per class during training; default: the same as shots."""
-    inner_steps: Optional[int] = None
-    """Inner-loop steps per task during meta-training."""
-    inner_lr: Optional[float] = None
-    """Inner learning rate α (initial value of learned rates)."""
-    meta_batch: Optional[int] = None
-    """Tasks per meta-update."""
-    meta_lr: Optional[float] = None
-    """Learning rate of the meta-update (with ``outer_optimizer="sgd-annealed"``: its first value, ε)."""
-    iterations: Optional[int] = None
-    """Meta-updates."""
-    seed: int = 0
-    """Seeds the model initialisation and the training task stream."""
-    backend: str = "func"
-    """func (vectorised torch.func engine), l2l (learn2learn clone/adapt) or higher."""
-    compile: str = "auto"
-    """func backend: compile the meta-gradient with torch.compile: auto, on or off (see
-    :data:`COMPILE_MODES`; seconds to a minute of compiling, then about 3x faster)."""
-    device: str = "auto"
-    """auto (CUDA when available), cpu or cuda."""
-    data_root: Optional[str] = None
-    """Image families: folder of the data (omniglot: required) or of the rendered cache (glyphs)."""
-    rotations: Optional[bool] = None
-    """Image families: add the 90°, 180° and 270° rotations of every training class as new classes."""
-    log_every: int = 100
-    """Iterations between lines of metrics.jsonl."""
-    checkpoint_every: int = 1000
-    """Iterations between checkpoints (one is also written at the end and on SIGINT/SIGTERM)."""
-    multi_step_loss: bool = False
-    """MAML++ multi-step loss: weighted query loss after every inner step."""
-    msl_anneal: int = 10_000
-    """Iterations over which the multi-step weights move to the last step."""
-    first_order_until: int = 0
-    """MAML++ derivative-order annealing: first-order for the first N iterations."""
-    cosine_lr: bool = False
-    """MAML++ cosine annealing of the meta learning rate to zero over the run."""
-    tensorboard: bool = False
-    """Also log the training metrics to RUN/tensorboard (needs the tensorboard package)."""
-    clip_grad: Optional[float] = None
-    """Clip the meta-gradient to this total norm before each outer step (none by default)."""
-    outer_optimizer: str = "adam"
-    """adam, or sgd-annealed: SGD at ε_i = meta_lr·(1 − i/iterations) at iteration i (Reptile's
-    published outer rule; with Reptile one step is θ ← θ + ε_i (mean φ̃ − θ))."""
-    inner_all_points: bool = False
-    """Reptile: the inner loop trains on all of a task's points, support and query, in mini-batches
-    of the support size (as published) instead of on the support points alone."""
+    method: str = option("maml", help="Meta-learning algorithm.", choices=METHODS.names)
+    task: str = option("sinusoid", help="Task family.", choices=FAMILIES.names)
+    ways: Optional[int] = option(
+        help="Classification: classes per task, N.", minimum=2, family_default=True, family_option=True
+    )
+    shots: Optional[int] = option(
+        help="Support examples per task (per class for classification), K.",
+        minimum=1,
+        family_default=True,
+        family_option=True,
+    )
+    query: Optional[int] = option(
+        help="Query examples per task (per class for classification) in training.",
+        minimum=1,
+        family_option=True,
+        default_text=flag("shots"),
+    )
+    inner_steps: Optional[int] = option(help="Inner-loop steps per task.", minimum=1, family_default=True)
+    inner_lr: Optional[float] = option(
+        help="Inner learning rate α (initial value of learned rates).", family_default=True
+    )
+    meta_batch: Optional[int] = option(help="Tasks per meta-update.", minimum=1, family_default=True)
+    meta_lr: Optional[float] = option(
+        help="Learning rate of the meta-update (sgd-annealed: its first value, ε).", family_default=True
+    )
+    iterations: Optional[int] = option(help="Meta-updates.", minimum=1, family_default=True)
+    seed: int = option(
+        0, help="Seed of the model initialisation and the task stream (below 2**31).", minimum=0
+    )
+    backend: str = option(
+        "func",
+        help="func: vectorised torch.func engine; l2l (learn2learn clone/adapt) / higher: per-task "
+        "reference loops.",
+        choices=BACKENDS,
+    )
+    compile: str = option(
+        "auto",
+        help="func backend: compile the meta-gradient with torch.compile (a compilation costs seconds, "
+        "then ~3x faster); auto: for runs long enough to repay it.",
+        choices=COMPILE_MODES,
+        noun=flag("compile"),  # "unknown --compile 'x'": "unknown compile" would read as a verb
+    )
+    device: str = option("auto", help="auto: CUDA when available.", choices=DEVICES)
+    data_root: Optional[str] = option(
+        help="Image families: the data folder (omniglot: required) or the rendered cache (glyphs).",
+        family_option=True,
+        default_text="~/.cache/metakit for glyphs",
+    )
+    rotations: Optional[bool] = option(
+        help="Image families: rotated training classes (90°, 180°, 270°) as new classes.",
+        family_default=True,
+        family_option=True,
+    )
+    log_every: int = option(100, help="Iterations between lines of metrics.jsonl.", minimum=1)
+    checkpoint_every: int = option(
+        1000,
+        help="Iterations between checkpoints (also written at the end and on Ctrl-C/SIGTERM).",
+        minimum=1,
+    )
+    multi_step_loss: bool = option(
+        False, help="MAML++ multi-step loss (query loss after every inner step, annealed weights)."
+    )
+    msl_anneal: int = option(
+        10_000, help="Iterations over which multi-step weights move to the last step.", minimum=0
+    )
+    first_order_until: int = option(
+        0, help="MAML++ derivative-order annealing: first-order for the first N iterations.", minimum=0
+    )
+    cosine_lr: bool = option(False, help="MAML++ cosine annealing of the meta learning rate to zero.")
+    tensorboard: bool = option(
+        False, help="Also log metrics to RUN/tensorboard (needs `pip install tensorboard`)."
+    )
+    clip_grad: Optional[float] = option(
+        help="Clip the meta-gradient to this total norm before each outer step.", default_text="no clipping"
+    )
+    outer_optimizer: str = option(
+        "adam",
+        help=f"adam; or sgd-annealed: SGD whose step size falls linearly from {flag('meta_lr')} to 0 "
+        "(Reptile's paper).",
+        choices=OUTER_OPTIMIZERS,
+    )
+    inner_all_points: bool = option(
+        False,
+        help="Reptile: inner steps train on support + query points, in mini-batches of the support size.",
+    )
 
     def __post_init__(self):
-        if self.task not in FAMILIES:
-            raise ConfigError(f"unknown task {self.task!r}; choose from {', '.join(FAMILIES.names())}")
+        _check_choice(self, "task")
         family = FAMILIES.get(self.task)
         for name in FAMILY_OPTIONS:
             if getattr(self, name) is not None and name not in family.options:
-                raise ConfigError(f"--{_flag(name)} does not apply to --task {self.task}")
+                raise ConfigError(f"{flag(name)} does not apply to {_setting(self, 'task')}")
         for name in FAMILY_DEFAULTS:
             if getattr(self, name) is None and name in family.protocol:
                 setattr(self, name, family.protocol[name])
@@ -135,80 +194,94 @@ class TrainConfig:
         return cls(**data)
 
 
-def _flag(name: str) -> str:
-    return name.replace("_", "-")
+OPTIONS = {f.name: f for f in fields(TrainConfig)}
+"""Every training option's field, by name, in declaration order."""
+FAMILY_DEFAULTS = tuple(name for name, f in OPTIONS.items() if f.metadata["family_default"])
+"""Options whose default (``None``) is the task family's protocol."""
+FAMILY_OPTIONS = tuple(name for name, f in OPTIONS.items() if f.metadata["family_option"])
+"""Options that only some families accept (see ``TaskFamily.options``; reinforcement-learning
+families take no ``shots`` or ``query``)."""
+_HINTS = get_type_hints(TrainConfig)
 
 
-TYPES = {
-    "method": str, "task": str, "ways": int, "shots": int, "query": int, "inner_steps": int,
-    "inner_lr": float, "meta_batch": int, "meta_lr": float, "iterations": int, "seed": int,
-    "backend": str, "compile": str, "device": str, "data_root": str, "rotations": bool,
-    "log_every": int, "checkpoint_every": int, "multi_step_loss": bool, "msl_anneal": int,
-    "first_order_until": int, "cosine_lr": bool, "tensorboard": bool, "outer_optimizer": str,
-    "inner_all_points": bool, "clip_grad": float,
-}  # fmt: skip
-MINIMUM = {
-    "ways": 2, "shots": 1, "query": 1, "inner_steps": 1, "meta_batch": 1, "iterations": 1,
-    "seed": 0, "log_every": 1, "checkpoint_every": 1, "msl_anneal": 0, "first_order_until": 0,
-}  # fmt: skip
+def value_type(name: str) -> type:
+    """The type of option ``name``'s values, from its annotation: ``int`` for ``Optional[int]``."""
+    hint = _HINTS[name]
+    return next((arg for arg in get_args(hint) if arg is not type(None)), hint)
 
 
-def _check_types(config: TrainConfig) -> None:
-    for name, kind in TYPES.items():
-        value = getattr(config, name)
-        if value is None and (name in FAMILY_OPTIONS or name == "clip_grad"):
+def choices_of(name: str) -> tuple:
+    """The values option ``name`` accepts; ``()`` for an option without choices."""
+    choices = OPTIONS[name].metadata["choices"] or ()
+    return tuple(choices() if callable(choices) else choices)
+
+
+def _setting(config: TrainConfig, name: str) -> str:
+    """An option as given on the command line: ``--method maml``."""
+    return f"{flag(name)} {getattr(config, name)}"
+
+
+def _check_choice(config: TrainConfig, name: str) -> None:
+    value, allowed = getattr(config, name), choices_of(name)
+    if value not in allowed:
+        noun = OPTIONS[name].metadata["noun"] or name.replace("_", " ")
+        raise ConfigError(f"unknown {noun} {value!r}; choose from {', '.join(allowed)}")
+
+
+def _check_values(config: TrainConfig) -> None:
+    """Each option alone: its type, its minimum, and for a float a finite number > 0."""
+    for name, declared in OPTIONS.items():
+        value, kind, minimum = getattr(config, name), value_type(name), declared.metadata["minimum"]
+        own_none = declared.default is None and not declared.metadata["family_default"]  # e.g. no clipping
+        if value is None and (declared.metadata["family_option"] or own_none):
             continue
         accepted = (int, float) if kind is float else kind
         if not isinstance(value, accepted) or (kind is not bool and isinstance(value, bool)):
             raise ConfigError(f"{name} must be of type {kind.__name__}, got {value!r}")
-        if name in MINIMUM and value < MINIMUM[name]:
-            raise ConfigError(f"--{_flag(name)} must be at least {MINIMUM[name]}, got {value}")
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"{flag(name)} must be at least {minimum}, got {value}")
         if kind is float and not (math.isfinite(value) and value > 0):
-            raise ConfigError(f"--{_flag(name)} must be a finite number > 0, got {value!r}")
+            raise ConfigError(f"{flag(name)} must be a finite number > 0, got {value!r}")
     if config.seed >= TRAIN_SEEDS:
-        raise ConfigError(f"--seed must be below 2**31, got {config.seed}")
+        raise ConfigError(f"{flag('seed')} must be below 2**31, got {config.seed}")
 
 
 def _check(config: TrainConfig, family) -> None:
     """Every rule on the options, alone and together."""
-    if config.method not in METHODS:
-        raise ConfigError(f"unknown method {config.method!r}; choose from {', '.join(METHODS.names())}")
-    if config.backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {config.backend!r}; choose from {', '.join(BACKENDS)}")
-    if config.device not in DEVICES:
-        raise ConfigError(f"unknown device {config.device!r}; choose from {', '.join(DEVICES)}")
-    if config.outer_optimizer not in OUTER_OPTIMIZERS:
-        raise ConfigError(
-            f"unknown outer optimizer {config.outer_optimizer!r}; choose from {', '.join(OUTER_OPTIMIZERS)}"
-        )
-    if config.compile not in COMPILE_MODES:
-        raise ConfigError(f"unknown --compile {config.compile!r}; choose from {', '.join(COMPILE_MODES)}")
-    _check_types(config)
+    for name, declared in OPTIONS.items():
+        if declared.metadata["choices"] is not None:
+            _check_choice(config, name)
+    _check_values(config)
     spec = METHODS.get(config.method)
     if config.backend not in spec.backends:
         raise ConfigError(
-            f"--method {config.method} does not run on --backend {config.backend}; "
+            f"{_setting(config, 'method')} does not run on {_setting(config, 'backend')}; "
             f"use {' or '.join(spec.backends)}"
         )
     if not spec.maml_plus_plus and (config.multi_step_loss or config.first_order_until):
         raise ConfigError(
-            f"--multi-step-loss and --first-order-until apply to MAML-family methods, not {config.method}"
+            f"{flag('multi_step_loss')} and {flag('first_order_until')} apply to MAML-family methods, "
+            f"not {config.method}"
         )
     if spec.always_first_order and config.first_order_until:
         raise ConfigError(
-            f"--first-order-until has no effect with --method {config.method} (always first-order)"
+            f"{flag('first_order_until')} has no effect with {_setting(config, 'method')} "
+            "(always first-order)"
         )
     if config.outer_optimizer == "sgd-annealed" and config.cosine_lr:
-        raise ConfigError("--cosine-lr and --outer-optimizer sgd-annealed both anneal --meta-lr; choose one")
+        raise ConfigError(
+            f"{flag('cosine_lr')} and {flag('outer_optimizer')} sgd-annealed both anneal {flag('meta_lr')}; "
+            "choose one"
+        )
     if config.inner_all_points and not spec.all_points:
         raise ConfigError(
-            f"--inner-all-points applies to reptile, not {config.method} (whose meta-loss needs held-out "
-            "query points)"
+            f"{flag('inner_all_points')} applies to reptile, not {config.method} (whose meta-loss needs "
+            "held-out query points)"
         )
     if config.multi_step_loss and config.inner_steps < 2:
-        raise ConfigError("--multi-step-loss needs --inner-steps of at least 2")
+        raise ConfigError(f"{flag('multi_step_loss')} needs {flag('inner_steps')} of at least 2")
     if config.compile == "on" and config.backend != "func":
-        raise ConfigError("--compile on applies to --backend func only")
+        raise ConfigError(f"{flag('compile')} on applies to {flag('backend')} func only")
     try:
         family.check_config(config)
     except ValueError as err:
