@@ -10,6 +10,7 @@ from typing import Optional
 
 from metakit.experiments.methods import BACKENDS, METHODS
 from metakit.experiments.tasks import FAMILIES
+from metakit.experiments.util.errors import MetakitError
 
 DEVICES = ("auto", "cpu", "cuda")
 OUTER_OPTIMIZERS = ("adam", "sgd-annealed")
@@ -37,7 +38,7 @@ FAMILY_OPTIONS = ("shots", "query", "ways", "data_root", "rotations")
 families take no ``shots`` or ``query``)."""
 
 
-class ConfigError(ValueError):
+class ConfigError(MetakitError):
     """Options that are invalid alone or together; the message is one line."""
 
 
