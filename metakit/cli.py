@@ -35,6 +35,7 @@ from metakit.experiments.training.config import (  # noqa: E402
     value_type,
 )
 from metakit.experiments.util.allocator import keep_freed_memory  # noqa: E402
+from metakit.experiments.util.errors import MetakitError  # noqa: E402
 
 FROM_FAMILY = "the task family's protocol"
 ENGINES = {
@@ -46,7 +47,8 @@ ENGINES = {
 
 
 class OneLineErrors(click.Group):
-    """A group whose usage errors are one line on stderr with exit code 2 (no usage banner)."""
+    """A group whose usage errors, and every :class:`MetakitError` (bad options, data or run
+    folders, wherever found), are one line on stderr with exit code 2 (no usage banner)."""
 
     def main(self, args=None, prog_name="metakit", **kwargs):
         """Run the CLI; errors become ``Error: ...`` and an exit code, warnings one line each."""
@@ -63,6 +65,9 @@ class OneLineErrors(click.Group):
         except click.ClickException as err:
             click.echo(f"Error: {err.format_message()}", err=True)
             sys.exit(err.exit_code)
+        except MetakitError as err:
+            click.echo(f"Error: {err}", err=True)
+            sys.exit(2)
         sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -108,6 +113,27 @@ class IntList(click.ParamType):
         if min(items) < self.minimum or max(items) > self.maximum:
             self.fail(f"{value!r}: every value must be in [{self.minimum}, {self.maximum}]", param, ctx)
         return sorted(set(items))
+
+
+class Registered(click.ParamType):
+    """A name in a registry (task families, methods), looked up when the command runs, so that
+    entries registered after start-up are accepted."""
+
+    name = "NAME"
+
+    def __init__(self, registry):
+        self.registry = registry
+
+    def get_metavar(self, param, *args, **kwargs) -> str:
+        """The registered names, as click shows choices."""
+        return "[" + "|".join(self.registry.names()) + "]"
+
+    def convert(self, value, param, ctx):
+        """Check that ``value`` is registered."""
+        if value not in self.registry:
+            names = ", ".join(self.registry.names())
+            self.fail(f"unknown {self.registry.kind} {value!r}; choose from {names}")
+        return value
 
 
 def usage_error(message: str):
@@ -184,14 +210,6 @@ def train(out, force, resume, quiet, **options):
     meta-batch; rank 0 alone reads and writes the run, and a restarted job continues its run.
     """
     from metakit.experiments.training import distributed
-    from metakit.experiments.training.config import ConfigError
-    from metakit.experiments.training.runs import (
-        RunError,
-        check_new_run_dir,
-        continues_elastic_job,
-        has_checkpoint,
-        read_config,
-    )
 
     writer = distributed.world().writer  # the other ranks get the config and state from rank 0
     config = None
@@ -206,36 +224,20 @@ def train(out, force, resume, quiet, **options):
             usage_error(f"--resume continues a run with its saved config; drop {', '.join(given)}")
         if writer and not resume.is_dir():
             raise click.BadParameter(f"Directory '{resume}' does not exist.", param_hint="'--resume'")
-        try:
-            config = read_config(resume) if writer else None
-        except RunError as err:
-            usage_error(str(err))
         out = resume
     else:
-        try:
-            config = TrainConfig(**options)
-        except ConfigError as err:
-            usage_error(str(err))
+        config = TrainConfig(**options)
         if writer and config.tensorboard and importlib.util.find_spec("tensorboard") is None:
             usage_error(f"{flag('tensorboard')} needs the tensorboard package: pip install tensorboard")
         out = out or Path("runs") / f"{config.method}-{datetime.now():%Y%m%d-%H%M%S}"
-        if writer and continues_elastic_job(out, config):  # torchrun restarted this job: continue
-            resume = out if has_checkpoint(out) else None
-        elif writer:
-            try:
-                check_new_run_dir(out, force)
-            except RunError as err:
-                usage_error(str(err))
+        if writer:
             _check_writable_dir(out, "--out")
 
-    from metakit.experiments.tasks.vision.image_sets import DataError
     from metakit.experiments.training.trainer import Divergence, Interrupted
     from metakit.experiments.training.trainer import train as run_training
 
-    try:
-        summary = run_training(config, out, progress=not quiet, resume=resume is not None)
-    except (RunError, ConfigError, DataError) as err:
-        usage_error(str(err))
+    try:  # a new run starts afresh; --resume, or a restarted torchrun job, continues its checkpoint
+        summary = run_training(config, out, progress=not quiet, resume=resume is not None, force=force)
     except Divergence as err:
         raise click.ClickException(f"{err}; see {out / 'metrics.jsonl'}") from None
     except Interrupted as err:
@@ -244,13 +246,16 @@ def train(out, force, resume, quiet, **options):
         sys.exit(130)
     if not writer:
         return
+    trained = f"{summary['method']} on {summary['task']} for {summary['iterations']} iterations"
+    if summary["engine"] is None:  # the run was complete already: nothing was built or trained
+        click.echo(f"{out} has trained {trained} already; nothing left to do")
+        return
     if summary["note"]:
         click.echo(f"Warning: {summary['note']}", err=True)
     resumed = "" if summary["resumed_from"] is None else f" (resumed at {summary['resumed_from']})"
     click.echo(
-        f"trained {config.method} on {config.task} for {summary['iterations']} iterations{resumed} "
-        f"in {summary['seconds']:.1f}s on {summary['device']} ({ENGINES[summary['engine']]}); "
-        f"run saved to {out}"
+        f"trained {trained}{resumed} in {summary['seconds']:.1f}s on {summary['device']} "
+        f"({ENGINES[summary['engine']]}); run saved to {out}"
     )
 
 
@@ -293,7 +298,7 @@ def evaluate(run_dir, tasks, shots, steps, ways, seed, device, as_json):
     shots = shots or list(family.eval_protocol.get("shots", ()))
     steps = steps or list(family.eval_protocol["steps"])
     horizon = training_horizon(config)
-    results = _guarded(lambda: evaluate_algorithm(algo, family, tasks, shots, steps, seed, horizon))
+    results = evaluate_algorithm(algo, family, tasks, shots, steps, seed, horizon)
     report = {"run": str(run_dir), "method": config.method, "horizon": horizon, "results": results}
     if as_json:
         click.echo(json.dumps(report))
@@ -321,33 +326,13 @@ def _eval_family(config, ways):
     return build_family(config)
 
 
-def _guarded(work):
-    """Run ``work()``, turning bad data, impossible settings or a run being trained elsewhere into
-    one-line usage errors."""
-    from metakit.experiments.tasks.vision.image_sets import DataError
-    from metakit.experiments.training.config import ConfigError
-    from metakit.experiments.training.runs import RunError
-    from metakit.experiments.util.errors import MetakitError
-
-    try:
-        return work()
-    except (DataError, ConfigError, RunError, MetakitError) as err:
-        usage_error(str(err))
-
-
 def _load_run(run_dir: Path, device: str = "cpu"):
-    """``(config, algorithm)`` of a run on ``device``, or a usage error; warns when an older
-    checkpoint is used."""
-    from metakit.experiments.tasks.vision.image_sets import DataError
-    from metakit.experiments.training.config import ConfigError
-    from metakit.experiments.training.runs import RunError, load_run
+    """``(config, algorithm)`` of a run on ``device``; warns when an older checkpoint is used."""
+    from metakit.experiments.training.runs import load_run
     from metakit.experiments.training.trainer import resolve_device
 
-    try:
-        config, algo, note = load_run(run_dir)
-        algo.to(resolve_device(device))
-    except (RunError, ConfigError, DataError) as err:  # image families load their data to size the model
-        usage_error(str(err))
+    config, algo, note = load_run(run_dir)
+    algo.to(resolve_device(device))
     if note:
         click.echo(f"Warning: {note}", err=True)
     return config, algo
@@ -404,20 +389,16 @@ def plot(run_dirs, out, tasks, shots, seed):
     }
     out.mkdir(parents=True, exist_ok=True)
     curves = {
-        label[d]: _guarded(
-            lambda a=algo, c=config: evaluate_algorithm(
-                a, build_family(c), tasks, [shots], family.plot_steps, seed
-            )
-        )
+        label[d]: evaluate_algorithm(algo, build_family(config), tasks, [shots], family.plot_steps, seed)
         for d, config, algo in loaded
     }
     runs = {label[d]: (d, algo) for d, _, algo in loaded}
-    for path in _guarded(lambda: draw_figures(family, runs, curves, out, shots, seed)):
+    for path in draw_figures(family, runs, curves, out, shots, seed):
         click.echo(path)
 
 
 @cli.command()
-@click.argument("benchmark", type=click.Choice(FAMILIES.names()), metavar="TASK")
+@click.argument("benchmark", type=Registered(FAMILIES), metavar="TASK")
 @click.option("--seeds", type=click.IntRange(min=1), default=3, help="Seeds per method.")
 @click.option(
     "--iterations", type=click.IntRange(min=1), default=None, help=_family_default("Meta-updates per run.")
@@ -458,18 +439,16 @@ def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, quiet)
 
     if FAMILIES.get(benchmark).reproduction is None:
         usage_error(f"--task {benchmark} has no reproduction protocol")
-    paths = _guarded(
-        lambda: run_reproduction(
-            benchmark,
-            out,
-            seeds,
-            iterations,
-            tasks=tasks,
-            methods=chosen,
-            compile=compile,
-            progress=not quiet,
-            echo=click.echo,
-        ),
+    paths = run_reproduction(
+        benchmark,
+        out,
+        seeds,
+        iterations,
+        tasks=tasks,
+        methods=chosen,
+        compile=compile,
+        progress=not quiet,
+        echo=click.echo,
     )
     click.echo(f"results: {paths['markdown']} and {paths['csv']}; plots: {out}")
 
@@ -480,12 +459,12 @@ def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, quiet)
 )
 @click.option(
     "--task",
-    type=click.Choice(FAMILIES.names()),
+    type=Registered(FAMILIES),
     default="sinusoid",
     help="Task family (classification families bench the conv net at meta-batch 32, 1 step; nav2d "
     "benches rollouts: batched torch episodes against one environment at a time).",
 )
-@click.option("--methods", default=None, help="Comma-separated, from maml, enhanced.  [default: both]")
+@click.option("--methods", default=None, help="Comma-separated registered methods.  [default: maml,enhanced]")
 @click.option(
     "--meta-batch",
     type=IntList(1, 10_000),
@@ -563,7 +542,7 @@ def bench(quick, task, threads, paper_protocol, protocol_iterations, as_json, **
         plan = benchmarks.make_plan(quick, task=task, threads=threads, **options)
     except ValueError as err:
         usage_error(str(err))
-    report = _guarded(lambda: benchmarks.run_bench(plan, echo=lambda line: click.echo(line, err=True)))
+    report = benchmarks.run_bench(plan, echo=lambda line: click.echo(line, err=True))
     click.echo(json.dumps(report) if as_json else benchmarks.format_table(report))
 
 

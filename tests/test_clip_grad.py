@@ -11,7 +11,7 @@ SMALL = dict(method="enhanced", meta_batch=4, inner_steps=2, seed=5, compile="of
 
 def gradient(**options):
     training = build_training(TrainConfig(**SMALL, **options))
-    training.gradient(0)
+    training.step(0)  # .grad keeps the gradient the step was taken on
     return [p.grad.clone() for p in training.algo.parameters()]
 
 

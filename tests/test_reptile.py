@@ -137,13 +137,11 @@ def test_annealed_sgd_step_is_interpolation_at_the_annealed_rate(backend, all_po
     training = build_training(config)
     epsilon, n = config.meta_lr, config.iterations
     for i in range(n):
-        # The loop's order: gradient, optimizer step, scheduler step.
+        # The loop's step: gradient, optimizer step, then scheduler step.
         assert training.optimizer.param_groups[0]["lr"] == pytest.approx(epsilon * (1 - i / n), abs=1e-15)
         stream = training.generator.get_state()
         before = copy.deepcopy(training.algo.module)
-        training.gradient(i)
-        training.optimizer.step()
-        training.scheduler.step()
+        training.step(i)
         if i in (0, 5):
             batch = training.family.sample(3, 4, 3, torch.Generator().set_state(stream))
             expected = interpolated(before, batch, 3, config.inner_lr, epsilon * (1 - i / n), all_points)

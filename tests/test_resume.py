@@ -203,3 +203,41 @@ def test_a_non_finite_gradient_with_a_finite_loss_never_reaches_a_checkpoint(
     state, _ = runs.load_latest_checkpoint(run_dir)
     assert state["iteration"] == 7
     assert all(torch.isfinite(v).all() for v in state["algorithm"].values())
+
+
+def test_start_or_resume_starts_afresh_continues_or_finds_the_run_complete(tmp_path, small_run):
+    config = runs.read_config(small_run)
+    assert runs.start_or_resume(tmp_path / "new", config) == (config, None)
+    assert runs.start_or_resume(small_run, None) == (config, 14)  # complete: 14 of 14 iterations
+    with pytest.raises(runs.RunError, match="not empty; choose another directory or pass --force"):
+        runs.start_or_resume(small_run, config)
+    assert runs.start_or_resume(small_run, config, force=True) == (config, None)
+    # resume continues a checkpoint of the same run; compiling changes the speed, not the run
+    other_compile = TrainConfig(**{**config.to_dict(), "compile": "on"})
+    assert runs.start_or_resume(small_run, other_compile, resume=True) == (other_compile, 14)
+    longer = TrainConfig(**{**config.to_dict(), "iterations": 20})
+    assert runs.start_or_resume(small_run, longer, resume=True, force=True) == (longer, None)
+    with pytest.raises(runs.RunError, match="not empty"):
+        runs.start_or_resume(small_run, longer, resume=True)
+    (small_run / runs.CHECKPOINT).unlink()
+    assert runs.start_or_resume(small_run, config, resume=True) == (config, 7)  # the previous one
+    with open(small_run / runs.PREVIOUS, "r+b") as f:
+        f.truncate(50)
+    assert runs.start_or_resume(small_run, config, resume=True, force=True) == (config, None)
+    with pytest.raises(runs.RunError, match="cannot load checkpoint"):
+        runs.start_or_resume(small_run, None)
+    with pytest.raises(runs.RunError, match="is not a metakit run"):
+        runs.start_or_resume(tmp_path, None)
+
+
+def test_resuming_a_complete_run_trains_and_writes_nothing(small_run):
+    before = {p.name: p.read_bytes() for p in small_run.iterdir()}
+    result = CliRunner().invoke(cli, ["train", "--resume", str(small_run), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == (
+        f"{small_run} has trained enhanced on sinusoid for 14 iterations already; nothing left to do"
+    )
+    assert {p.name: p.read_bytes() for p in small_run.iterdir()} == before
+    summary = train(TrainConfig(**{**CONFIG, "iterations": 14}, checkpoint_every=7), small_run, resume=True)
+    assert summary["resumed_from"] == 14 and summary["engine"] is None
+    assert {p.name: p.read_bytes() for p in small_run.iterdir()} == before

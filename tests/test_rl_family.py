@@ -20,7 +20,7 @@ from metakit.experiments.tasks import FAMILIES, build_family
 from metakit.experiments.tasks.family import RETURN, held_out_generator
 from metakit.experiments.tasks.rl.meta_rl import GoalBatch
 from metakit.experiments.tasks.rl.nav2d_env import Nav2D
-from metakit.experiments.tasks.rl.objective import adaptation_returns, meta_backward, sample_adaptation
+from metakit.experiments.tasks.rl.objective import meta_backward, sample_adaptation
 from metakit.experiments.tasks.rl.policy import GaussianMLPPolicy
 from metakit.experiments.tasks.rl.policy_gradient import PGConfig
 from metakit.experiments.tasks.rl.rollout_bench import format_rollouts
@@ -103,9 +103,10 @@ def test_cli_eval_rows_are_held_out_returns_with_their_ci(nav2d_run):
         torch.equal(g, h) for g in goals for h in ENV.sample_tasks(20, torch.Generator().manual_seed(0))
     )
     halve = lambda k: 1.0 if k == 0 else 0.5  # noqa: E731
-    curve = adaptation_returns(
+    sampled = sample_adaptation(
         algo, ENV, goals, 3, held_out_generator(7, 0, 1), PGConfig(trajectories=40), halve
     )
+    curve = torch.stack([t.episode_returns().mean(1) for t in sampled.trajectories])
     for row in rows:
         per_task = curve[row["steps"]].double().numpy()
         assert math.isclose(row["return"], per_task.mean(), rel_tol=1e-9)
@@ -171,7 +172,9 @@ def test_the_trainer_steps_on_the_rl_meta_gradient_of_its_task_stream(first_orde
     config = TrainConfig(task="nav2d", meta_batch=3, seed=5, first_order_until=first_order_until)
     setup = build_training(config)
     twin = copy.deepcopy(setup.algo)
-    loss, _ = setup.gradient(0)
+    for p in setup.algo.parameters():  # a stale gradient, which the step must clear
+        p.grad = torch.ones_like(p)
+    loss, _ = setup.step(0)
     # The documented stream: goals, then one noise seed per task; the batch's episodes use the first.
     stream = torch.Generator().manual_seed(5)
     goals = ENV.sample_tasks(3, stream)
@@ -196,12 +199,13 @@ def test_processes_of_a_torchrun_job_take_slices_of_the_same_batch():
 
 def test_pretrain_is_the_joint_policy_gradient_written_out():
     setup = build_training(TrainConfig(task="nav2d", method="pretrain", meta_batch=2, seed=3))
+    twin = copy.deepcopy(setup.algo)  # the policy before the step, which samples the episodes
     theta = [p.detach().clone().requires_grad_() for p in setup.algo.module.parameters()]
-    loss, _ = setup.gradient(0)
+    loss, _ = setup.step(0)
     stream = torch.Generator().manual_seed(3)
     goals = ENV.sample_tasks(2, stream)
     noise = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (2,), generator=stream)[0]))
-    sampled = sample_adaptation(setup.algo, ENV, goals, 0, noise, PGConfig(trajectories=20))
+    sampled = sample_adaptation(twin, ENV, goals, 0, noise, PGConfig(trajectories=20))
     obs, actions, adv, valid = sampled.batches[0]
     # −mean over tasks of Σ log π(a|s)·Â / #valid, with log π from torch.distributions.
     log_std, w1, b1, w2, b2, w3, b3 = theta
@@ -236,7 +240,7 @@ def test_anil_adapts_only_the_policys_last_layer():
 @pytest.mark.parametrize("method", ["fomaml", "mc", "lslr", "enhanced", "metasgd", "anil"])
 def test_every_rl_method_gets_a_finite_gradient_for_all_its_meta_parameters(method):
     setup = build_training(TrainConfig(task="nav2d", method=method, meta_batch=2))
-    loss, _ = setup.gradient(0)
+    loss, _ = setup.step(0)
     assert math.isfinite(loss)
     for name, p in setup.algo.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name

@@ -8,13 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from metakit.experiments.tasks.family import held_out_generator
+from metakit.experiments.tasks.rl.nav2d import Nav2DFamily
 from metakit.experiments.tasks.rl.nav2d_env import Nav2D
 from metakit.experiments.tasks.rl.objective import (
-    adaptation_returns,
     meta_backward,
     meta_loss,
-    meta_train_step,
-    paper_step_scale,
     sample_adaptation,
     sample_trajectories,
 )
@@ -209,7 +208,7 @@ def test_sampling_uses_the_adapted_policy_of_each_task():
             torch.testing.assert_close(a, b)
 
 
-def test_meta_train_step_steps_the_optimizer_on_the_meta_gradient():
+def test_an_optimizer_steps_on_the_meta_gradient_that_meta_backward_accumulates():
     policy = tiny_policy(seed=4)
     algo = MAML(policy, lr=0.1)
     twin = MAML(copy.deepcopy(policy), lr=0.1)
@@ -217,38 +216,44 @@ def test_meta_train_step_steps_the_optimizer_on_the_meta_gradient():
     goals = env.sample_tasks(TASKS, torch.Generator().manual_seed(2), dtype=F64)
     config = PGConfig(trajectories=4)
     before = [p.detach().clone() for p in policy.parameters()]
-    for p in policy.parameters():  # a stale gradient, which the step must clear
-        p.grad = torch.ones_like(p)
+    for p in policy.parameters():  # a stale gradient, which the caller must clear (the trainer
+        p.grad = torch.ones_like(p)  # does: tests/test_rl_family.py); meta_backward adds to it
     sgd = torch.optim.SGD(algo.parameters(), lr=0.01)
-    out = meta_train_step(algo, sgd, env, goals, torch.Generator().manual_seed(3), config)
+    out = meta_backward(algo, env, goals, torch.Generator().manual_seed(3), config)
+    sgd.step()
     sampled = sample_adaptation(twin, env, goals, 1, torch.Generator().manual_seed(3), config)
     loss = meta_loss(twin, sampled.batches)
     loss.backward()
     for b, p, t in zip(before, policy.parameters(), twin.module.parameters()):
-        torch.testing.assert_close(p.detach(), b - 0.01 * t.grad)
+        torch.testing.assert_close(p.grad, 1 + t.grad)
+        torch.testing.assert_close(p.detach(), b - 0.01 * (1 + t.grad))
     assert math.isclose(out["loss"], loss.item(), rel_tol=1e-9, abs_tol=1e-12)
     expected = [t.episode_returns().mean().item() for t in sampled.trajectories]
     assert out["returns"] == pytest.approx(expected, rel=1e-12)
 
 
+class Nav2D64(Nav2D):
+    """2D navigation with float64 goals (hence float64 episodes), for the float64 policies here."""
+
+    def sample_tasks(self, tasks, generator, dtype=F64):
+        return super().sample_tasks(tasks, generator, dtype)
+
+
 def test_adaptation_returns_and_the_papers_step_sizes():
     policy = tiny_policy(seed=5)
     algo = MAML(policy, lr=0.1)
-    env = Nav2D(horizon=10)
-    goals = env.sample_tasks(TASKS, torch.Generator().manual_seed(4), dtype=F64)
-    config = PGConfig(trajectories=3)
-    curve = adaptation_returns(
-        algo, env, goals, 3, torch.Generator().manual_seed(6), config, paper_step_scale
-    )
-    sampled = sample_adaptation(
-        algo, env, goals, 3, torch.Generator().manual_seed(6), config, paper_step_scale
-    )
+    family = Nav2DFamily(inner_steps=1)  # a run trained with one step, as in the paper
+    family.env, family.evaluation = Nav2D64(horizon=10), PGConfig(trajectories=3)
+    curve = family.adaptation_returns(algo, TASKS, 3, seed=4)
+    goals = family.held_out_goals(TASKS, seed=4)
+    sampled = family.adaptation(algo, goals, 3, held_out_generator(4, 0, 1))
     assert curve.shape == (4, TASKS)
     torch.testing.assert_close(
         curve, torch.stack([t.episode_returns().mean(1) for t in sampled.trajectories])
     )
-    assert [paper_step_scale(k) for k in range(4)] == [1.0, 0.5, 0.5, 0.5]
-    # Step k moves by paper_step_scale(k)·α·g: the second step is half a plain one.
+    # The paper's schedule (App. A.2): "α = 0.1 for the first step, and α = 0.05 for all future steps".
+    assert [family.step_scale(k) for k in range(4)] == [1.0, 0.5, 0.5, 0.5]
+    # Step k moves by step_scale(k)·α·g: the second step is half a plain one.
     i, k = 1, 1
     params = [p[i].detach().clone().requires_grad_() for p in sampled.params[k]]
     grads = torch.autograd.grad(reference_loss(params, sampled.batches[k], i), params)

@@ -121,7 +121,7 @@ def test_trainer_gradient_applies_first_order_window_and_multi_step_weights(
     training = build_training(config)
     reference = copy.deepcopy(training.algo)  # an identical copy, stepped by hand
     stream = training.generator.get_state()
-    training.gradient(iteration)
+    training.step(iteration)
     batch = training.family.sample(3, config.shots, config.query, torch.Generator().set_state(stream))
 
     first_order = iteration < config.first_order_until

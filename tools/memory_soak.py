@@ -17,9 +17,7 @@ def main(iterations: int = 10_000) -> None:
     torch.set_num_threads(1)
     setup, start = build_training(TrainConfig(device="cpu")), time.time()
     for iteration in range(iterations):
-        setup.optimizer.zero_grad()
-        setup.meta_step(setup.sample(), iteration)
-        setup.optimizer.step()
+        setup.step(iteration)
         if iteration + 1 in (1_000, 5_000, iterations):
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             print(

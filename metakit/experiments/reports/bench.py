@@ -1,7 +1,8 @@
 """``metakit bench``: meta-training throughput and peak memory of every backend on a task family.
 
 Each contender runs whole meta-training iterations (sample a task batch, zero the gradients,
-meta-gradient, Adam step) from the same initialisation and task stream:
+meta-gradient, Adam step) from the same initialisation and task stream; metakit's own contenders
+run :meth:`~metakit.experiments.training.trainer.Training.step`, the training loop's iteration:
 
 * ``func``: metakit's vectorised ``torch.func`` engine, eager;
 * ``func-compiled``: the same engine with ``compile=True`` (its compilation is timed apart);
@@ -27,13 +28,15 @@ from typing import Callable, Optional
 import torch
 
 from metakit._l2l import learn2learn as l2l
+from metakit.experiments.methods import METHODS
 from metakit.experiments.tasks import FAMILIES, build_family
 from metakit.experiments.training.config import TrainConfig
 from metakit.experiments.training.trainer import build_training, resolve_device, train
 
 BASELINE = "learn2learn"
 CONTENDERS = ("func", "func-compiled", "l2l", "higher", BASELINE)
-METHODS = ("maml", "enhanced")
+BENCH_METHODS = ("maml", "enhanced")
+"""The methods a benchmark can time (``--methods``)."""
 MEMORY_METRIC = (
     "growth of the process's peak resident set during one meta-iteration, after warm-up, with the "
     "heap trimmed and the kernel's high-water mark reset first (Linux; null elsewhere)"
@@ -45,7 +48,7 @@ class BenchPlan:
     """The settings and contenders of a benchmark; every method × meta-batch × inner-steps is run."""
 
     task: str = "sinusoid"
-    methods: tuple = METHODS
+    methods: tuple = BENCH_METHODS
     meta_batch: tuple = (25, 100)
     inner_steps: tuple = (1, 5)
     contenders: tuple = CONTENDERS
@@ -75,10 +78,11 @@ QUICK = BenchPlan(
 def make_plan(quick: bool = False, task: str = "sinusoid", **options) -> BenchPlan:
     """The full (or ``quick``) plan for ``task`` with ``options`` (plan fields) overriding it.
 
-    ``methods`` and ``contenders`` are comma-separated strings; an unknown or empty list or an
-    unknown task raises :class:`ValueError`.
+    ``methods`` (any registered methods) and ``contenders`` are comma-separated strings; an unknown
+    or empty list, an unknown task or a method that does not run on a contender's backend raises
+    :class:`ValueError`.
     """
-    for key, allowed in (("methods", METHODS), ("contenders", CONTENDERS)):
+    for key, allowed in (("methods", METHODS.names()), ("contenders", CONTENDERS)):
         if key in options:
             options[key] = _names(options[key], allowed, key)
     options = {key: tuple(v) if isinstance(v, list) else v for key, v in options.items()}
@@ -86,7 +90,16 @@ def make_plan(quick: bool = False, task: str = "sinusoid", **options) -> BenchPl
         base = QUICK
     else:
         base = replace(BenchPlan(), **FAMILIES.get(task).bench_plan)
-    return replace(base, task=task, **options)
+    plan = replace(base, task=task, **options)
+    for method in plan.methods:
+        backends = METHODS.get(method).backends
+        unfit = [c for c in plan.contenders if c != BASELINE and c.split("-")[0] not in backends]
+        if unfit:
+            fit = [c for c in CONTENDERS if c == BASELINE or c.split("-")[0] in backends]
+            raise ValueError(
+                f"--methods {method} does not run on {', '.join(unfit)}; use --contenders {','.join(fit)}"
+            )
+    return plan
 
 
 def _names(value: str, allowed: tuple, option: str) -> tuple:
@@ -126,16 +139,15 @@ def plain_learn2learn_iteration(config: TrainConfig, family) -> Callable[[], Non
 
 
 def metakit_iteration(config: TrainConfig, family, contender: str) -> Callable[[], None]:
-    """One iteration of ``metakit train``'s loop (without logging) on a metakit backend."""
+    """One iteration of ``metakit train``'s loop
+    (:meth:`~metakit.experiments.training.trainer.Training.step`, without the loop's checks,
+    logging and checkpoints) on a metakit backend."""
     backend = "func" if contender.startswith("func") else contender
     compile = "on" if contender == "func-compiled" else "off"
     setup = build_training(replace(config, backend=backend, compile=compile), family)
 
     def iteration():
-        batch = setup.sample()
-        setup.optimizer.zero_grad(set_to_none=True)
-        setup.meta_step(batch, 0)
-        setup.optimizer.step()
+        setup.step(0)
 
     return iteration
 

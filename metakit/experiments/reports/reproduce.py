@@ -26,23 +26,13 @@ def run_config(
     return TrainConfig(task=task, method=method, seed=seed, iterations=iterations, compile=compile, **options)
 
 
-def _same_run(a: TrainConfig, b: TrainConfig) -> bool:
-    """Whether two configs train the same run; compiling changes speed, not the experiment."""
-    return {**a.to_dict(), "compile": "auto"} == {**b.to_dict(), "compile": "auto"}
-
-
 def _train_or_resume(run_dir: Path, config: TrainConfig, progress: bool) -> str:
-    """Train a run, continue it from its checkpoint, or leave it if it is complete."""
-    try:
-        state = (
-            runs.load_latest_checkpoint(run_dir)[0] if _same_run(runs.read_config(run_dir), config) else None
-        )
-    except runs.RunError:
-        state = None
-    if state is not None and state["iteration"] == config.iterations:
-        return "done earlier"
-    train(config, run_dir, progress=progress, resume=state is not None)
-    return "trained" if state is None else f"resumed at {state['iteration']}"
+    """Train a run, continue it from its checkpoint, or leave it if it is complete (as
+    :func:`~metakit.experiments.training.runs.start_or_resume` decides with ``resume``)."""
+    start = train(config, run_dir, progress=progress, resume=True)["resumed_from"]
+    if start is None:
+        return "trained"
+    return "done earlier" if start >= config.iterations else f"resumed at {start}"
 
 
 def _evaluate_cached(run_dir: Path, shots, steps, tasks: int, seed: int) -> List[dict]:

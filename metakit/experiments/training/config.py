@@ -12,6 +12,7 @@ from typing import Optional, get_args, get_type_hints
 
 from metakit.experiments.methods import BACKENDS, METHODS
 from metakit.experiments.tasks import FAMILIES
+from metakit.experiments.util.errors import MetakitError
 
 DEVICES = ("auto", "cpu", "cuda")
 OUTER_OPTIMIZERS = ("adam", "sgd-annealed")
@@ -25,7 +26,7 @@ TRAIN_SEEDS = 2**31
 :func:`~metakit.experiments.tasks.family.held_out_generator`)."""
 
 
-class ConfigError(ValueError):
+class ConfigError(MetakitError):
     """Options that are invalid alone or together; the message is one line."""
 
 

@@ -7,13 +7,14 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
 from metakit.experiments.methods import build_algorithm
 from metakit.experiments.tasks import build_family
 from metakit.experiments.training.config import TrainConfig
+from metakit.experiments.util.errors import MetakitError
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -24,19 +25,62 @@ LOCK = ".lock"
 FORMAT_VERSION = 1
 
 
-class RunError(ValueError):
+class RunError(MetakitError):
     """A path that is not (or cannot become) a run directory, or an unreadable checkpoint."""
 
 
-def check_new_run_dir(path: Path, force: bool) -> None:
-    """Refuse to write into a run being trained, or into an existing non-empty directory unless ``force``."""
-    if path.exists() and not path.is_dir():
-        raise RunError(f"--out {path} exists and is not a directory")
-    holder, busy = lock_holder(path)
+def start_or_resume(
+    run_dir: Path, config: Optional[TrainConfig] = None, resume: bool = False, force: bool = False
+) -> Tuple[TrainConfig, Optional[int]]:
+    """``(config, resume_from)``: whether training ``config`` into ``run_dir`` starts afresh
+    (``resume_from`` is ``None``), continues from the checkpoint of iteration ``resume_from``, or
+    has nothing left to do (``resume_from`` has reached ``config.iterations``). Reads ``run_dir``
+    and changes nothing; the first rule that applies decides:
+
+    * ``config=None``: continue the run saved in ``run_dir``, with its own ``config.json``;
+    * ``torchrun`` restarted the job that began ``run_dir`` (:func:`continues_elastic_job`):
+      continue from its checkpoint, or start afresh if it wrote none yet;
+    * ``resume``, and ``run_dir`` holds a loadable checkpoint of the same run (its ``config.json``
+      is ``config`` but for ``compile``, which changes the speed, not the experiment): continue it;
+    * otherwise start afresh, which a non-empty ``run_dir`` allows only with ``force``.
+
+    A :class:`RunError` refuses a path that is no directory, a run another process is training, a
+    folder that holds no run (``config=None``), and a run to continue none of whose checkpoints
+    loads (``resume`` starts such a run over instead).
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"--out {run_dir} exists and is not a directory")
+    holder, busy = lock_holder(run_dir)
     if busy:
-        raise RunError(_busy(path, holder))
-    if path.is_dir() and any(path.iterdir()) and not force:
-        raise RunError(f"--out {path} is not empty; choose another directory or pass --force")
+        raise RunError(_busy(run_dir, holder))
+    if config is None:
+        config = read_config(run_dir)
+        return config, _checkpoint_iteration(run_dir)
+    if continues_elastic_job(run_dir, config):
+        return config, _checkpoint_iteration(run_dir) if has_checkpoint(run_dir) else None
+    if resume and _same_run(run_dir, config):
+        try:
+            return config, _checkpoint_iteration(run_dir)
+        except RunError:  # no checkpoint loads: the run starts over
+            pass
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not force:
+        raise RunError(f"--out {run_dir} is not empty; choose another directory or pass --force")
+    return config, None
+
+
+def _same_run(run_dir: Path, config: TrainConfig) -> bool:
+    """Whether ``run_dir`` holds a run of ``config``, ``compile`` aside."""
+    try:
+        saved = read_config(run_dir).to_dict()
+    except RunError:
+        return False
+    return {**saved, "compile": "auto"} == {**config.to_dict(), "compile": "auto"}
+
+
+def _checkpoint_iteration(run_dir: Path) -> int:
+    """The iteration of the run's newest loadable checkpoint (:func:`load_latest_checkpoint`)."""
+    return load_latest_checkpoint(run_dir)[0]["iteration"]
 
 
 @contextlib.contextmanager

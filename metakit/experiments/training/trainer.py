@@ -114,8 +114,10 @@ class Training:
         start, stop = distributed.slice_bounds(c.meta_batch, self.world.rank, self.world.size)
         return type(batch)(*(t[start:stop].to(self.device, non_blocking=True) for t in batch))
 
-    def gradient(self, iteration: int, stop: bool = False) -> tuple:
-        """Fill ``.grad`` with the meta-gradient of the next batch, over all processes of the run.
+    def step(self, iteration: int, stop: bool = False) -> tuple:
+        """Meta-training iteration ``iteration``: sample the next batch, zero the gradients, fill
+        ``.grad`` with the meta-gradient over all processes of the run, clip it, then step the
+        optimizer and the scheduler. ``.grad`` keeps the gradient that was stepped on.
 
         Returns ``(meta-loss, stop)``; with several processes both are agreed by all of them: the
         loss of the whole batch, and whether any process was asked to ``stop``.
@@ -129,6 +131,9 @@ class Training:
             )
         if self.config.clip_grad is not None:  # after the all-reduce: every process clips alike
             torch.nn.utils.clip_grad_norm_(self.algo.parameters(), self.config.clip_grad)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
         return loss, stop
 
 
@@ -221,7 +226,8 @@ def _restore(setup: Training, state: dict) -> None:
 
 
 def _open_run(config: TrainConfig, run_dir: Path, resume: bool, held: contextlib.ExitStack) -> dict:
-    """Lock the run (for as long as ``held`` lasts), then load its checkpoint or start it afresh."""
+    """Lock the run (for as long as ``held`` lasts), then load its checkpoint or start it afresh, as
+    :func:`~metakit.experiments.training.runs.start_or_resume` decided."""
     held.enter_context(runs.lock_run(run_dir))
     if not resume:
         runs.clear_run(run_dir)
@@ -232,8 +238,21 @@ def _open_run(config: TrainConfig, run_dir: Path, resume: bool, held: contextlib
     return {"state": state, "note": note}
 
 
-def train(config: Optional[TrainConfig], run_dir: Path, progress: bool = True, resume: bool = False) -> dict:
-    """Meta-train ``config`` into ``run_dir`` (or continue it with ``resume``); returns a summary.
+def train(
+    config: Optional[TrainConfig],
+    run_dir: Path,
+    progress: bool = True,
+    resume: bool = False,
+    force: bool = True,
+) -> dict:
+    """Meta-train ``config`` into ``run_dir``, or continue it; returns a summary.
+
+    Whether the run starts afresh, continues from its checkpoint or is complete already is
+    :func:`~metakit.experiments.training.runs.start_or_resume`'s decision with ``resume`` and
+    ``force``: by default a new run replaces whatever ``run_dir`` holds; ``resume`` continues a
+    checkpoint of the same run where there is one, and ``config=None`` the run's own config. A
+    complete run returns at once (``resumed_from`` is its ``iterations``; ``device`` and
+    ``engine`` are ``None``).
 
     A checkpoint is written atomically every ``config.checkpoint_every`` iterations, at the end,
     and when SIGINT/SIGTERM arrives (then :class:`Interrupted` is raised). Resuming restores the
@@ -243,17 +262,32 @@ def train(config: Optional[TrainConfig], run_dir: Path, progress: bool = True, r
 
     Started by ``torchrun`` (``WORLD_SIZE`` > 1), every process trains the same run on its slice
     of each meta-batch (see :mod:`metakit.experiments.training.distributed`). Rank 0 alone reads and writes
-    ``run_dir`` and shows progress; its ``config`` and ``resume`` are the ones used (the other
-    ranks may pass ``None``), and it hands the configuration and any checkpoint to the others.
+    ``run_dir`` and shows progress; its ``config``, ``resume`` and ``force`` are the ones used (the
+    other ranks may pass ``None``), and it hands the configuration and any checkpoint to the others.
     """
     run_dir = Path(run_dir)
     world = distributed.world()
+
+    def decide():
+        chosen, resume_from = runs.start_or_resume(run_dir, config, resume=resume, force=force)
+        return chosen.to_dict(), resume_from
+
     with contextlib.ExitStack() as held:
         if world.size > 1:
             held.enter_context(distributed.process_group(world))
-            config = TrainConfig.from_dict(distributed.share(world, lambda: config.to_dict()))
+        chosen, resume_from = distributed.share(world, decide)
+        config = TrainConfig.from_dict(chosen)
+        summary = {
+            "run": str(run_dir),
+            "method": config.method,
+            "task": config.task,
+            "iterations": config.iterations,
+        }
+        if resume_from is not None and resume_from >= config.iterations:  # complete: nothing to do
+            done = {"resumed_from": resume_from, "seconds": 0.0, "device": None, "engine": None, "note": None}
+            return {**summary, **done}
         setup = build_training(config, world=world)
-        opened = distributed.share(world, lambda: _open_run(config, run_dir, resume, held))
+        opened = distributed.share(world, lambda: _open_run(config, run_dir, resume_from is not None, held))
         start, window = 0, []
         if opened["state"] is not None:
             _restore(setup, opened["state"])
@@ -263,8 +297,7 @@ def train(config: Optional[TrainConfig], run_dir: Path, progress: bool = True, r
         clock = time.perf_counter()
         _loop(setup, run_dir, start, window, progress and world.writer)
         return {
-            "run": str(run_dir),
-            "iterations": config.iterations,
+            **summary,
             "resumed_from": start if opened["state"] is not None else None,
             "seconds": time.perf_counter() - clock,
             "device": str(setup.device),
@@ -275,7 +308,7 @@ def train(config: Optional[TrainConfig], run_dir: Path, progress: bool = True, r
 
 def _loop(setup: Training, run_dir: Path, start: int, window: list, progress: bool) -> None:
     """Iterations ``start + 1 … config.iterations``; the writer logs and checkpoints them."""
-    config, algo, optimizer, scheduler = setup.config, setup.algo, setup.optimizer, setup.scheduler
+    config, algo, optimizer = setup.config, setup.algo, setup.optimizer
     writer = setup.world.writer
     board = tensorboard_writer(run_dir) if config.tensorboard and writer else None
     clock = time.perf_counter()
@@ -291,12 +324,13 @@ def _loop(setup: Training, run_dir: Path, start: int, window: list, progress: bo
     with _stop_requests() as stop:
         for iteration in bar:
             done = iteration + 1
-            loss, stopping = setup.gradient(iteration, bool(stop))
+            loss, stopping = setup.step(iteration, bool(stop))
             checkpoint = done % config.checkpoint_every == 0 or done == config.iterations or stopping
-            # A non-finite gradient with a finite loss makes the next loss non-finite (Adam and SGD
-            # turn it into NaN parameters), so checking the loss every iteration is enough except
-            # right before a checkpoint, which must never hold a NaN. Every process checks alike
-            # (their loss and gradients are the all-reduced ones), so all of them stop together.
+            # Checked after the step and before anything is saved. A non-finite gradient with a
+            # finite loss makes the next loss non-finite (Adam and SGD turn it into NaN parameters),
+            # so checking the loss every iteration is enough except right before a checkpoint, which
+            # must never hold a NaN (.grad still holds the gradient stepped on). Every process checks
+            # alike (their loss and gradients are the all-reduced ones), so all of them stop together.
             if not math.isfinite(loss) or (checkpoint and not _finite_gradient(algo)):
                 if writer:
                     record = {"iteration": done, "diverged": True, "meta_loss": str(loss)}
@@ -305,9 +339,6 @@ def _loop(setup: Training, run_dir: Path, start: int, window: list, progress: bo
                     f"{config.method}: non-finite meta-loss or gradient at iteration {done}; "
                     "the last checkpoint is kept"
                 )
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
             window.append(loss)
             if done % config.log_every == 0 or done == config.iterations:
                 record = {

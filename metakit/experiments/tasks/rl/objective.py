@@ -1,5 +1,5 @@
-"""MAML for reinforcement learning: sampling, the inner policy-gradient step, the meta-objective,
-one meta-training step and the adaptation curve used for evaluation.
+"""MAML for reinforcement learning: sampling, the inner policy-gradient step, the meta-objective
+and its gradient.
 
 An environment is any object with ``rollout(act, goals, trajectories, generator)`` returning
 :class:`~metakit.experiments.tasks.rl.trajectories.Trajectories`, where ``goals`` holds the task
@@ -35,7 +35,7 @@ is the standard MAML-RL estimator (cbfinn/maml_rl ``maml_npo.py``; pytorch-maml-
   ``∂U_k/∂θ_k`` term (first-order MAML).
 
 Outer optimiser. The paper uses TRPO (KL ≤ 0.01, finite-difference Hessian-vector products). Here
-:func:`meta_train_step` steps any ``torch.optim`` optimizer on the gradient of the surrogate; we
+any ``torch.optim`` optimizer steps on the gradient of the surrogate (:func:`meta_backward`); we
 recommend Adam with lr 3e-3 (2D navigation, 20 tasks × 20 episodes: stable over 100 updates, while
 1e-2 learned faster at first and then diverged after ~60, with or without clipping the gradient
 norm at 1). Adam needs one backward, trains the policy and MAML Enhanced's curvature and rates
@@ -57,12 +57,6 @@ from metakit.experiments.tasks.rl.policy_gradient import PGBatch, PGConfig, pg_b
 from metakit.wrappers.engines.inner_step import functional_inner_step
 
 StepScale = Optional[Callable[[int], float]]
-
-
-def paper_step_scale(step: int) -> float:
-    """The paper's evaluation schedule (App. A.2): "α = 0.1 for the first step, and α = 0.05 for all
-    future steps", i.e. the algorithm's updates halved after the first step."""
-    return 1.0 if step == 0 else 0.5
 
 
 def parameter_names(module: nn.Module) -> List[str]:
@@ -214,39 +208,3 @@ def meta_backward(
     loss.backward()
     returns = [t.episode_returns().mean().item() for t in sampled.trajectories]
     return {"loss": loss.item(), "returns": returns}
-
-
-def meta_train_step(
-    algo,
-    optimizer: torch.optim.Optimizer,
-    env,
-    goals: torch.Tensor,
-    generator: torch.Generator,
-    config: PGConfig = PGConfig(),
-    steps: int = 1,
-    max_grad_norm: Optional[float] = None,
-) -> dict:
-    """One meta-update: zero the gradients, :func:`meta_backward`, optionally clip the gradient
-    norm, step ``optimizer``. Returns what :func:`meta_backward` returns."""
-    optimizer.zero_grad()
-    out = meta_backward(algo, env, goals, generator, config, steps)
-    if max_grad_norm is not None:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    optimizer.step()
-    return out
-
-
-def adaptation_returns(
-    algo,
-    env,
-    goals: torch.Tensor,
-    steps: int,
-    generator: torch.Generator,
-    config: PGConfig = PGConfig(trajectories=40),
-    step_scale: StepScale = None,
-) -> torch.Tensor:
-    """Mean episode return on each task after 0 … ``steps`` policy-gradient steps, ``[steps + 1,
-    tasks]`` (the paper evaluates 40 trajectories per step and ``step_scale=paper_step_scale``)."""
-    sampled = sample_adaptation(algo, env, goals, steps, generator, config, step_scale)
-    return torch.stack([t.episode_returns().mean(1) for t in sampled.trajectories])

@@ -10,9 +10,10 @@ from typing import Collection, Optional
 import torch
 
 from metakit.experiments.util.cache import user_cache
+from metakit.experiments.util.errors import MetakitError
 
 
-class DataError(ValueError):
+class DataError(MetakitError):
     """Missing or malformed data; the message is one line naming the file or folder and what is expected."""
 
 
