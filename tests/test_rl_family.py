@@ -20,7 +20,7 @@ from metakit.experiments.tasks import FAMILIES, build_family
 from metakit.experiments.tasks.family import RETURN, held_out_generator
 from metakit.experiments.tasks.rl.meta_rl import GoalBatch
 from metakit.experiments.tasks.rl.nav2d_env import Nav2D
-from metakit.experiments.tasks.rl.objective import meta_backward, sample_adaptation
+from metakit.experiments.tasks.rl.objective import sample_adaptation, sample_and_backward
 from metakit.experiments.tasks.rl.policy import GaussianMLPPolicy
 from metakit.experiments.tasks.rl.policy_gradient import PGConfig
 from metakit.experiments.tasks.rl.rollout_bench import format_rollouts
@@ -180,7 +180,7 @@ def test_the_trainer_steps_on_the_rl_meta_gradient_of_its_task_stream(first_orde
     goals = ENV.sample_tasks(3, stream)
     seeds = torch.randint(0, 2**31, (3,), generator=stream)
     noise = torch.Generator().manual_seed(int(seeds[0]))
-    out = meta_backward(
+    out = sample_and_backward(
         twin, ENV, goals, noise, PGConfig(trajectories=20), 1, first_order=first_order_until > 0
     )
     for p, q in zip(setup.algo.parameters(), twin.parameters()):

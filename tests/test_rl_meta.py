@@ -12,9 +12,9 @@ from metakit.experiments.tasks.family import held_out_generator
 from metakit.experiments.tasks.rl.nav2d import Nav2DFamily
 from metakit.experiments.tasks.rl.nav2d_env import Nav2D
 from metakit.experiments.tasks.rl.objective import (
-    meta_backward,
     meta_loss,
     sample_adaptation,
+    sample_and_backward,
     sample_trajectories,
 )
 from metakit.experiments.tasks.rl.policy import GaussianMLPPolicy
@@ -217,9 +217,9 @@ def test_an_optimizer_steps_on_the_meta_gradient_that_meta_backward_accumulates(
     config = PGConfig(trajectories=4)
     before = [p.detach().clone() for p in policy.parameters()]
     for p in policy.parameters():  # a stale gradient, which the caller must clear (the trainer
-        p.grad = torch.ones_like(p)  # does: tests/test_rl_family.py); meta_backward adds to it
+        p.grad = torch.ones_like(p)  # does: tests/test_rl_family.py); sample_and_backward adds to it
     sgd = torch.optim.SGD(algo.parameters(), lr=0.01)
-    out = meta_backward(algo, env, goals, torch.Generator().manual_seed(3), config)
+    out = sample_and_backward(algo, env, goals, torch.Generator().manual_seed(3), config)
     sgd.step()
     sampled = sample_adaptation(twin, env, goals, 1, torch.Generator().manual_seed(3), config)
     loss = meta_loss(twin, sampled.batches)
@@ -269,7 +269,7 @@ def test_meta_backward_uses_the_configured_estimator(curvature, first_order):
     env = Nav2D(horizon=10)
     goals = env.sample_tasks(TASKS, torch.Generator().manual_seed(7), dtype=F64)
     config = PGConfig(trajectories=4, curvature=curvature)
-    meta_backward(algo, env, goals, torch.Generator().manual_seed(8), config, 1, first_order)
+    sample_and_backward(algo, env, goals, torch.Generator().manual_seed(8), config, 1, first_order)
     sampled = sample_adaptation(twin, env, goals, 1, torch.Generator().manual_seed(8), config)
     meta_loss(twin, sampled.batches, curvature, first_order).backward()
     other = MAML(copy.deepcopy(policy), lr=0.3)  # the other estimator: a different gradient

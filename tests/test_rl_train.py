@@ -3,7 +3,13 @@ its curvature and rates through the same loop."""
 
 import torch
 
-from metakit.experiments.tasks.rl import GaussianMLPPolicy, Nav2D, PGConfig, meta_backward, sample_adaptation
+from metakit.experiments.tasks.rl import (
+    GaussianMLPPolicy,
+    Nav2D,
+    PGConfig,
+    sample_adaptation,
+    sample_and_backward,
+)
 from metakit.wrappers import MAML, MAMLEnhanced
 
 
@@ -27,7 +33,7 @@ def test_maml_meta_training_makes_one_policy_gradient_step_pay_off():
     for _ in range(40):
         goals = env.sample_tasks(10, generator)
         optimizer.zero_grad()  # one meta-update as the trainer takes it
-        meta_backward(algo, env, goals, generator, PGConfig(trajectories=10))
+        sample_and_backward(algo, env, goals, generator, PGConfig(trajectories=10))
         optimizer.step()
     after = held_out_curve(algo, env, held_out)
     # Measured (seeds 0–3): the gain of one step grows from 4–6 to 15–22; returns −85 → −20.
@@ -45,7 +51,7 @@ def test_enhanced_trains_curvature_and_rates_in_the_rl_loop():
     generator = torch.Generator().manual_seed(2)
     goals = env.sample_tasks(4, generator)
     optimizer.zero_grad()
-    out = meta_backward(algo, env, goals, generator, PGConfig(trajectories=5), 2)
+    out = sample_and_backward(algo, env, goals, generator, PGConfig(trajectories=5), 2)
     optimizer.step()
     assert len(out["returns"]) == 3
     for name, p in algo.named_parameters():

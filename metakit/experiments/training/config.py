@@ -12,7 +12,7 @@ from typing import Optional, get_args, get_type_hints
 
 from metakit.experiments.methods import BACKENDS, METHODS
 from metakit.experiments.tasks import FAMILIES
-from metakit.experiments.util.errors import MetakitError
+from metakit.experiments.util.errors import MetakitError, flag
 
 DEVICES = ("auto", "cpu", "cuda")
 OUTER_OPTIMIZERS = ("adam", "sgd-annealed")
@@ -28,11 +28,6 @@ TRAIN_SEEDS = 2**31
 
 class ConfigError(MetakitError):
     """Options that are invalid alone or together; the message is one line."""
-
-
-def flag(name: str) -> str:
-    """The command-line flag of the option (or field) ``name``: ``flag("inner_steps") == "--inner-steps"``."""
-    return "--" + name.replace("_", "-")
 
 
 def option(

@@ -18,6 +18,7 @@ from metakit.experiments.tasks import build_family
 from metakit.experiments.training import distributed, runs
 from metakit.experiments.training.config import ConfigError, TrainConfig
 from metakit.experiments.training.distributed import World
+from metakit.experiments.util.errors import flag
 from metakit.wrappers.rules import multi_step_weights
 
 
@@ -34,7 +35,8 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+        device = flag("device")
+        raise ConfigError(f"{device} cuda: no CUDA device is available (use {device} cpu or auto)")
     return torch.device(name)
 
 
@@ -142,8 +144,8 @@ def build_training(config: TrainConfig, family=None, world: World = World()) -> 
     for this process of ``world``."""
     if config.meta_batch < world.size:
         raise ConfigError(
-            f"--meta-batch {config.meta_batch} is smaller than the {world.size} processes of this run; "
-            "every process needs at least one task"
+            f"{flag('meta_batch')} {config.meta_batch} is smaller than the {world.size} processes of this "
+            "run; every process needs at least one task"
         )
     family = family or build_family(config)
     family.prepare()
@@ -151,8 +153,8 @@ def build_training(config: TrainConfig, family=None, world: World = World()) -> 
     if device.type == "cuda" and world.size > 1:
         if world.local_rank >= torch.cuda.device_count():
             raise ConfigError(
-                f"--device cuda: process {world.rank} has local rank {world.local_rank} but this machine "
-                f"has {torch.cuda.device_count()} GPUs; start at most one process per GPU"
+                f"{flag('device')} cuda: process {world.rank} has local rank {world.local_rank} but this "
+                f"machine has {torch.cuda.device_count()} GPUs; start at most one process per GPU"
             )
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)

@@ -3,7 +3,7 @@ policy, vanilla policy gradient and the MAML-RL meta-objective, for any metakit 
 
 from metakit.experiments.tasks.rl.halfcheetah_env import HalfCheetah
 from metakit.experiments.tasks.rl.nav2d_env import Nav2D, Nav2DEnv
-from metakit.experiments.tasks.rl.objective import meta_backward, meta_loss, sample_adaptation
+from metakit.experiments.tasks.rl.objective import meta_loss, sample_adaptation, sample_and_backward
 from metakit.experiments.tasks.rl.policy import GaussianMLPPolicy
 from metakit.experiments.tasks.rl.policy_gradient import PGBatch, PGConfig
 from metakit.experiments.tasks.rl.trajectories import Trajectories
@@ -16,7 +16,7 @@ __all__ = [
     "PGBatch",
     "PGConfig",
     "Trajectories",
-    "meta_backward",
+    "sample_and_backward",
     "meta_loss",
     "sample_adaptation",
 ]

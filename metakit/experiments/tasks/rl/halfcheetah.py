@@ -3,6 +3,7 @@
 
 from metakit.experiments.tasks.rl.halfcheetah_env import HalfCheetah, missing_dependency
 from metakit.experiments.tasks.rl.meta_rl import RLFamily
+from metakit.experiments.util.errors import flag
 
 
 class HalfCheetahFamily(RLFamily):
@@ -20,7 +21,7 @@ class HalfCheetahFamily(RLFamily):
         super().check_config(config)
         missing = missing_dependency()
         if missing:
-            raise ValueError(f"--task {config.task}: {missing}")
+            raise ValueError(f"{flag('task')} {config.task}: {missing}")
 
 
 class HalfCheetahDirection(HalfCheetahFamily):

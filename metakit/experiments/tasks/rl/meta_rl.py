@@ -3,7 +3,7 @@ HalfCheetah (:mod:`metakit.experiments.tasks.rl`).
 
 A task is a reward function (a goal position, a direction, a velocity); adapting to it means
 sampling episodes with the policy and taking policy-gradient steps. Such a family samples its own
-episodes, so it plugs into the trainer through :meth:`RLFamily.meta_backward` instead of the
+episodes, so it plugs into the trainer through :meth:`RLFamily.meta_engine` instead of the
 supervised engine: ``Training.sample`` draws a :class:`GoalBatch` from the run's task stream and
 the meta-step hands it here. Everything else in the loop (zeroing, the ``torchrun`` all-reduce,
 finite checks, Adam, checkpoints, exact resume, progress, logging) is the trainer's own.
@@ -34,11 +34,10 @@ import torch
 
 from metakit.experiments.methods import METHODS
 from metakit.experiments.tasks.family import RETURN, TaskFamily, held_out_generator
-from metakit.experiments.tasks.rl.objective import meta_backward as rl_meta_backward
-from metakit.experiments.tasks.rl.objective import sample_adaptation
+from metakit.experiments.tasks.rl.objective import sample_adaptation, sample_and_backward
 from metakit.experiments.tasks.rl.policy import GaussianMLPPolicy
 from metakit.experiments.tasks.rl.policy_gradient import PGConfig
-from metakit.experiments.util.errors import MetakitError
+from metakit.experiments.util.errors import MetakitError, flag
 from metakit.experiments.util.statistics import mean_ci95
 from metakit.wrappers.base import Objective
 
@@ -101,21 +100,21 @@ class RLFamily(TaskFamily):
     @classmethod
     def check_config(cls, config) -> None:
         """Refuse the methods and options that have no meaning, or no implementation, for RL."""
-        task = f"--task {config.task}"
+        task = f"{flag('task')} {config.task}"
         if not METHODS.get(config.method).rl:
             usable = [name for name in METHODS.names() if METHODS.get(name).rl]
             raise ValueError(
-                f"--method {config.method} does not apply to {task} (reinforcement learning); "
+                f"{flag('method')} {config.method} does not apply to {task} (reinforcement learning); "
                 f"choose from {', '.join(usable)}"
             )
         if config.backend != "func":
             raise ValueError(
-                f"{task} runs on --backend func only (its meta-objective is written with torch.func)"
+                f"{task} runs on {flag('backend')} func only (its meta-objective is written with torch.func)"
             )
         if config.compile == "on":
-            raise ValueError(f"--compile on does not apply to {task}: its meta-gradient runs eagerly")
+            raise ValueError(f"{flag('compile')} on does not apply to {task}: its meta-gradient runs eagerly")
         if config.multi_step_loss:
-            raise ValueError(f"--multi-step-loss does not apply to {task}")
+            raise ValueError(f"{flag('multi_step_loss')} does not apply to {task}")
 
     def build_model(self) -> GaussianMLPPolicy:
         """The paper's policy: a Gaussian MLP, 2×100 ReLU, learned state-independent log-std."""
@@ -146,7 +145,8 @@ class RLFamily(TaskFamily):
         ``beyond_horizon`` past ``horizon``. RL tasks take no ``shots`` (pass none)."""
         if any(k is not None for k in shots):
             raise MetakitError(
-                "--shots does not apply to reinforcement-learning runs (they adapt on sampled episodes)"
+                f"{flag('shots')} does not apply to reinforcement-learning runs "
+                "(they adapt on sampled episodes)"
             )
         curves = self.adaptation_returns(algo, tasks, max(steps), seed)
         results = []
@@ -198,7 +198,7 @@ class RLFamily(TaskFamily):
 
 class PolicyGradientEngine:
     """The engine of a meta-RL family: ``meta_backward`` accumulates the MAML-RL meta-gradient of a
-    :class:`GoalBatch` into ``.grad`` (:func:`~metakit.experiments.tasks.rl.objective.meta_backward`),
+    :class:`GoalBatch` into ``.grad`` (:func:`~metakit.experiments.tasks.rl.objective.sample_and_backward`),
     sampling the episodes itself; a ``JOINT`` learner (the pretrained-policy baseline) takes 0
     inner steps."""
 
@@ -216,7 +216,7 @@ class PolicyGradientEngine:
             steps, first_order = 0, True
         generator = torch.Generator().manual_seed(int(batch.seeds[0]))
         family = self.family
-        out = rl_meta_backward(
+        out = sample_and_backward(
             self.algo, family.env, batch.goals, generator, family.training, steps, first_order
         )
         return -out["returns"][-1]

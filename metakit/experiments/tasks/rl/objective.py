@@ -35,7 +35,7 @@ is the standard MAML-RL estimator (cbfinn/maml_rl ``maml_npo.py``; pytorch-maml-
   ``∂U_k/∂θ_k`` term (first-order MAML).
 
 Outer optimiser. The paper uses TRPO (KL ≤ 0.01, finite-difference Hessian-vector products). Here
-any ``torch.optim`` optimizer steps on the gradient of the surrogate (:func:`meta_backward`); we
+any ``torch.optim`` optimizer steps on the gradient of the surrogate (:func:`sample_and_backward`); we
 recommend Adam with lr 3e-3 (2D navigation, 20 tasks × 20 episodes: stable over 100 updates, while
 1e-2 learned faster at first and then diverged after ~60, with or without clipping the gradient
 norm at 1). Adam needs one backward, trains the policy and MAML Enhanced's curvature and rates
@@ -186,7 +186,7 @@ def meta_loss(
     return vmap(task_loss)(*[t for batch in batches for t in batch]).mean()
 
 
-def meta_backward(
+def sample_and_backward(
     algo,
     env,
     goals: torch.Tensor,

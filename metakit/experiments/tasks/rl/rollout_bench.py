@@ -7,6 +7,7 @@ import torch
 from metakit.experiments.tasks.rl.nav2d_env import Nav2D, Nav2DEnv
 from metakit.experiments.tasks.rl.objective import parameter_names, per_task, sample_trajectories
 from metakit.experiments.tasks.rl.policy import GaussianMLPPolicy
+from metakit.experiments.util.errors import flag
 
 
 def _timed(fn):
@@ -74,8 +75,10 @@ def bench_task(task: str, quick: bool = False, threads: int = 1, seed: int = 0, 
     from metakit.experiments.tasks import FAMILIES
 
     if options:
-        given = ", ".join(f"--{name.replace('_', '-')}" for name in options)
-        raise ValueError(f"--task {task} benches rollouts (--quick, --seed, --threads, --json); drop {given}")
+        given = ", ".join(flag(name) for name in options)
+        raise ValueError(
+            f"{flag('task')} {task} benches rollouts (--quick, --seed, --threads, --json); drop {given}"
+        )
     family = FAMILIES.get(task)
     if not isinstance(family.env, Nav2D):
         raise ValueError(

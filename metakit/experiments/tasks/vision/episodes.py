@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from metakit.experiments.tasks.family import ACCURACY, SupervisedFamily, held_out_generator
 from metakit.experiments.tasks.vision.convnet import accuracy, conv_net
 from metakit.experiments.tasks.vision.image_sets import ClassImages, DataError
+from metakit.experiments.util.errors import flag
 from metakit.wrappers.engines.batch import TaskBatch
 
 EVAL_QUERY = 10
@@ -85,7 +86,8 @@ class ImageEpisodes(SupervisedFamily):
             if height != width:
                 where = f" in {self.data_root}" if self.data_root else ""
                 raise DataError(
-                    f"--rotations needs square images; the meta-train images{where} are {height}×{width} px"
+                    f"{flag('rotations')} needs square images; the meta-train images{where} are "
+                    f"{height}×{width} px"
                 )
             images = torch.cat([torch.rot90(images, k, dims=(3, 4)) for k in range(4)])
         named = [("meta-train", train, images.shape[0]), ("meta-test", test, test.num_classes)]
@@ -102,7 +104,8 @@ class ImageEpisodes(SupervisedFamily):
                 )
         if self.min_images > train.images.shape[1]:
             raise DataError(
-                f"--shots + --query = {self.min_images} images per class; the meta-train classes have "
+                f"{flag('shots')} + {flag('query')} = {self.min_images} images per class; the meta-train "
+                "classes have "
                 f"{train.images.shape[1]}"
             )
         self._train, self._test = images, test
@@ -126,7 +129,7 @@ class ImageEpisodes(SupervisedFamily):
         if max_shots + EVAL_QUERY > per_class:
             raise DataError(
                 f"held-out episodes use {EVAL_QUERY} query images per class; the meta-test classes have "
-                f"{per_class} images, so --shots can be at most {per_class - EVAL_QUERY}"
+                f"{per_class} images, so {flag('shots')} can be at most {per_class - EVAL_QUERY}"
             )
         support, query = [], []
         for t in range(tasks):

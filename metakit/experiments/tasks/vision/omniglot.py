@@ -4,6 +4,7 @@ from pathlib import Path
 
 from metakit.experiments.tasks.vision.episodes import ImageEpisodes
 from metakit.experiments.tasks.vision.omniglot_folder import load_omniglot
+from metakit.experiments.util.errors import flag
 
 
 class Omniglot(ImageEpisodes):
@@ -21,8 +22,8 @@ class Omniglot(ImageEpisodes):
         """Omniglot needs ``--data-root``."""
         if not config.data_root:
             raise ValueError(
-                "--task omniglot needs --data-root DIR: a folder with images_background/ and "
-                "images_evaluation/ (or their zips), optionally under omniglot-py/"
+                f"{flag('task')} omniglot needs {flag('data_root')} DIR: a folder with images_background/ "
+                "and images_evaluation/ (or their zips), optionally under omniglot-py/"
             )
 
     def load(self):
