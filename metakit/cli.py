@@ -132,7 +132,7 @@ class Registered(click.ParamType):
         """Check that ``value`` is registered."""
         if value not in self.registry:
             names = ", ".join(self.registry.names())
-            self.fail(f"unknown {self.registry.kind} {value!r}; choose from {names}")
+            self.fail(f"unknown {self.registry.noun} {value!r}; choose from {names}")
         return value
 
 

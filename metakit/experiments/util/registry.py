@@ -12,12 +12,12 @@ class Registry:
     """A table of named entries, each an object or a lazily imported ``"module:attribute"`` path.
 
     Args:
-        kind: what the entries are, for error messages (``"task family"``, ``"method"``).
+        noun: what the entries are, for error messages (``"task family"``, ``"method"``).
         entries: the built-in entries.
     """
 
-    def __init__(self, kind: str, entries: Dict[str, Union[str, Any]]):
-        self.kind = kind
+    def __init__(self, noun: str, entries: Dict[str, Union[str, Any]]):
+        self.noun = noun
         self._entries = dict(entries)
 
     def names(self) -> tuple:
@@ -30,7 +30,7 @@ class Registry:
     def get(self, name: str) -> Any:
         """The entry called ``name``; an unknown name is a ``ValueError`` listing the known ones."""
         if name not in self._entries:
-            raise ValueError(f"unknown {self.kind} {name!r}; choose from {', '.join(self._entries)}")
+            raise ValueError(f"unknown {self.noun} {name!r}; choose from {', '.join(self._entries)}")
         entry = self._entries[name]
         if isinstance(entry, str):
             module, _, attribute = entry.partition(":")
@@ -41,7 +41,7 @@ class Registry:
     def register(self, name: str, entry: Any, replace: bool = False) -> None:
         """Add ``entry`` under ``name``; re-registering a name needs ``replace=True``."""
         if name in self._entries and not replace:
-            raise ValueError(f"{self.kind} {name!r} is already registered (pass replace=True)")
+            raise ValueError(f"{self.noun} {name!r} is already registered (pass replace=True)")
         self._entries[name] = entry
 
     def unregister(self, name: str) -> None:
