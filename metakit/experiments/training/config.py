@@ -259,6 +259,10 @@ def _check(config: TrainConfig, family) -> None:
             f"{flag('multi_step_loss')} and {flag('first_order_until')} apply to MAML-family methods, "
             f"not {config.method}"
         )
+    if spec.classification and config.ways is None:
+        raise ConfigError(
+            f"{_setting(config, 'method')} needs a classification task, not {_setting(config, 'task')}"
+        )
     if spec.always_first_order and config.first_order_until:
         raise ConfigError(
             f"{flag('first_order_until')} has no effect with {_setting(config, 'method')} "
