@@ -180,7 +180,7 @@ class TrainConfig:
             if getattr(self, name) is None and name in family.protocol:
                 setattr(self, name, family.protocol[name])
         if self.query is None:
-            self.query = self.shots
+            self.query = family.protocol.get("query", self.shots)
         _check(self, family)
 
     def to_dict(self) -> dict:
