@@ -52,7 +52,3 @@ class ProtoNet(Learner):
         prototypes = onehot.T @ support / counts.clamp(min=1)[:, None]
         distances = ((query[:, None, :] - prototypes[None]) ** 2).sum(-1)
         return torch.where(counts > 0, -distances, -torch.inf)
-
-    def describe(self) -> str:
-        """Nothing is learned besides the embedding."""
-        return ""
