@@ -63,7 +63,17 @@ def omniglot_run(omniglot_root, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "omniglot"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("METAKIT_CACHE", str(tmp_path_factory.mktemp("cache")))
-        args = ["--task", "omniglot", "--data-root", omniglot_root, "--ways", 3, "--iterations", 3]
+        args = [
+            "--task",
+            "omniglot",
+            "--omniglot-split",
+            "background",
+            "--data-root",
+            omniglot_root,
+            "--ways",
+            3,
+        ]
+        args += ["--iterations", 3]
         result = invoke("train", *args, "--meta-batch", 2, "--log-every", 1, "--quiet", "--out", run_dir)
     assert result.exit_code == 0, result.output
     assert "on omniglot" in result.stdout and result.stderr == ""
@@ -109,7 +119,7 @@ def test_plot_of_a_classification_run_draws_accuracy(omniglot_run, tmp_path):
 
 
 def bad_inputs(root, run):
-    folder = ["--task", "omniglot", "--iterations", 1, "--meta-batch", 1]
+    folder = ["--task", "omniglot", "--omniglot-split", "background", "--iterations", 1, "--meta-batch", 1]
     return {
         "missing root": (["train", *folder, "--data-root", root / "nope"], "nope"),
         "wrong layout": (
@@ -163,8 +173,9 @@ def test_a_corrupt_image_is_named(omniglot_root, tmp_path):
     bad = next((root / "omniglot-py" / "images_evaluation").rglob("*.png"))
     bad.write_bytes(b"not a png")
     result = invoke(
-        "train", "--task", "omniglot", "--data-root", root, "--iterations", 1, "--out", tmp_path / "run"
-    )
+        "train", "--task", "omniglot", "--omniglot-split", "background", "--data-root", root,
+        "--iterations", 1, "--out", tmp_path / "run",
+    )  # fmt: skip
     assert (
         result.exit_code == 2 and bad.name in result.stderr and len(result.stderr.strip().splitlines()) == 1
     )

@@ -312,7 +312,7 @@ def test_eval_seed_picks_the_held_out_tasks(maml_run):
 # accepted finishes fast and leaves a trace the snapshot check sees.
 TRAIN = ["train", "--iterations", "2", "--meta-batch", "2", "--quiet", "--out", "new"]
 BAD_INPUTS = {
-    "unknown-method": [*TRAIN, "--method", "protonet"],
+    "unknown-method": [*TRAIN, "--method", "matchingnet"],
     "unknown-task": [*TRAIN, "--task", "omniglot"],
     "shots-zero": [*TRAIN, "--shots", "0"],
     "shots-negative": [*TRAIN, "--shots", "-3"],
@@ -372,7 +372,7 @@ BAD_INPUTS = {
     "plot-shots-zero": ["plot", "run", "--shots", "0", "--out", "plots"],
     "plot-out-below-a-file": ["plot", "run", "--out", "afile/plots"],
     "reproduce-unknown-benchmark": ["reproduce", "omniglot", "--out", "repro"],
-    "reproduce-unknown-method": ["reproduce", "sinusoid", "--methods", "maml,protonet", "--out", "repro"],
+    "reproduce-unknown-method": ["reproduce", "sinusoid", "--methods", "maml,matchingnet", "--out", "repro"],
     "reproduce-seeds-zero": ["reproduce", "sinusoid", "--seeds", "0", "--out", "repro"],
     "reproduce-out-is-a-file": ["reproduce", "sinusoid", "--out", "afile", "--iterations", "1"],
     "bench-meta-batch-zero": ["bench", "--quick", "--meta-batch", "0"],
@@ -392,7 +392,7 @@ def workspace(tmp_path, maml_run, monkeypatch):
     config = json.loads((maml_run / "config.json").read_text())
     for name, config_text in [
         ("badconfig", "{not json"),
-        ("badmethod", json.dumps({**config, "method": "protonet"})),
+        ("badmethod", json.dumps({**config, "method": "matchingnet"})),
         ("othermethod", json.dumps({**config, "method": "enhanced"})),  # checkpoint holds MAML
         ("badcheckpoint", None),
     ]:

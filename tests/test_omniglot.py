@@ -1,6 +1,9 @@
-"""Reading the official Omniglot layout: folders, the omniglot-py level, zips, the cache, each DataError."""
+"""Reading the official Omniglot layout: folders, the omniglot-py level, zips, the cache, each DataError;
+the Vinyals et al. split (the shipped lists, selection by name, a missing class named)."""
 
+import json
 import os
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -9,10 +12,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from test_cli import invoke
 
 from metakit.experiments.tasks.vision import omniglot_folder
 from metakit.experiments.tasks.vision.image_sets import DataError, save_atomic
+from metakit.experiments.tasks.vision.omniglot import Omniglot
 from metakit.experiments.tasks.vision.omniglot_folder import load_omniglot
+from metakit.experiments.training.config import ConfigError, TrainConfig
 
 SIDE = 105
 LAYOUT = {
@@ -263,3 +269,105 @@ def test_the_cache_lives_outside_the_data(tmp_path):
     load_omniglot(root, size=SIDE)
     assert sorted(os.listdir(root)) == before
     assert omniglot_folder.cache_path(Path(os.path.abspath(root)), SIDE).is_file()
+
+
+# --- the Vinyals et al. split ---------------------------------------------------------------------
+
+
+def test_the_shipped_vinyals_lists_hold_1028_172_and_423_distinct_characters():
+    lists = {
+        split: omniglot_folder.class_list(omniglot_folder.SPLIT_LISTS / f"omniglot_vinyals_{suffix}.txt")
+        for split, suffix in omniglot_folder.VINYALS.items()
+    }
+    assert {split: len(names) for split, names in lists.items()} == {
+        "train": 1028,
+        "validation": 172,
+        "test": 423,
+    }
+    every = [name for names in lists.values() for name in names]
+    assert len(set(every)) == 1623  # disjoint, no repeats: all of Omniglot's characters
+    assert all(re.fullmatch(r"[^/]+/character\d\d", name) for name in every)
+    alphabets = {split: {name.split("/")[0] for name in names} for split, names in lists.items()}
+    assert [len(a) for a in alphabets.values()] == [33, 5, 13]
+    assert alphabets["train"] & alphabets["test"] == {"Gurmukhi"}  # split inside one alphabet, as published
+    assert not alphabets["validation"] & (alphabets["train"] | alphabets["test"])
+
+
+SMALL_LISTS = {
+    "train": ["Alpha/character01", "Gamma/character02", "Alpha/character03"],
+    "val": ["Beta_(B)/character02", "Beta_(B)/character01"],
+    "test": ["Beta_(B)/character03", "Gamma/character01"],
+}
+
+
+@pytest.fixture
+def small_lists(tmp_path, monkeypatch):
+    """Point the reader at small Vinyals-style lists naming characters of both fake folders."""
+    folder = tmp_path / "lists"
+    folder.mkdir()
+    for suffix, names in SMALL_LISTS.items():
+        (folder / f"omniglot_vinyals_{suffix}.txt").write_text("\n".join(names) + "\n\n")
+    monkeypatch.setattr(omniglot_folder, "SPLIT_LISTS", folder)
+    return folder
+
+
+def test_the_vinyals_split_takes_the_listed_characters_from_both_folders_in_list_order(tmp_path, small_lists):
+    root = make_root(tmp_path / "data")
+    family = Omniglot(2, str(root), split="vinyals")
+    family.image_size = SIDE
+    splits = family.load()
+    background, evaluation = expected_images("background"), expected_images("evaluation")
+    # class indices: background Alpha 0-2, Beta_(B) 3-5; evaluation Gamma 0-1
+    expected = {
+        "train": [background[0], evaluation[1], background[2]],
+        "validation": [background[4], background[3]],
+        "test": [background[5], evaluation[0]],
+    }
+    for split, suffix in (("train", "train"), ("validation", "val"), ("test", "test")):
+        assert splits[split].names == tuple(SMALL_LISTS[suffix])
+        assert splits[split].alphabets == tuple(name.split("/")[0] for name in SMALL_LISTS[suffix])
+        np.testing.assert_array_equal(splits[split].images.numpy(), np.stack(expected[split]))
+
+
+def test_a_tree_that_follows_the_vinyals_lists_partially_names_a_missing_class(tmp_path, small_lists):
+    (small_lists / "omniglot_vinyals_test.txt").write_text(
+        "Gamma/character01\nGamma/character07\nDelta/character01\n"
+    )
+    with pytest.raises(
+        DataError, match=r"omniglot_vinyals_test.txt\) lists Gamma/character07 \(and 1 more\)"
+    ):
+        Omniglot(2, str(make_root(tmp_path / "data")), split="vinyals").load()
+
+
+def test_the_shipped_lists_on_a_tree_of_other_names_are_a_one_line_cli_error(tmp_path):
+    root = make_root(tmp_path / "data")
+    result = invoke(
+        "train", "--task", "omniglot", "--data-root", root, "--iterations", 1, "--out", tmp_path / "run"
+    )
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "lists Angelic/character01 (and 1027 more)" in lines[0], lines
+    assert "--omniglot-split background" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_on_the_vinyals_split_through_the_cli(tmp_path, small_lists):
+    root, run = make_root(tmp_path / "data"), tmp_path / "run"
+    args = ["--task", "omniglot", "--data-root", root, "--ways", 2, "--iterations", 2, "--meta-batch", 2]
+    result = invoke("train", *args, "--quiet", "--out", run)
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "config.json").read_text())
+    assert (config["omniglot_split"], config["rotations"]) == ("vinyals", True)
+    too_many = invoke("train", *args, "--ways", 3, "--quiet", "--out", tmp_path / "other")
+    assert too_many.exit_code == 2 and "the validation split has 2 classes; 3-way" in too_many.stderr
+
+
+def test_the_split_option_defaults_to_vinyals_and_applies_to_omniglot_only():
+    assert TrainConfig(task="omniglot", data_root="x").omniglot_split == "vinyals"
+    assert (
+        TrainConfig(task="omniglot", data_root="x", omniglot_split="background").omniglot_split
+        == "background"
+    )
+    assert TrainConfig(task="glyphs").omniglot_split is None
+    with pytest.raises(ConfigError, match="--omniglot-split does not apply to --task glyphs"):
+        TrainConfig(task="glyphs", omniglot_split="vinyals")

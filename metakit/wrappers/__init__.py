@@ -9,6 +9,7 @@ from metakit.wrappers.lslr import LayerwiseLR
 from metakit.wrappers.maml import MAML
 from metakit.wrappers.metasgd import MetaSGD
 from metakit.wrappers.pretrain import Pretrain
+from metakit.wrappers.protonet import ProtoNet
 from metakit.wrappers.reptile import Reptile
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "MetaSGD",
     "Objective",
     "Pretrain",
+    "ProtoNet",
     "Reptile",
     "TaskBatch",
     "VectorizedEngine",

@@ -29,6 +29,7 @@ class MethodSpec:
         all_points: ``--inner-all-points`` applies (its meta-update holds no query set out).
         rl: it runs on reinforcement-learning families (its inner rule is ``inner_updates`` on a
             policy gradient, or it is the ``JOINT`` pretraining baseline).
+        classification: it runs on classification families only (its build reads ``config.ways``).
     """
 
     build: Callable
@@ -39,6 +40,7 @@ class MethodSpec:
     learned_inner_rule: bool = False
     all_points: bool = False
     rl: bool = False
+    classification: bool = False
 
 
 METHODS = Registry(
@@ -53,6 +55,7 @@ METHODS = Registry(
         "metasgd": "metakit.experiments.methods.builtin:METASGD_SPEC",
         "anil": "metakit.experiments.methods.builtin:ANIL_SPEC",
         "pretrain": "metakit.experiments.methods.builtin:PRETRAIN_SPEC",
+        "protonet": "metakit.experiments.methods.builtin:PROTONET_SPEC",
     },
 )
 

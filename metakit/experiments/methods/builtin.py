@@ -48,6 +48,12 @@ def _anil(config, model):
     return ANIL(model, lr=config.inner_lr)
 
 
+def _protonet(config, model):
+    from metakit.wrappers import ProtoNet
+
+    return ProtoNet(model, ways=config.ways, lr=config.inner_lr)
+
+
 def _pretrain(config, model):
     from metakit.wrappers import Pretrain
 
@@ -82,3 +88,8 @@ ANIL_SPEC = MethodSpec(_anil, "ANIL: inner loop on the last layer only", rl=True
 # The MAML paper's baseline: joint training on all tasks, fine-tuned by SGD at test time (in RL: one
 # policy trained by policy gradient on all tasks).
 PRETRAIN_SPEC = MethodSpec(_pretrain, "joint pretraining baseline", maml_plus_plus=False, rl=True)
+# Prototypical Networks (Snell et al. 2017): nearest class mean of the embeddings, no inner steps;
+# the conv net without its head is the embedding.
+PROTONET_SPEC = MethodSpec(
+    _protonet, "Prototypical Networks: nearest class prototype", maml_plus_plus=False, classification=True
+)

@@ -68,7 +68,12 @@ def reproduce(
     reproduction = family_class.reproduction
     if reproduction is None:
         raise ValueError(f"task {task!r} has no reproduction protocol")
-    methods = methods or reproduction.methods or METHODS.names()
+    classification = "ways" in family_class.options  # methods for classification only skip the others
+    every = [m for m in METHODS.names() if classification or not METHODS.get(m).classification]
+    methods = methods or reproduction.methods or every
+    for _, overrides in reproduction.variants:  # every invalid combination is refused before any run
+        for method in methods:
+            run_config(task, method, 0, iterations, overrides, compile)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     metric = family_class.metric

@@ -14,6 +14,7 @@ FAMILIES = Registry(
         "sinusoid-line": "metakit.experiments.tasks.regression.sinusoid_line:SinusoidLine",
         "glyphs": "metakit.experiments.tasks.vision.glyphs:Glyphs",
         "omniglot": "metakit.experiments.tasks.vision.omniglot:Omniglot",
+        "mini-imagenet": "metakit.experiments.tasks.vision.mini_imagenet:MiniImageNet",
         "nav2d": "metakit.experiments.tasks.rl.nav2d:Nav2DFamily",
         "halfcheetah-dir": "metakit.experiments.tasks.rl.halfcheetah:HalfCheetahDirection",
         "halfcheetah-vel": "metakit.experiments.tasks.rl.halfcheetah:HalfCheetahVelocity",

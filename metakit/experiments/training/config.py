@@ -21,6 +21,8 @@ to zero over the run (Reptile's outer rule, Nichol et al. 2018)."""
 COMPILE_MODES = ("auto", "on", "off")
 """``compile``: ``auto`` compiles a func run long enough to repay the compilation (see
 :func:`metakit.experiments.training.trainer.choose_compile`), ``on`` always, ``off`` never."""
+OMNIGLOT_SPLITS = ("vinyals", "background")
+"""``omniglot_split``: the class split of Vinyals et al. 2016, or the official background/evaluation one."""
 TRAIN_SEEDS = 2**31
 """Training seeds are below 2**31; held-out streams use seeds at or above it (see
 :func:`~metakit.experiments.tasks.family.held_out_generator`)."""
@@ -128,6 +130,13 @@ class TrainConfig:
         family_default=True,
         family_option=True,
     )
+    omniglot_split: Optional[str] = option(
+        help="Omniglot: vinyals (Vinyals et al. 2016: 1,028 / 172 / 423 characters from both folders) "
+        "or background (images_background / images_evaluation).",
+        choices=OMNIGLOT_SPLITS,
+        family_default=True,
+        family_option=True,
+    )
     log_every: int = option(100, help="Iterations between lines of metrics.jsonl.", minimum=1)
     checkpoint_every: int = option(
         1000,
@@ -171,7 +180,7 @@ class TrainConfig:
             if getattr(self, name) is None and name in family.protocol:
                 setattr(self, name, family.protocol[name])
         if self.query is None:
-            self.query = self.shots
+            self.query = family.protocol.get("query", self.shots)
         _check(self, family)
 
     def to_dict(self) -> dict:
@@ -245,8 +254,8 @@ def _check_values(config: TrainConfig) -> None:
 def _check(config: TrainConfig, family) -> None:
     """Every rule on the options, alone and together."""
     for name, declared in OPTIONS.items():
-        if declared.metadata["choices"] is not None:
-            _check_choice(config, name)
+        if declared.metadata["choices"] is not None and getattr(config, name) is not None:
+            _check_choice(config, name)  # a family option that the family does not take stays None
     _check_values(config)
     spec = METHODS.get(config.method)
     if config.backend not in spec.backends:
@@ -258,6 +267,10 @@ def _check(config: TrainConfig, family) -> None:
         raise ConfigError(
             f"{flag('multi_step_loss')} and {flag('first_order_until')} apply to MAML-family methods, "
             f"not {config.method}"
+        )
+    if spec.classification and config.ways is None:
+        raise ConfigError(
+            f"{_setting(config, 'method')} needs a classification task, not {_setting(config, 'task')}"
         )
     if spec.always_first_order and config.first_order_until:
         raise ConfigError(

@@ -3,19 +3,45 @@
 from pathlib import Path
 
 from metakit.experiments.tasks.vision.episodes import ImageEpisodes
-from metakit.experiments.tasks.vision.omniglot_folder import load_omniglot
+from metakit.experiments.tasks.vision.omniglot_folder import load_omniglot, vinyals_splits
 from metakit.experiments.util.errors import flag
 
 
 class Omniglot(ImageEpisodes):
-    """N-way K-shot classification of handwritten characters: ``images_background`` is meta-train,
-    ``images_evaluation`` meta-test; images are resized to 28×28 (one channel), and the rotations of
-    every meta-train class are further classes (on by default, as in the MAML paper).
+    """N-way K-shot classification of handwritten characters, resized to 28×28 (one channel); the
+    rotations of every meta-train class are further classes (on by default, as in the MAML paper).
 
-    The official background/evaluation layout has no validation split, so there is none here.
+    ``--omniglot-split vinyals`` (the default): the split of Vinyals et al. (2016) that Prototypical
+    Networks and most later papers report on, 1,028 meta-train, 172 validation and 423 meta-test
+    characters named ``Alphabet/characterNN`` in the lists shipped with metakit, drawn from both
+    ``images_background`` and ``images_evaluation``
+    (:func:`~metakit.experiments.tasks.vision.omniglot_folder.vinyals_splits`).
+    ``--omniglot-split background``: the official layout, ``images_background`` as meta-train and
+    ``images_evaluation`` as meta-test, with no validation split (the MAML paper's).
     """
 
-    protocol = {**ImageEpisodes.protocol, "iterations": 60_000, "rotations": True}
+    protocol = {
+        **ImageEpisodes.protocol,
+        "iterations": 60_000,
+        "rotations": True,
+        "omniglot_split": "vinyals",
+    }
+    options = (*ImageEpisodes.options, "omniglot_split")
+
+    def __init__(self, *args, split: str = "vinyals", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.split = split
+
+    @classmethod
+    def from_config(cls, config) -> "Omniglot":
+        """The family for the config's ways, data root, rotations, shots + query and split."""
+        return cls(
+            config.ways,
+            config.data_root,
+            bool(config.rotations),
+            config.shots + config.query,
+            split=config.omniglot_split,
+        )
 
     @classmethod
     def check_config(cls, config) -> None:
@@ -27,7 +53,10 @@ class Omniglot(ImageEpisodes):
             )
 
     def load(self):
-        """The background (meta-train) and evaluation (meta-test) alphabets; ``"validation"`` is
-        ``None``, as the official layout has no validation split."""
-        splits = load_omniglot(Path(self.data_root), self.image_size)
-        return {"train": splits["background"], "validation": None, "test": splits["evaluation"]}
+        """The meta-train, validation and meta-test characters of the chosen split (``"validation"``
+        is ``None`` for ``background``, as the official layout has none)."""
+        root = Path(self.data_root)
+        data = load_omniglot(root, self.image_size)
+        if self.split == "vinyals":
+            return vinyals_splits(data, root)
+        return {"train": data["background"], "validation": None, "test": data["evaluation"]}

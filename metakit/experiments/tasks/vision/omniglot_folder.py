@@ -33,9 +33,14 @@ from metakit.experiments.tasks.vision.image_sets import (
     save_atomic,
     to_payload,
 )
+from metakit.experiments.util.errors import flag
 
 SPLITS = ("background", "evaluation")
 """The two official splits, in the order they are returned."""
+SPLIT_LISTS = Path(__file__).with_name("splits")
+"""The folder of the shipped class lists ``omniglot_vinyals_{train,val,test}.txt`` (package data)."""
+VINYALS = {"train": "train", "validation": "val", "test": "test"}
+"""The Vinyals et al. (2016) splits, by the name :func:`vinyals_splits` returns them under → file suffix."""
 CACHE_VERSION = 2
 """Part of the cache file name and fingerprint; bump it when the cached layout changes (2: images carry a
 channel axis)."""
@@ -272,3 +277,41 @@ def load_omniglot(root: Path, size: int = 28) -> dict:
         payload = {name: to_payload(value) for name, value in data.items()}
         save_atomic(path, {"fingerprint": expected, **payload})
     return data
+
+
+def class_list(path: Path) -> tuple:
+    """The ``Alphabet/characterNN`` names of a class-list file, one a line (blank lines skipped)."""
+    return tuple(line.strip() for line in Path(path).read_text().splitlines() if line.strip())
+
+
+def vinyals_splits(data: dict, root: Path, lists: Optional[Path] = None) -> dict:
+    """``{"train", "validation", "test"}`` :class:`ClassImages` of the Vinyals et al. (2016) split
+    (1,028 / 172 / 423 characters, as Prototypical Networks and most later papers use it), taken by
+    name from both official splits in ``data`` (:func:`load_omniglot` of ``root``), in list order.
+
+    ``lists`` is the folder of ``omniglot_vinyals_{train,val,test}.txt`` (default: the shipped
+    :data:`SPLIT_LISTS`). Every class keeps the smallest image count of either official split. A
+    listed class that the data lacks is a :class:`DataError` naming it.
+    """
+    lists = SPLIT_LISTS if lists is None else Path(lists)
+    parts = [data[name] for name in SPLITS]
+    per_class = min(part.images.shape[1] for part in parts)
+    images = torch.cat([part.images[:, :per_class] for part in parts])
+    names = [name for part in parts for name in part.names]
+    alphabets = [alphabet for part in parts for alphabet in part.alphabets]
+    index = {name: i for i, name in enumerate(names)}
+    splits = {}
+    for split, suffix in VINYALS.items():
+        path = lists / f"omniglot_vinyals_{suffix}.txt"
+        wanted = class_list(path)
+        missing = [name for name in wanted if name not in index]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise DataError(
+                f"the Vinyals et al. {suffix} split ({path.name}) lists {missing[0]}{more}, which is in "
+                f"neither images_background nor images_evaluation under {root}; "
+                f"{flag('omniglot_split')} background reads any alphabets"
+            )
+        keep = [index[name] for name in wanted]
+        splits[split] = ClassImages(images[keep], wanted, tuple(alphabets[i] for i in keep))
+    return splits

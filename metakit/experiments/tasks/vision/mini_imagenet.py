@@ -1,0 +1,46 @@
+"""miniImageNet (Vinyals et al. 2016) in Ravi & Larochelle's split, with the MAML paper's protocol."""
+
+from pathlib import Path
+
+from metakit.experiments.tasks.vision.episodes import ImageEpisodes
+from metakit.experiments.tasks.vision.mini_imagenet_files import LAYOUT, load_mini_imagenet
+from metakit.experiments.util.errors import flag
+
+
+class MiniImageNet(ImageEpisodes):
+    """N-way K-shot classification of 84×84 colour images: 64 meta-train, 16 validation and 20
+    meta-test ImageNet classes of 600 images (Ravi & Larochelle 2017), read from the pickled caches
+    or Ravi's ``images/`` folder in ``--data-root``
+    (:func:`~metakit.experiments.tasks.vision.mini_imagenet_files.load_mini_imagenet`).
+
+    The MAML paper's protocol (Finn et al. 2017, §5.2): 4 conv blocks of 32 filters with max-pool,
+    α = 0.01, 5 inner steps in training, meta-batch 4 (at 1-shot), 15 query images per class,
+    60,000 iterations; evaluation reports up to 10 inner steps.
+    """
+
+    protocol = {
+        **ImageEpisodes.protocol,
+        "inner_lr": 0.01,
+        "inner_steps": 5,
+        "meta_batch": 4,
+        "iterations": 60_000,
+        "rotations": False,
+        "query": 15,
+    }
+    eval_protocol = {"shots": (1, 5), "steps": (0, 1, 5, 10)}
+    channels = 32
+    image_size = 84
+    eval_chunk = 4  # 4 episodes of 5-way 5-shot: 300 images of 84×84 through the conv net at once
+    bench_plan = {**ImageEpisodes.bench_plan, "meta_batch": (4,), "inner_steps": (5,)}
+    """``metakit bench``: the MAML paper's miniImageNet setting, 5-way 1-shot, meta-batch 4, 5 steps."""
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        """miniImageNet needs ``--data-root``."""
+        if not config.data_root:
+            raise ValueError(f"{flag('task')} mini-imagenet needs {flag('data_root')} DIR holding {LAYOUT}")
+
+    def load(self):
+        """The meta-train, validation and meta-test classes; every class must have ``shots + query``
+        images."""
+        return load_mini_imagenet(Path(self.data_root), self.min_images)
