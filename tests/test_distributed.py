@@ -47,7 +47,7 @@ def float64_gradients(world: World) -> dict:
         setup.algo.double()
         sample = setup.family.sample
         setup.family.sample = lambda *args, sample=sample: TaskBatch(*(t.double() for t in sample(*args)))
-        loss, _ = setup.step(0)
+        loss, _, _ = setup.step(0)
         results[name] = (loss, grads_of(setup.algo), [p.grad is None for p in setup.algo.parameters()])
     return results
 

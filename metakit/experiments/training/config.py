@@ -166,6 +166,12 @@ class TrainConfig:
         choices=RATE_FORMS,
         noun=flag("rates"),
     )
+    max_skips: int = option(
+        10,
+        help="Meta-batches in a row whose meta-loss or gradient is non-finite that are skipped (no "
+        "outer step) before training stops as diverged.",
+        minimum=1,
+    )
     inner_all_points: bool = option(
         False,
         help="Reptile: inner steps train on support + query points, in mini-batches of the support size.",
@@ -199,6 +205,8 @@ class TrainConfig:
             data = {**data, "compile": "on" if data["compile"] else "off"}
         if "rates" not in data:  # runs saved before --rates: their rates are signed
             data = {**data, "rates": "signed"}
+        if "max_skips" not in data:  # runs saved before skipping: the first non-finite batch stopped them
+            data = {**data, "max_skips": 1}
         return cls(**data)
 
 
