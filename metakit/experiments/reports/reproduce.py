@@ -11,7 +11,7 @@ from metakit.experiments.methods import METHODS
 from metakit.experiments.reports.evaluate import evaluate_algorithm, horizon_note, training_horizon
 from metakit.experiments.reports.plots import draw_figures
 from metakit.experiments.tasks import FAMILIES, build_family
-from metakit.experiments.tasks.family import Metric
+from metakit.experiments.tasks.family import Metric, format_number
 from metakit.experiments.training import runs
 from metakit.experiments.training.config import TrainConfig
 from metakit.experiments.training.trainer import Divergence, train
@@ -182,10 +182,10 @@ def results_markdown(
                 if s["value"] is None:
                     cells.append("diverged")
                 else:
-                    cells.append(
-                        f"{scale * s['value']:.{digits}f} ± {scale * s['ci95']:.{digits}f} "
-                        f"[± {scale * s['seed_std']:.{digits}f}]"
+                    value, ci, std = (
+                        format_number(scale * s[key], digits) for key in ("value", "ci95", "seed_std")
                     )
+                    cells.append(f"{value} ± {ci} [± {std}]")
                 if s["beyond"]:
                     cells[-1] += "\\*"
                     marked[method] = (horizons or {}).get(variant, {}).get(method)
