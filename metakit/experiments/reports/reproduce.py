@@ -191,12 +191,17 @@ def results_markdown(
                     marked[method] = (horizons or {}).get(variant, {}).get(method)
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         for label, published in reproduction.published.get(shots, {}).items():
-            cells = [f"{published[s]:.2f}" if s in published else "—" for s in reproduction.reported_steps]
+            cells = [_published(published[s]) if s in published else "—" for s in reproduction.reported_steps]
             lines.append(f"| {label} (published) | " + " | ".join(cells) + " |")
         if marked:
             lines += ["", "\\" + horizon_note(marked if None not in marked.values() else None)]
         lines.append("")
     return "\n".join(lines)
+
+
+def _published(value) -> str:
+    """A published number, or a ``(value, ±)`` pair, as the paper prints it (two decimals)."""
+    return f"{value[0]:.2f} ± {value[1]:.2f}" if isinstance(value, tuple) else f"{value:.2f}"
 
 
 def _plots(out: Path, family_class, rows: List[dict], run_dirs: Dict[str, Path]) -> Dict[str, Path]:

@@ -96,7 +96,8 @@ class Reproduction:
         reported_steps: the steps shown in the tables.
         method_overrides: config overrides per method (e.g. Reptile's inner steps).
         methods: the methods run when ``--methods`` is not given (``None``: every method).
-        published: ``{shots: {label: {steps: value}}}`` rows shown under that shots table.
+        published: ``{shots: {label: {steps: value}}}`` rows shown under that shots table; a value
+            is a number or a ``(value, ± as printed)`` pair.
     """
 
     description: str
