@@ -120,7 +120,7 @@ class Training:
     def step(self, iteration: int, stop: bool = False) -> tuple:
         """Meta-training iteration ``iteration``: sample the next batch, zero the gradients, fill
         ``.grad`` with the meta-gradient over all processes of the run, clip it, then step the
-        optimizer, and the scheduler. A batch whose meta-loss or gradient is non-finite is skipped:
+        optimizer and the scheduler. A batch whose meta-loss or gradient is non-finite is skipped:
         no optimizer step (the scheduler still steps, so its rate stays a function of the
         iteration). ``.grad`` keeps the gradient that was stepped on, or skipped.
 
@@ -285,8 +285,7 @@ def train(
     of ``metrics.jsonl``); ``config.max_skips`` of them in a row raise :class:`Divergence`.
     Resuming restores the meta-parameters, optimizer, scheduler, task-stream RNG, the partial
     logging window and the skip counts, so a resumed run ends bit-for-bit where an uninterrupted
-    one does. The run is locked while it
-    trains (:func:`~metakit.experiments.training.runs.lock_run`).
+    one does. The run is locked while it trains (:func:`~metakit.experiments.training.runs.lock_run`).
 
     Started by ``torchrun`` (``WORLD_SIZE`` > 1), every process trains the same run on its slice
     of each meta-batch (see :mod:`metakit.experiments.training.distributed`). Rank 0 alone reads and writes
@@ -312,19 +311,19 @@ def train(
             "iterations": config.iterations,
         }
         if resume_from is not None and resume_from >= config.iterations:  # complete: nothing to do
-            done = {"resumed_from": resume_from, "seconds": 0.0, "device": None, "engine": None, "note": None}
-            done["skipped"] = None
+            done = dict(resumed_from=resume_from, seconds=0.0, device=None, engine=None, note=None)
+            done["skipped"] = None  # nothing trained, nothing skipped
             return {**summary, **done}
         setup = build_training(config, world=world)
         opened = distributed.share(world, lambda: _open_run(config, run_dir, resume_from is not None, held))
-        start, window = 0, []
+        start, window, skips = 0, [], Skips()
         if opened["state"] is not None:
             _restore(setup, opened["state"])
             start, window = opened["state"]["iteration"], list(opened["state"]["window"])
+            skips = Skips(**opened["state"].get("skips", {}))  # none in checkpoints written before skipping
         if world.size > 1:
             distributed.broadcast_parameters(setup.algo.parameters())
         clock = time.perf_counter()
-        skips = Skips(**opened["state"].get("skips", {})) if opened["state"] is not None else Skips()
         _loop(setup, run_dir, start, window, skips, progress and world.writer)
         return {
             **summary,
