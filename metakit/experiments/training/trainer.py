@@ -311,8 +311,11 @@ def train(
             "iterations": config.iterations,
         }
         if resume_from is not None and resume_from >= config.iterations:  # complete: nothing to do
-            done = dict(resumed_from=resume_from, seconds=0.0, device=None, engine=None, note=None)
-            done["skipped"] = None  # nothing trained, nothing skipped
+            done = {
+                "resumed_from": resume_from,
+                **dict.fromkeys(("device", "engine", "note", "skipped")),
+                "seconds": 0.0,
+            }
             return {**summary, **done}
         setup = build_training(config, world=world)
         opened = distributed.share(world, lambda: _open_run(config, run_dir, resume_from is not None, held))
