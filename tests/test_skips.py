@@ -4,6 +4,7 @@ row stop the run; a resumed run counts on and ends bit-for-bit where an uninterr
 import json
 import os
 import signal
+import warnings
 
 import pytest
 import torch
@@ -83,7 +84,11 @@ def test_a_resume_after_skips_ends_bit_for_bit_where_an_uninterrupted_run_does(t
 
 
 def test_the_end_of_training_line_shows_the_skips(tmp_path):
-    args = ["--iterations", "3", "--meta-batch", "2", "--inner-lr", "1e30", "--quiet"]
-    result = invoke("train", *args, "--out", tmp_path / "r")
+    args = ["--iterations", "3", "--meta-batch", "2", "--inner-lr", "1e30", "--cosine-lr", "--quiet"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = invoke("train", *args, "--out", tmp_path / "r")
     assert result.exit_code == 0, result.output
+    assert not caught, [str(w.message) for w in caught]
     assert "3 non-finite meta-batches skipped; run saved to" in result.stdout
+    assert result.stderr == ""  # the scheduler stepped without an optimizer step on purpose

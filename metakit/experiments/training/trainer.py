@@ -3,9 +3,11 @@
 import contextlib
 import importlib.util
 import math
+import re
 import shutil
 import signal
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -141,7 +143,9 @@ class Training:
                 torch.nn.utils.clip_grad_norm_(self.algo.parameters(), self.config.clip_grad)
             self.optimizer.step()
         if self.scheduler is not None:
-            self.scheduler.step()
+            with warnings.catch_warnings():  # skipping an optimizer step is meant: no warning for it
+                warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()` before"))
+                self.scheduler.step()
         return loss, stop, skipped
 
 
