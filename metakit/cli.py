@@ -253,9 +253,11 @@ def train(out, force, resume, quiet, **options):
     if summary["note"]:
         click.echo(f"Warning: {summary['note']}", err=True)
     resumed = "" if summary["resumed_from"] is None else f" (resumed at {summary['resumed_from']})"
+    skipped = summary["skipped"]
     click.echo(
         f"trained {trained}{resumed} in {summary['seconds']:.1f}s on {summary['device']} "
-        f"({ENGINES[summary['engine']]}); run saved to {out}"
+        f"({ENGINES[summary['engine']]}), {skipped} non-finite meta-batch{'es' * (skipped != 1)} "
+        f"skipped; run saved to {out}"
     )
 
 

@@ -47,7 +47,7 @@ def float64_gradients(world: World) -> dict:
         setup.algo.double()
         sample = setup.family.sample
         setup.family.sample = lambda *args, sample=sample: TaskBatch(*(t.double() for t in sample(*args)))
-        loss, _ = setup.step(0)
+        loss, _, _ = setup.step(0)
         results[name] = (loss, grads_of(setup.algo), [p.grad is None for p in setup.algo.parameters()])
     return results
 
@@ -85,6 +85,47 @@ def test_two_processes_compute_the_meta_gradient_of_the_whole_batch(tmp_path, mo
             for a, b in zip(other_grads, grads):
                 torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13, msg=name)
         assert all(torch.equal(a, b) for a, b in zip(ranks[0][name][1], ranks[1][name][1])), name
+
+
+def _skip_worker(rank: int, port: int, out: str) -> None:
+    """Two steps of lslr where, at the first, one task of rank 1's slice alone explodes."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    world = World(rank, 2, rank)
+    with distributed.process_group(world):
+        setup = build_training(TrainConfig(**GRADIENT_COMMON, method="lslr"), world=world)
+        start = [p.detach().clone() for p in setup.algo.parameters()]
+        sample = setup.sample
+        poisoned = iter([rank == 1, False])
+
+        def sample_once():
+            batch = sample()
+            if next(poisoned):
+                batch.y_query[0] = 1e38
+            return batch
+
+        setup.sample = sample_once
+        skipped, after = [], []
+        for i in range(2):
+            skipped.append(setup.step(i)[2])
+            after.append([p.detach().clone() for p in setup.algo.parameters()])
+        torch.save((skipped, start, after), f"{out}.{rank}")
+
+
+def test_a_task_exploding_on_one_process_makes_every_process_skip_the_batch(tmp_path, monkeypatch):
+    port, out = free_port(), str(tmp_path / "skips")
+    other = mp.get_context("spawn").Process(target=_skip_worker, args=(1, port, out))
+    other.start()
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    _skip_worker(0, port, out)
+    other.join(timeout=120)
+    assert other.exitcode == 0
+    ranks = [torch.load(f"{out}.{rank}") for rank in range(2)]
+    for skipped, start, (first, second) in ranks:
+        assert skipped == [True, False]
+        assert all(torch.equal(a, b) for a, b in zip(first, start))  # the skipped step changed nothing
+        assert not all(torch.equal(a, b) for a, b in zip(second, start))
+    assert all(torch.equal(a, b) for a, b in zip(ranks[0][2][1], ranks[1][2][1]))  # stepped alike
 
 
 def test_slices_cover_the_batch_and_too_small_a_batch_is_refused():

@@ -208,10 +208,11 @@ def test_func_adaptation_equals_clone_adapt_and_anil_leaves_the_body(make, steps
 # --- the registry, the trainer and the three backends --------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["metasgd", "anil"])
-def test_short_training_runs_end_at_the_same_parameters_on_every_backend(tmp_path, method):
+@pytest.mark.parametrize("method, rates", [("metasgd", "signed"), ("metasgd", "log"), ("anil", "log")])
+def test_short_training_runs_end_at_the_same_parameters_on_every_backend(tmp_path, method, rates):
     options = dict(
         method=method,
+        rates=rates,
         iterations=4,
         meta_batch=3,
         inner_steps=2,
@@ -227,7 +228,7 @@ def test_short_training_runs_end_at_the_same_parameters_on_every_backend(tmp_pat
         runs[backend] = torch.load(tmp_path / backend / CHECKPOINT, weights_only=True)["algorithm"]
     expected = runs["func"]
     if method == "metasgd":
-        assert any(key.startswith("lrs.") for key in expected)
+        assert any(key.startswith("lrs." if rates == "signed" else "log_lrs.") for key in expected)
     for backend in ("l2l", "higher"):
         assert runs[backend].keys() == expected.keys()
         for key in expected:

@@ -174,7 +174,7 @@ def test_the_trainer_steps_on_the_rl_meta_gradient_of_its_task_stream(first_orde
     twin = copy.deepcopy(setup.algo)
     for p in setup.algo.parameters():  # a stale gradient, which the step must clear
         p.grad = torch.ones_like(p)
-    loss, _ = setup.step(0)
+    loss, _, _ = setup.step(0)
     # The documented stream: goals, then one noise seed per task; the batch's episodes use the first.
     stream = torch.Generator().manual_seed(5)
     goals = ENV.sample_tasks(3, stream)
@@ -201,7 +201,7 @@ def test_pretrain_is_the_joint_policy_gradient_written_out():
     setup = build_training(TrainConfig(task="nav2d", method="pretrain", meta_batch=2, seed=3))
     twin = copy.deepcopy(setup.algo)  # the policy before the step, which samples the episodes
     theta = [p.detach().clone().requires_grad_() for p in setup.algo.module.parameters()]
-    loss, _ = setup.step(0)
+    loss, _, _ = setup.step(0)
     stream = torch.Generator().manual_seed(3)
     goals = ENV.sample_tasks(2, stream)
     noise = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (2,), generator=stream)[0]))
@@ -240,7 +240,7 @@ def test_anil_adapts_only_the_policys_last_layer():
 @pytest.mark.parametrize("method", ["fomaml", "mc", "lslr", "enhanced", "metasgd", "anil"])
 def test_every_rl_method_gets_a_finite_gradient_for_all_its_meta_parameters(method):
     setup = build_training(TrainConfig(task="nav2d", method=method, meta_batch=2))
-    loss, _ = setup.step(0)
+    loss, _, _ = setup.step(0)
     assert math.isfinite(loss)
     for name, p in setup.algo.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name

@@ -74,7 +74,7 @@ def test_a_meta_step_through_the_trainer(monkeypatch):
     assert config.meta_batch == 2 and TrainConfig(task="halfcheetah-dir").meta_batch == 40
     setup = build_training(config)
     assert setup.algo.module.mean[0].in_features == 17 and setup.algo.module.mean[-1].out_features == 6
-    loss, _ = setup.step(0)
+    loss, _, _ = setup.step(0)
     assert math.isfinite(loss)
     for name, p in setup.algo.named_parameters():
         assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name

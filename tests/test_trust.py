@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from metakit.experiments.reports.evaluate import evaluate_algorithm, format_table
+from metakit.experiments.reports.reproduce import results_markdown
+from metakit.experiments.tasks.family import ACCURACY, MSE, Reproduction
 from metakit.experiments.tasks.regression.functions import RegressionFamily, RegressionHeldOut
 from metakit.experiments.util.statistics import task_statistics
 from metakit.wrappers import MAML
@@ -126,6 +128,24 @@ def test_clean_tables_stay_narrow_and_marks_steps_beyond_the_horizon():
     assert table[-1] == "* beyond the 2 inner steps the learned rates were trained for"
     plain = format_table({"method": "maml", "run": "r", "results": rows[:1]}).splitlines()
     assert len(plain) == 3 and "*" not in "".join(plain)
+
+
+def test_an_exploded_task_shows_in_scientific_notation_and_normal_values_as_before():
+    assert [MSE.format(v) for v in (0.5, 1234.5678, 3.14e27, 2e-5, 0.0)] == [
+        "0.5000",
+        "1234.5678",
+        "3.1e+27",
+        "2.0e-05",
+        "0.0000",
+    ]
+    assert ACCURACY.format(0.95) == "95.00%" and ACCURACY.format(1e-6) == "1.0e-04%"
+    row = dict(shots=5, steps=10, mse=3.1e27, ci95=6.1e27, median=0.0185, worse=1, diverged=0, tasks=300)
+    line = format_table({"method": "maml", "run": "r", "results": [row]}).splitlines()[-1]
+    assert line.split() == ["5", "10", "3.1e+27", "6.1e+27", "0.0185", "1", "0", "300"]
+    reproduction = Reproduction(description="d", eval_shots=(5,), eval_steps=(10,), reported_steps=(10,))
+    rows = [{"method": "maml", "variant": "", "seed": 0, **row}]
+    markdown = results_markdown(rows, reproduction, MSE, seeds=1, tasks=300, iterations=9)
+    assert "| maml | 3.1e+27 ± 6.1e+27 [± 0.000] |" in markdown
 
 
 def test_rows_beyond_the_horizon_are_flagged_and_no_others():

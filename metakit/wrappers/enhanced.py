@@ -34,6 +34,8 @@ class MAMLEnhanced(Learner):
         curvature: learn a :class:`MetaCurvatureTransform` per parameter tensor.
         layerwise_lr: learn a :class:`LayerwiseLR` rate per parameter tensor and step.
         first_order: do not differentiate through the inner gradients.
+        rate_form: how :class:`LayerwiseLR` stores its rates: ``"signed"`` (the default, MAML++'s)
+            or ``"log"`` (α = exp ρ; see :data:`~metakit.wrappers.lslr.RATE_FORMS`).
 
     Example::
 
@@ -51,12 +53,17 @@ class MAMLEnhanced(Learner):
         curvature: bool = True,
         layerwise_lr: bool = True,
         first_order: bool = False,
+        rate_form: str = "signed",
     ):
         super().__init__(model, lr, first_order)
         self.inner_steps = inner_steps
         params = list(model.parameters())
         self.curvature = nn.ModuleList(MetaCurvatureTransform(p) for p in params) if curvature else None
-        self.lslr = LayerwiseLR(len(params), inner_steps, lr, dtype=params[0].dtype) if layerwise_lr else None
+        self.lslr = (
+            LayerwiseLR(len(params), inner_steps, lr, dtype=params[0].dtype, rate_form=rate_form)
+            if layerwise_lr
+            else None
+        )
 
     def inner_updates(self, grads: Sequence[torch.Tensor], step: int) -> list:
         """The inner-loop step ``LSLR[i, step] · MC_i(g_i)`` for each gradient."""
@@ -68,7 +75,7 @@ class MAMLEnhanced(Learner):
         matrices moved from the identity; '' with neither."""
         parts = []
         if self.lslr is not None:
-            rates = self.lslr.rates.detach()
+            rates = self.lslr.values().detach()
             per_step = ", ".join(
                 f"step {s}: {r.min():.4f}..{r.max():.4f} (mean {r.mean():.4f})"
                 for s, r in enumerate(rates.T, 1)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from metakit.wrappers.base import Learner
+from metakit.wrappers.lslr import initial_rates
 from metakit.wrappers.rules import scaled_updates
 
 
@@ -13,10 +14,12 @@ class MetaSGD(Learner):
     """Meta-SGD: the inner step is ``α_i ⊙ ∇_i L_support(θ)``, with a learned rate tensor ``α_i`` of
     the same shape as each parameter tensor ``θ_i``.
 
-    The meta-parameters (``parameters()``) are the model initialisation and the rates (``lrs``,
-    named as in ``learn2learn.algorithms.MetaSGD``, whose state dicts load into this one); one
-    outer optimizer trains them together. The rates start at ``lr`` and are unconstrained in sign.
-    The same rates serve every inner step.
+    The meta-parameters (``parameters()``) are the model initialisation and the rates; one outer
+    optimizer trains them together. The rates start at ``lr``. With ``rate_form="signed"`` they are
+    ``lrs``, unconstrained in sign, as in the paper and named as in
+    ``learn2learn.algorithms.MetaSGD`` (whose state dicts load into this one); with ``"log"`` they
+    are stored as ``log_lrs`` = log α (positive rates, moved by ratios). The same rates serve every
+    inner step.
 
     It offers learn2learn's ``clone()`` / ``adapt(loss)`` surface: a clone shares the rate
     parameters with its parent, so the meta-gradient reaches them through every clone.
@@ -26,6 +29,7 @@ class MetaSGD(Learner):
         lr: initial value of every inner learning rate.
         first_order: do not differentiate through the inner gradients (the rates still get a
             gradient, through the step they scale).
+        rate_form: ``"signed"`` (the default: the paper's and learn2learn's parameters) or ``"log"``.
 
     Example::
 
@@ -38,16 +42,21 @@ class MetaSGD(Learner):
     2017, arXiv:1707.09835.
     """
 
-    def __init__(self, model: nn.Module, lr: float, first_order: bool = False):
+    def __init__(self, model: nn.Module, lr: float, first_order: bool = False, rate_form: str = "signed"):
         super().__init__(model, lr, first_order)
-        rates = (torch.full_like(p.detach(), float(lr)) for p in model.parameters())
-        self.lrs = nn.ParameterList(nn.Parameter(r) for r in rates)
+        self.rate_form = rate_form
+        rates = nn.ParameterList(initial_rates(p.detach(), lr, rate_form) for p in model.parameters())
+        setattr(self, "log_lrs" if rate_form == "log" else "lrs", rates)
+
+    def rates(self) -> list:
+        """The rate tensors α_i, one per parameter tensor (``exp`` of ``log_lrs`` in the log form)."""
+        return [r.exp() for r in self.log_lrs] if self.rate_form == "log" else list(self.lrs)
 
     def inner_updates(self, grads: Sequence[torch.Tensor], step: int) -> list:
         """The inner-loop step ``α_i ⊙ g_i`` for each gradient (the same at every step)."""
-        return scaled_updates(grads, list(self.lrs))
+        return scaled_updates(grads, self.rates())
 
     def describe(self) -> str:
-        """One line on the learned rates: their range and mean over all entries."""
-        rates = torch.cat([r.detach().reshape(-1) for r in self.lrs])
+        """One line on the learned rates α: their range and mean over all entries."""
+        rates = torch.cat([r.detach().reshape(-1) for r in self.rates()])
         return f"learned Meta-SGD rates {rates.min():.4f}..{rates.max():.4f} (mean {rates.mean():.4f})"

@@ -25,6 +25,7 @@ def _enhanced(curvature: bool, layerwise_lr: bool):
             inner_steps=config.inner_steps,
             curvature=curvature,
             layerwise_lr=layerwise_lr,
+            rate_form=config.rates,
         )
 
     return build
@@ -39,7 +40,7 @@ def _reptile(config, model):
 def _metasgd(config, model):
     from metakit.wrappers import MetaSGD
 
-    return MetaSGD(model, lr=config.inner_lr)
+    return MetaSGD(model, lr=config.inner_lr, rate_form=config.rates)
 
 
 def _anil(config, model):

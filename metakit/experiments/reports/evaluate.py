@@ -3,7 +3,7 @@
 from typing import Optional, Sequence
 
 from metakit.experiments.methods import METHODS
-from metakit.experiments.tasks.family import METRICS, Metric
+from metakit.experiments.tasks.family import METRICS, Metric, format_number
 
 
 def training_horizon(config) -> Optional[int]:
@@ -81,7 +81,7 @@ def format_table(report: dict, metric: Optional[Metric] = None) -> str:
         else:
             cells += [f"{metric.format(value):>{width}}", f"{metric.format(r['ci95']):>8}"]
             if with_loss:
-                cells.append(f"{r['loss']:>8.4f}")
+                cells.append(f"{format_number(r['loss'], 4):>8}")
         if extra:
             median = "—" if r.get("median") is None else metric.format(r["median"])
             cells.append(f"{median:>8}")

@@ -67,6 +67,6 @@ def plot_training_curves(run_dirs: Dict[str, Path], path: Path):
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, run_dir in run_dirs.items():
         records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-        records = [r for r in records if "meta_loss" in r and not r.get("diverged")]
+        records = [r for r in records if r.get("meta_loss") is not None and not r.get("diverged")]
         ax.plot([r["iteration"] for r in records], [r["meta_loss"] for r in records], label=name)
     finish_line_plot(fig, ax, "iteration", "meta-training loss (query loss)", path)

@@ -11,7 +11,7 @@ from metakit.experiments.methods import METHODS
 from metakit.experiments.reports.evaluate import evaluate_algorithm, horizon_note, training_horizon
 from metakit.experiments.reports.plots import draw_figures
 from metakit.experiments.tasks import FAMILIES, build_family
-from metakit.experiments.tasks.family import Metric
+from metakit.experiments.tasks.family import Metric, format_number
 from metakit.experiments.training import runs
 from metakit.experiments.training.config import TrainConfig
 from metakit.experiments.training.trainer import Divergence, train
@@ -187,21 +187,26 @@ def results_markdown(
                 if s["value"] is None:
                     cells.append("diverged")
                 else:
-                    cells.append(
-                        f"{scale * s['value']:.{digits}f} ± {scale * s['ci95']:.{digits}f} "
-                        f"[± {scale * s['seed_std']:.{digits}f}]"
+                    value, ci, std = (
+                        format_number(scale * s[key], digits) for key in ("value", "ci95", "seed_std")
                     )
+                    cells.append(f"{value} ± {ci} [± {std}]")
                 if s["beyond"]:
                     cells[-1] += "\\*"
                     marked[method] = (horizons or {}).get(variant, {}).get(method)
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         for label, published in reproduction.published.get(shots, {}).items():
-            cells = [f"{published[s]:.2f}" if s in published else "—" for s in reproduction.reported_steps]
+            cells = [_published(published[s]) if s in published else "—" for s in reproduction.reported_steps]
             lines.append(f"| {label} (published) | " + " | ".join(cells) + " |")
         if marked:
             lines += ["", "\\" + horizon_note(marked if None not in marked.values() else None)]
         lines.append("")
     return "\n".join(lines)
+
+
+def _published(value) -> str:
+    """A published number, or a ``(value, ±)`` pair, as the paper prints it (two decimals)."""
+    return f"{value[0]:.2f} ± {value[1]:.2f}" if isinstance(value, tuple) else f"{value:.2f}"
 
 
 def _plots(out: Path, family_class, rows: List[dict], run_dirs: Dict[str, Path]) -> Dict[str, Path]:

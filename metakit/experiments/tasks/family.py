@@ -3,6 +3,7 @@ protocol, evaluation, figures), the supervised layer that regression and classif
 (held-out set, loss, score), and the :class:`Metric` that tables, markdown and plots read."""
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
@@ -27,6 +28,20 @@ def held_out_generator(seed: int, task: int, stream: int) -> torch.Generator:
         raise ValueError("held-out seed, task or stream out of range")
     digest = hashlib.blake2b(f"held-out/{seed}/{task}/{stream}".encode(), digest_size=4).digest()
     return torch.Generator().manual_seed(2**31 | int.from_bytes(digest, "little") % 2**31)
+
+
+SCIENTIFIC_FROM = 1e4
+"""Magnitudes from which numbers are shown in scientific notation (``3.1e+27``)."""
+
+
+def format_number(value: float, digits: int) -> str:
+    """``value`` with ``digits`` decimals, or in scientific notation with two significant digits
+    where its magnitude is at least :data:`SCIENTIFIC_FROM` or so small (non-zero) that the decimals
+    would show 0: a task whose adaptation exploded stays one readable cell."""
+    size = abs(value)
+    if math.isfinite(value) and (size >= SCIENTIFIC_FROM or 0 < size < 0.5 * 10.0**-digits):
+        return f"{value:.1e}"
+    return f"{value:.{digits}f}"
 
 
 @dataclass(frozen=True)
@@ -54,11 +69,12 @@ class Metric:
     summary_digits: Optional[int] = None
 
     def format(self, value: Optional[float], digits: Optional[int] = None) -> str:
-        """``value`` for people: ``diverged`` for ``None``, percent where :attr:`percent`."""
+        """``value`` for people: ``diverged`` for ``None``, percent where :attr:`percent`, huge or tiny
+        values in scientific notation (:func:`format_number`)."""
         if value is None:
             return "diverged"
         digits = self.digits if digits is None else digits
-        return f"{100 * value:.{digits}f}%" if self.percent else f"{value:.{digits}f}"
+        return format_number(100 * value, digits) + "%" if self.percent else format_number(value, digits)
 
 
 MSE = Metric("mse", "MSE", "query MSE", digits=4, log_axis=True, summary_digits=3)
@@ -80,7 +96,8 @@ class Reproduction:
         reported_steps: the steps shown in the tables.
         method_overrides: config overrides per method (e.g. Reptile's inner steps).
         methods: the methods run when ``--methods`` is not given (``None``: every method).
-        published: ``{shots: {label: {steps: value}}}`` rows shown under that shots table.
+        published: ``{shots: {label: {steps: value}}}`` rows shown under that shots table; a value
+            is a number or a ``(value, ± as printed)`` pair.
     """
 
     description: str

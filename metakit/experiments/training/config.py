@@ -18,6 +18,9 @@ DEVICES = ("auto", "cpu", "cuda")
 OUTER_OPTIMIZERS = ("adam", "sgd-annealed")
 """``outer_optimizer``: Adam at ``meta_lr``, or SGD whose step size falls linearly from ``meta_lr``
 to zero over the run (Reptile's outer rule, Nichol et al. 2018)."""
+RATE_FORMS = ("log", "signed")
+"""``rates``: learned inner rates stored as log α (positive, moved by ratios) or as α itself, signed
+(the published form); see :data:`metakit.wrappers.lslr.RATE_FORMS`."""
 COMPILE_MODES = ("auto", "on", "off")
 """``compile``: ``auto`` compiles a func run long enough to repay the compilation (see
 :func:`metakit.experiments.training.trainer.choose_compile`), ``on`` always, ``off`` never."""
@@ -165,6 +168,19 @@ class TrainConfig:
         "(Reptile's paper).",
         choices=OUTER_OPTIMIZERS,
     )
+    rates: str = option(
+        "log",
+        help="lslr, enhanced, metasgd: learned inner rates stored as log α (positive, relative outer "
+        "steps) or signed α (as published).",
+        choices=RATE_FORMS,
+        noun=flag("rates"),
+    )
+    max_skips: int = option(
+        10,
+        help="Meta-batches in a row whose meta-loss or gradient is non-finite that are skipped (no "
+        "outer step) before training stops as diverged.",
+        minimum=1,
+    )
     inner_all_points: bool = option(
         False,
         help="Reptile: inner steps train on support + query points, in mini-batches of the support size.",
@@ -196,6 +212,10 @@ class TrainConfig:
             raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
         if isinstance(data.get("compile"), bool):  # runs saved before --compile took auto/on/off
             data = {**data, "compile": "on" if data["compile"] else "off"}
+        if "rates" not in data:  # runs saved before --rates: their rates are signed
+            data = {**data, "rates": "signed"}
+        if "max_skips" not in data:  # runs saved before skipping: the first non-finite batch stopped them
+            data = {**data, "max_skips": 1}
         return cls(**data)
 
 

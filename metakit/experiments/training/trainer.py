@@ -3,10 +3,12 @@
 import contextlib
 import importlib.util
 import math
+import re
 import shutil
 import signal
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -23,7 +25,8 @@ from metakit.wrappers.rules import multi_step_weights
 
 
 class Divergence(RuntimeError):
-    """The meta-loss or meta-gradient became non-finite."""
+    """The meta-loss or meta-gradient was non-finite ``max_skips`` meta-batches in a row, or a
+    parameter became non-finite."""
 
 
 class Interrupted(RuntimeError):
@@ -119,10 +122,13 @@ class Training:
     def step(self, iteration: int, stop: bool = False) -> tuple:
         """Meta-training iteration ``iteration``: sample the next batch, zero the gradients, fill
         ``.grad`` with the meta-gradient over all processes of the run, clip it, then step the
-        optimizer and the scheduler. ``.grad`` keeps the gradient that was stepped on.
+        optimizer and the scheduler. A batch whose meta-loss or gradient is non-finite is skipped:
+        no optimizer step (the scheduler still steps, so its rate stays a function of the
+        iteration). ``.grad`` keeps the gradient that was stepped on, or skipped.
 
-        Returns ``(meta-loss, stop)``; with several processes both are agreed by all of them: the
-        loss of the whole batch, and whether any process was asked to ``stop``.
+        Returns ``(meta-loss, stop, skipped)``; with several processes all three are agreed by all
+        of them: the loss of the whole batch, whether any process was asked to ``stop``, and
+        whether the batch was skipped (decided from the all-reduced loss and gradient).
         """
         batch = self.sample()
         self.optimizer.zero_grad(set_to_none=True)
@@ -131,12 +137,16 @@ class Training:
             loss, stop = distributed.all_reduce_grads(
                 self.algo.parameters(), batch.num_tasks, self.config.meta_batch, loss, stop
             )
-        if self.config.clip_grad is not None:  # after the all-reduce: every process clips alike
-            torch.nn.utils.clip_grad_norm_(self.algo.parameters(), self.config.clip_grad)
-        self.optimizer.step()
+        skipped = not (math.isfinite(loss) and _all_finite(p.grad for p in self.algo.parameters()))
+        if not skipped:
+            if self.config.clip_grad is not None:  # after the all-reduce: every process clips alike
+                torch.nn.utils.clip_grad_norm_(self.algo.parameters(), self.config.clip_grad)
+            self.optimizer.step()
         if self.scheduler is not None:
-            self.scheduler.step()
-        return loss, stop
+            with warnings.catch_warnings():  # skipping an optimizer step is meant: no warning for it
+                warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()` before"))
+                self.scheduler.step()
+        return loss, stop, skipped
 
 
 def build_training(config: TrainConfig, family=None, world: World = World()) -> Training:
@@ -199,13 +209,29 @@ def tensorboard_writer(run_dir: Path):
     return SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
 
 
-def _finite_gradient(algo: torch.nn.Module) -> bool:
-    """Whether every ``.grad`` of the algorithm is finite (one device sync)."""
-    grads = [p.grad for p in algo.parameters() if p.grad is not None]
-    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+def _all_finite(tensors) -> bool:
+    """Whether every tensor (``None`` entries left out) is finite (one device sync)."""
+    tensors = [t for t in tensors if t is not None]
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()) if tensors else True
 
 
-def _state(setup: Training, done: int, window: list) -> dict:
+@dataclass
+class Skips:
+    """Meta-batches skipped for a non-finite meta-loss or gradient: in all, in a row now, and since
+    the last line of ``metrics.jsonl``. Part of a checkpoint, so that a resumed run counts on."""
+
+    total: int = 0
+    in_row: int = 0
+    logged: int = 0
+
+    def count(self, skipped: bool) -> None:
+        """Count one iteration, skipped or not."""
+        self.total += skipped
+        self.logged += skipped
+        self.in_row = self.in_row + 1 if skipped else 0
+
+
+def _state(setup: Training, done: int, window: list, skips: Skips) -> dict:
     """The global training state after ``done`` iterations: what a checkpoint holds."""
     return {
         "config": setup.config.to_dict(),
@@ -215,6 +241,7 @@ def _state(setup: Training, done: int, window: list) -> dict:
         "task_rng": setup.generator.get_state(),
         "iteration": done,
         "window": list(window),
+        "skips": asdict(skips),
     }
 
 
@@ -257,10 +284,12 @@ def train(
     ``engine`` are ``None``).
 
     A checkpoint is written atomically every ``config.checkpoint_every`` iterations, at the end,
-    and when SIGINT/SIGTERM arrives (then :class:`Interrupted` is raised). Resuming restores the
-    meta-parameters, optimizer, scheduler, task-stream RNG and the partial logging window, so a
-    resumed run ends bit-for-bit where an uninterrupted one does. The run is locked while it
-    trains (:func:`~metakit.experiments.training.runs.lock_run`).
+    and when SIGINT/SIGTERM arrives (then :class:`Interrupted` is raised). A meta-batch whose loss
+    or gradient is non-finite is skipped and counted (``skipped`` in the summary and on each line
+    of ``metrics.jsonl``); ``config.max_skips`` of them in a row raise :class:`Divergence`.
+    Resuming restores the meta-parameters, optimizer, scheduler, task-stream RNG, the partial
+    logging window and the skip counts, so a resumed run ends bit-for-bit where an uninterrupted
+    one does. The run is locked while it trains (:func:`~metakit.experiments.training.runs.lock_run`).
 
     Started by ``torchrun`` (``WORLD_SIZE`` > 1), every process trains the same run on its slice
     of each meta-batch (see :mod:`metakit.experiments.training.distributed`). Rank 0 alone reads and writes
@@ -286,18 +315,23 @@ def train(
             "iterations": config.iterations,
         }
         if resume_from is not None and resume_from >= config.iterations:  # complete: nothing to do
-            done = {"resumed_from": resume_from, "seconds": 0.0, "device": None, "engine": None, "note": None}
+            done = {
+                "resumed_from": resume_from,
+                **dict.fromkeys(("device", "engine", "note", "skipped")),
+                "seconds": 0.0,
+            }
             return {**summary, **done}
         setup = build_training(config, world=world)
         opened = distributed.share(world, lambda: _open_run(config, run_dir, resume_from is not None, held))
-        start, window = 0, []
+        start, window, skips = 0, [], Skips()
         if opened["state"] is not None:
             _restore(setup, opened["state"])
             start, window = opened["state"]["iteration"], list(opened["state"]["window"])
+            skips = Skips(**opened["state"].get("skips", {}))  # none in checkpoints written before skipping
         if world.size > 1:
             distributed.broadcast_parameters(setup.algo.parameters())
         clock = time.perf_counter()
-        _loop(setup, run_dir, start, window, progress and world.writer)
+        _loop(setup, run_dir, start, window, skips, progress and world.writer)
         return {
             **summary,
             "resumed_from": start if opened["state"] is not None else None,
@@ -305,11 +339,13 @@ def train(
             "device": str(setup.device),
             "engine": setup.meta_step.engine,
             "note": opened["note"],
+            "skipped": skips.total,
         }
 
 
-def _loop(setup: Training, run_dir: Path, start: int, window: list, progress: bool) -> None:
-    """Iterations ``start + 1 … config.iterations``; the writer logs and checkpoints them."""
+def _loop(setup: Training, run_dir: Path, start: int, window: list, skips: Skips, progress: bool) -> None:
+    """Iterations ``start + 1 … config.iterations``; the writer logs and checkpoints them, and
+    ``skips`` counts the skipped ones."""
     config, algo, optimizer = setup.config, setup.algo, setup.optimizer
     writer = setup.world.writer
     board = tensorboard_writer(run_dir) if config.tensorboard and writer else None
@@ -326,39 +362,45 @@ def _loop(setup: Training, run_dir: Path, start: int, window: list, progress: bo
     with _stop_requests() as stop:
         for iteration in bar:
             done = iteration + 1
-            loss, stopping = setup.step(iteration, bool(stop))
+            loss, stopping, skipped = setup.step(iteration, bool(stop))
+            skips.count(skipped)
             checkpoint = done % config.checkpoint_every == 0 or done == config.iterations or stopping
-            # Checked after the step and before anything is saved. A non-finite gradient with a
-            # finite loss makes the next loss non-finite (Adam and SGD turn it into NaN parameters),
-            # so checking the loss every iteration is enough except right before a checkpoint, which
-            # must never hold a NaN (.grad still holds the gradient stepped on). Every process checks
-            # alike (their loss and gradients are the all-reduced ones), so all of them stop together.
-            if not math.isfinite(loss) or (checkpoint and not _finite_gradient(algo)):
+            # A skipped batch changed no parameter; every process skips alike (the loss and the
+            # gradient are the all-reduced ones), so all of them stop together. A checkpoint must
+            # never hold a NaN: the parameters are checked before one is written.
+            blown = skips.in_row >= config.max_skips
+            if blown or (checkpoint and not _all_finite(algo.parameters())):
                 if writer:
                     record = {"iteration": done, "diverged": True, "meta_loss": str(loss)}
-                    runs.append_metrics(run_dir, record)
-                raise Divergence(
-                    f"{config.method}: non-finite meta-loss or gradient at iteration {done}; "
-                    "the last checkpoint is kept"
+                    runs.append_metrics(run_dir, {**record, "skipped": skips.logged})
+                what = (
+                    f"non-finite meta-loss or gradient at iteration {done}, {skips.in_row} in a row "
+                    f"({flag('max_skips')} {config.max_skips})"
+                    if blown
+                    else f"a non-finite parameter at iteration {done}"
                 )
-            window.append(loss)
+                raise Divergence(f"{config.method}: {what}; the last checkpoint is kept")
+            if not skipped:
+                window.append(loss)
             if done % config.log_every == 0 or done == config.iterations:
                 record = {
                     "iteration": done,
-                    "meta_loss": sum(window) / len(window),
+                    "meta_loss": sum(window) / len(window) if window else None,  # None: all skipped
+                    "skipped": skips.logged,
                     "meta_lr": optimizer.param_groups[0]["lr"],
                     "seconds": round(time.perf_counter() - clock, 3),
                     "engine": setup.meta_step.engine,
                 }
                 if writer:
                     runs.append_metrics(run_dir, record)
+                shown = math.nan if record["meta_loss"] is None else record["meta_loss"]
                 if board is not None:
-                    board.add_scalar("meta_loss", record["meta_loss"], done)
+                    board.add_scalar("meta_loss", shown, done)
                     board.add_scalar("meta_lr", record["meta_lr"], done)
-                bar.set_postfix(meta_loss=f"{record['meta_loss']:.3f}")
-                window = []
+                bar.set_postfix(meta_loss=f"{shown:.3f}", skipped=skips.total)
+                window, skips.logged = [], 0
             if writer and checkpoint:
-                runs.save_checkpoint(run_dir, _state(setup, done, window))
+                runs.save_checkpoint(run_dir, _state(setup, done, window, skips))
             if stopping and done < config.iterations:
                 raise Interrupted(f"stopped by signal at iteration {done}; checkpoint saved")
     bar.close()
