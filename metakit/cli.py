@@ -17,12 +17,6 @@ import click
 # explicit OMP_NUM_THREADS from the user wins.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from metakit.experiments.util.cache import user_cache  # noqa: E402
-
-# torch.compile caches compiled code on disk, by default under /tmp, which many systems empty at
-# boot; in the user's cache folder a repeated setting compiles in seconds instead of half a minute.
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(user_cache() / "torch-compile"))
-
 from metakit.experiments.methods import METHODS  # noqa: E402
 from metakit.experiments.tasks import FAMILIES  # noqa: E402
 from metakit.experiments.training.config import (  # noqa: E402
@@ -35,6 +29,7 @@ from metakit.experiments.training.config import (  # noqa: E402
     value_type,
 )
 from metakit.experiments.util.allocator import keep_freed_memory  # noqa: E402
+from metakit.experiments.util.cache import compile_cache  # noqa: E402
 from metakit.experiments.util.errors import MetakitError  # noqa: E402
 
 FROM_FAMILY = "the task family's protocol"
@@ -54,6 +49,7 @@ class OneLineErrors(click.Group):
         """Run the CLI; errors become ``Error: ...`` and an exit code, warnings one line each."""
         keep_freed_memory()
         warnings.formatwarning = lambda message, *args, **kwargs: f"Warning: {message}\n"
+        _use_compile_cache()
         try:
             code = super().main(args=args, prog_name=prog_name, standalone_mode=False, **kwargs)
         except click.exceptions.Abort:
@@ -69,6 +65,19 @@ class OneLineErrors(click.Group):
             click.echo(f"Error: {err}", err=True)
             sys.exit(2)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _use_compile_cache() -> None:
+    """Point torch.compile's on-disk cache at the user's cache folder (by default it is under /tmp,
+    which many systems empty at boot; there a repeated setting compiles in seconds instead of half a
+    minute), or at a temporary folder, with one warning, when that cannot be written. An explicit
+    ``TORCHINDUCTOR_CACHE_DIR`` from the user wins."""
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        return
+    folder, warning = compile_cache()
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    if warning:
+        click.echo(f"Warning: {warning}", err=True)
 
 
 NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
@@ -175,7 +184,9 @@ def training_options(command):
             shown = flag(name)[2:] if default else negative
         else:
             shown = str(default)
-        note = shown if meta["minimum"] is None else f"{shown}; x>={meta['minimum']}"
+        low, high = meta["minimum"], meta["maximum"]
+        bounds = None if low is None else f"x>={low}" if high is None else f"{low}<=x<={high}"
+        note = shown if bounds is None else f"{shown}; {bounds}"
         settings = dict(default=default, show_default=False, help=f"{meta['help']}  [default: {note}]")
         if kind is bool:
             decorate = click.option(f"{flag(name)}/--{negative}", name, **settings)
@@ -439,17 +450,27 @@ def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, quiet)
 
     if FAMILIES.get(benchmark).reproduction is None:
         usage_error(f"--task {benchmark} has no reproduction protocol")
-    paths = run_reproduction(
-        benchmark,
-        out,
-        seeds,
-        iterations,
-        tasks=tasks,
-        methods=chosen,
-        compile=compile,
-        progress=not quiet,
-        echo=click.echo,
-    )
+    from metakit.experiments.training.trainer import Interrupted
+
+    try:
+        paths = run_reproduction(
+            benchmark,
+            out,
+            seeds,
+            iterations,
+            tasks=tasks,
+            methods=chosen,
+            compile=compile,
+            progress=not quiet,
+            echo=click.echo,
+        )
+    except Interrupted as err:
+        click.echo(
+            f"Interrupted: {err}; continue with the same command (`metakit reproduce {benchmark} --out "
+            f"{out}` with the options given): finished runs are kept and this one resumes",
+            err=True,
+        )
+        sys.exit(130)
     click.echo(f"results: {paths['markdown']} and {paths['csv']}; plots: {out}")
 
 

@@ -360,7 +360,7 @@ def _loop(setup: Training, run_dir: Path, start: int, window: list, progress: bo
             if writer and checkpoint:
                 runs.save_checkpoint(run_dir, _state(setup, done, window))
             if stopping and done < config.iterations:
-                raise Interrupted(f"stopped by signal at iteration {done}; checkpoint saved")
+                raise Interrupted(f"stopped by signal at iteration {done}; checkpoint saved in {run_dir}")
     bar.close()
     if board is not None:
         board.close()

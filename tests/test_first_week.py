@@ -1,0 +1,119 @@
+"""A researcher's first week (issue #22): bad caches, sizes, files and interruptions are one line
+(exit 2, or 130 for Ctrl-C) with nothing written or lost, through the command line."""
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from helpers import StopAfter
+
+import metakit.experiments.training.trainer as trainer_module
+from metakit.cli import cli
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--iterations", "3", "--meta-batch", "2", "--log-every", "1", "--quiet"]
+
+
+def invoke(*args, **extra):
+    """``metakit ARGS`` in-process (stderr apart from stdout)."""
+    try:
+        runner = CliRunner(mix_stderr=False)
+    except TypeError:  # click >= 8.2 always separates the streams
+        runner = CliRunner()
+    return runner.invoke(cli, [str(a) for a in args], **extra)
+
+
+def one_line(text: str, start: str) -> bool:
+    """Whether ``text`` is one line that begins with ``start``."""
+    return text.splitlines() == [text.strip()] and text.startswith(start)
+
+
+def files(folder: Path) -> set:
+    """Every path under ``folder``, relative to it."""
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A 3-iteration sinusoid run that tests only read."""
+    run_dir = tmp_path_factory.mktemp("first-week") / "run"
+    result = invoke("train", *TINY, "--out", run_dir)
+    assert result.exit_code == 0, result.output
+    return run_dir
+
+
+def cache_env(tmp_path: Path, case: str) -> dict:
+    """Environment variables that put the user cache where it cannot be written."""
+    (tmp_path / "afile").write_text("a file, not a folder\n")
+    env = {"METAKIT_CACHE": "", "XDG_CACHE_HOME": "", "HOME": str(tmp_path / "nowhere")}
+    if case == "METAKIT_CACHE is a file":
+        env["METAKIT_CACHE"] = str(tmp_path / "afile")
+    elif case == "XDG_CACHE_HOME under a file":
+        env["XDG_CACHE_HOME"] = str(tmp_path / "afile" / "cache")
+    else:  # HOME under a file: no ~/.cache can be made
+        env["HOME"] = str(tmp_path / "afile" / "home")
+    return env
+
+
+CACHE_CASES = ["METAKIT_CACHE is a file", "XDG_CACHE_HOME under a file", "HOME under a file"]
+
+
+@pytest.mark.parametrize("case", CACHE_CASES)
+def test_an_unusable_cache_folder_is_one_warning_and_eval_runs(tmp_path, tiny_run, case):
+    env = {**os.environ, **cache_env(tmp_path, case), "PYTHONPATH": str(REPO)}
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    command = [sys.executable, "-m", "metakit", "eval", str(tiny_run), "--tasks", "4", "--json"]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    fallback = Path(tempfile.gettempdir()) / f"metakit-{os.getuid()}" / "torch-compile"
+    assert one_line(proc.stderr, "Warning: cannot use ") and str(fallback) in proc.stderr, proc.stderr
+    assert proc.stdout.startswith("{")
+
+
+def test_a_read_only_cache_folder_falls_back_in_process(tmp_path, tiny_run, monkeypatch):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("METAKIT_CACHE", str(cache))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != cache and real_access(path, mode))
+    result = invoke("eval", tiny_run, "--tasks", 4, "--json")
+    assert result.exit_code == 0, result.output
+    assert one_line(result.stderr, "Warning: cannot use ") and f"{cache} is not writable" in result.stderr
+    assert not os.environ["TORCHINDUCTOR_CACHE_DIR"].startswith(str(cache))
+
+
+def test_ctrl_c_during_reproduce_says_what_train_says(tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer_module, "_stop_requests", lambda: contextlib.nullcontext(StopAfter(1)))
+    out = tmp_path / "repro"
+    args = ["reproduce", "sinusoid", "--seeds", 1, "--iterations", 4, "--tasks", 4, "--methods", "maml"]
+    result = invoke(*args, "--quiet", "--out", out)
+    assert result.exit_code == 130, result.output
+    assert isinstance(result.exception, SystemExit)  # no traceback
+    assert one_line(result.stderr, "Interrupted: stopped by signal at iteration 2; checkpoint saved in ")
+    assert f"metakit reproduce sinusoid --out {out}" in result.stderr
+    monkeypatch.undo()
+    again = invoke(*args, "--quiet", "--out", out)
+    assert again.exit_code == 0 and "resumed at 2" in again.output, again.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--meta-batch", 1099511627776], "--meta-batch must be at most 100000, got 1099511627776"),
+        (["--iterations", 99999999999999999999], "--iterations must be at most 10000000000"),
+        (["--meta-batch", 100000, "--shots", 100], "examples per meta-batch, which cannot fit in memory"),
+    ],
+)
+def test_sizes_that_cannot_fit_are_refused_before_anything_is_written(tmp_path, args, message):
+    out = tmp_path / "run"
+    for _ in range(2):  # and the same command again: nothing was left behind to refuse it
+        result = invoke("train", *args, "--quiet", "--out", out)
+        assert result.exit_code == 2, result.output
+        assert one_line(result.stderr, "Error: ") and message in result.stderr, result.stderr
+        assert not out.exists()
