@@ -389,8 +389,13 @@ def plot(run_dirs, out, tasks, shots, seed):
     _check_writable_dir(out, "--out")
 
     from metakit.experiments.reports.evaluate import evaluate_algorithm
-    from metakit.experiments.reports.plots import draw_figures
+    from metakit.experiments.reports.plots import draw_figures, training_curve
     from metakit.experiments.tasks import build_family
+
+    for run_dir in run_dirs:  # an unreadable log stops the command before any figure is written
+        _, warning = training_curve(run_dir)
+        if warning:
+            click.echo(f"Warning: {warning}", err=True)
 
     family = build_family(loaded[0][1])
     shots = shots or family.eval_protocol.get("shots", (None,))[0]  # RL families take none

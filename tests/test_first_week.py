@@ -2,6 +2,7 @@
 (exit 2, or 130 for Ctrl-C) with nothing written or lost, through the command line."""
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -117,3 +118,73 @@ def test_sizes_that_cannot_fit_are_refused_before_anything_is_written(tmp_path, 
         assert result.exit_code == 2, result.output
         assert one_line(result.stderr, "Error: ") and message in result.stderr, result.stderr
         assert not out.exists()
+
+
+@pytest.fixture()
+def run_copy(tmp_path, tiny_run):
+    """A copy of the tiny run that a test may change."""
+    import shutil
+
+    shutil.copytree(tiny_run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_plot_of_a_run_whose_log_is_a_folder_is_refused_before_any_figure(run_copy):
+    (run_copy / "metrics.jsonl").unlink()
+    (run_copy / "metrics.jsonl").mkdir()
+    result = invoke("plot", run_copy, "--tasks", 4)
+    assert result.exit_code == 2, result.output
+    assert one_line(result.stderr, "Error: cannot read ") and "metrics.jsonl" in result.stderr
+    assert not (run_copy / "plots").exists()
+
+
+@pytest.mark.parametrize(
+    "text, warning",
+    [
+        ("", "has no meta-loss lines"),
+        ('{"iteration": 1, "meta_lo\n[1]\n', "2 of 2 lines are not metric records"),
+    ],
+)
+def test_plot_of_an_empty_or_garbled_log_warns(run_copy, text, warning):
+    (run_copy / "metrics.jsonl").write_text(text)
+    result = invoke("plot", run_copy, "--tasks", 4)
+    assert result.exit_code == 0, result.output
+    assert one_line(result.stderr, "Warning: ") and warning in result.stderr, result.stderr
+    assert (run_copy / "plots" / "training_curves.png").is_file()
+
+
+def test_glyphs_data_root_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "afile").write_text("not a folder\n")
+    for root in (tmp_path / "afile", tmp_path / "afile" / "below"):
+        result = invoke("train", "--task", "glyphs", "--data-root", root, *TINY, "--out", tmp_path / "run")
+        assert result.exit_code == 2, result.output
+        assert one_line(result.stderr, "Error: --data-root ") and "is not a folder" in result.stderr
+        assert not (tmp_path / "run").exists()
+
+
+def test_a_run_that_diverged_before_its_first_checkpoint_says_what_is_missing(tmp_path):
+    out = tmp_path / "run"
+    result = invoke("train", "--method", "fomaml", "--inner-lr", "1e30", *TINY, "--out", out)
+    assert result.exit_code == 1, result.output
+    assert "non-finite meta-loss or gradient at iteration 1; no checkpoint was written" in result.stderr
+    assert "is kept" not in result.stderr
+    resumed = invoke("train", "--resume", out, "--quiet")
+    assert resumed.exit_code == 2, resumed.output
+    assert one_line(resumed.stderr, f"Error: {out} has a config.json but no checkpoint.pt: ")
+    assert f"metakit train --out {out} --force" in resumed.stderr
+
+
+def test_resume_repairs_a_garbled_metrics_line_and_says_so(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setattr(trainer_module, "_stop_requests", lambda: contextlib.nullcontext(StopAfter(1)))
+    args = ["--iterations", 4, "--meta-batch", 2, "--log-every", 1, "--quiet"]
+    assert invoke("train", *args, "--out", out).exit_code == 130
+    monkeypatch.undo()
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"iteration": 3, "meta_l')  # cut short by a crash
+    result = invoke("train", "--resume", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert one_line(result.stderr, "Warning: ")
+    assert "metrics.jsonl was repaired: removed unreadable line 3" in result.stderr, result.stderr
+    iterations = [json.loads(line)["iteration"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert iterations == [1, 2, 3, 4]

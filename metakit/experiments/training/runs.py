@@ -214,20 +214,28 @@ def clear_run(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
-def truncate_metrics(run_dir: Path, iteration: int) -> None:
-    """Drop metric lines past ``iteration`` (written after the checkpoint a resume starts from)."""
+def truncate_metrics(run_dir: Path, iteration: int) -> Optional[str]:
+    """Drop metric lines past ``iteration`` (written after the checkpoint a resume starts from) and
+    lines that are no metric record (cut short by a crash, or garbled); returns a one-line note
+    saying how many of those were removed, or ``None`` if there were none."""
     path = run_dir / METRICS
     if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
+        return None
+    kept, garbled = [], []
+    for number, line in enumerate(path.read_bytes().decode(errors="replace").splitlines(), 1):
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a crash
+            later = record.get("iteration", 0) > iteration
+        except (ValueError, AttributeError, TypeError):  # a line cut short by a crash, or garbled
+            garbled.append(str(number))
             continue
-        if record.get("iteration", 0) <= iteration:
+        if not later:
             kept.append(line + "\n")
     _atomic(path, lambda f: f.write("".join(kept).encode()))
+    if not garbled:
+        return None
+    lines = "line" + "s" * (len(garbled) > 1)
+    return f"{path} was repaired: removed unreadable {lines} {', '.join(garbled)}"
 
 
 def append_metrics(run_dir: Path, record: dict) -> None:
@@ -239,9 +247,13 @@ def append_metrics(run_dir: Path, record: dict) -> None:
 def read_config(run_dir: Path) -> TrainConfig:
     """The run's configuration."""
     path = Path(run_dir) / CONFIG
-    if not path.is_file() or not has_checkpoint(run_dir):
+    if not path.is_file():
+        raise RunError(f"{run_dir} is not a metakit run (no {CONFIG}); train one with `metakit train`")
+    if not has_checkpoint(run_dir):
         raise RunError(
-            f"{run_dir} is not a metakit run (no {CONFIG} and {CHECKPOINT}); train one with `metakit train`"
+            f"{run_dir} has a {CONFIG} but no {CHECKPOINT}: its training stopped before the first "
+            f"checkpoint; train it again with `metakit train --out {run_dir} --force` and the options "
+            f"in {path}"
         )
     try:
         return TrainConfig.from_dict(json.loads(path.read_text()))

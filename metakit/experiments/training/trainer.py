@@ -236,8 +236,8 @@ def _open_run(config: TrainConfig, run_dir: Path, resume: bool, held: contextlib
         runs.write_json_atomic(run_dir / runs.CONFIG, config.to_dict())
         return {"state": None, "note": None}
     state, note = runs.load_latest_checkpoint(run_dir)
-    runs.truncate_metrics(run_dir, state["iteration"])
-    return {"state": state, "note": note}
+    repaired = runs.truncate_metrics(run_dir, state["iteration"])
+    return {"state": state, "note": "; ".join(n for n in (note, repaired) if n) or None}
 
 
 def train(
@@ -314,6 +314,7 @@ def _loop(setup: Training, run_dir: Path, start: int, window: list, progress: bo
     writer = setup.world.writer
     board = tensorboard_writer(run_dir) if config.tensorboard and writer else None
     clock = time.perf_counter()
+    saved = start  # the iteration of the newest checkpoint (0: none yet)
     bar = tqdm(
         range(start, config.iterations),
         initial=start,
@@ -337,9 +338,11 @@ def _loop(setup: Training, run_dir: Path, start: int, window: list, progress: bo
                 if writer:
                     record = {"iteration": done, "diverged": True, "meta_loss": str(loss)}
                     runs.append_metrics(run_dir, record)
+                kept = (
+                    f"the checkpoint of iteration {saved} is kept" if saved else "no checkpoint was written"
+                )
                 raise Divergence(
-                    f"{config.method}: non-finite meta-loss or gradient at iteration {done}; "
-                    "the last checkpoint is kept"
+                    f"{config.method}: non-finite meta-loss or gradient at iteration {done}; {kept}"
                 )
             window.append(loss)
             if done % config.log_every == 0 or done == config.iterations:
@@ -359,6 +362,7 @@ def _loop(setup: Training, run_dir: Path, start: int, window: list, progress: bo
                 window = []
             if writer and checkpoint:
                 runs.save_checkpoint(run_dir, _state(setup, done, window))
+                saved = done
             if stopping and done < config.iterations:
                 raise Interrupted(f"stopped by signal at iteration {done}; checkpoint saved in {run_dir}")
     bar.close()
