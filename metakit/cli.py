@@ -82,6 +82,7 @@ def _use_compile_cache() -> None:
 
 NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 SEED = click.IntRange(0, 2**32 - 1)
+DATA_ROOT_HELP = "Image families: the data folder, as for `metakit train --data-root`."
 TRAIN_SEED = click.IntRange(0, 2**31 - 1)
 
 
@@ -294,8 +295,14 @@ def train(out, force, resume, quiet, **options):
 )
 @click.option("--seed", type=SEED, default=1, help="Seed of the held-out task set.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto: CUDA when available.")
+@click.option(
+    "--data-root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help=DATA_ROOT_HELP + "  [default: the run's]",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def evaluate(run_dir, tasks, shots, steps, ways, seed, device, as_json):
+def evaluate(run_dir, tasks, shots, steps, ways, seed, device, data_root, as_json):
     """Adapt a run to held-out tasks; print the family's metric (MSE, accuracy, return) ± 95% CI per
     (shots, steps)."""
     from metakit.experiments.reports.evaluate import (
@@ -304,7 +311,7 @@ def evaluate(run_dir, tasks, shots, steps, ways, seed, device, as_json):
         training_horizon,
     )
 
-    config, algo = _load_run(run_dir, device)
+    config, algo = _load_run(run_dir, device, data_root)
     family = _eval_family(config, ways)
     shots = shots or list(family.eval_protocol.get("shots", ()))
     steps = steps or list(family.eval_protocol["steps"])
@@ -337,12 +344,13 @@ def _eval_family(config, ways):
     return build_family(config)
 
 
-def _load_run(run_dir: Path, device: str = "cpu"):
-    """``(config, algorithm)`` of a run on ``device``; warns when an older checkpoint is used."""
+def _load_run(run_dir: Path, device: str = "cpu", data_root=None):
+    """``(config, algorithm)`` of a run on ``device`` (with its data in ``data_root``, if given);
+    warns when an older checkpoint is used."""
     from metakit.experiments.training.runs import load_run
     from metakit.experiments.training.trainer import resolve_device
 
-    config, algo, note = load_run(run_dir)
+    config, algo, note = load_run(run_dir, data_root)
     algo.to(resolve_device(device))
     if note:
         click.echo(f"Warning: {note}", err=True)
@@ -378,10 +386,16 @@ def _check_writable_dir(path: Path, option: str) -> None:
     help="Support examples per held-out task or class.  [default: the family's first eval shots]",
 )
 @click.option("--seed", type=SEED, default=1, help="Seed of the held-out task set.")
-def plot(run_dirs, out, tasks, shots, seed):
+@click.option(
+    "--data-root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help=DATA_ROOT_HELP + "  [default: the runs']",
+)
+def plot(run_dirs, out, tasks, shots, seed, data_root):
     """Plot runs of one task family: adaptation (regression, MAML Fig. 2), metric vs steps (Fig. 3),
     paths on held-out goals (2D navigation, Fig. 4), training curves."""
-    loaded = [(run_dir, *_load_run(run_dir)) for run_dir in run_dirs]
+    loaded = [(run_dir, *_load_run(run_dir, data_root=data_root)) for run_dir in run_dirs]
     tasks_seen = sorted({config.task for _, config, _ in loaded})
     if len(tasks_seen) > 1:
         usage_error(f"plot runs of one task family at a time, got {', '.join(tasks_seen)}")
@@ -521,6 +535,7 @@ def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, quiet)
 @click.option(
     "--seed", type=TRAIN_SEED, default=None, help="Seed of the models and task streams.  [default: 0]"
 )
+@click.option("--data-root", default=None, help=DATA_ROOT_HELP)
 @click.option("--threads", type=click.IntRange(1, 256), default=1, help="torch intra-op threads.")
 @click.option(
     "--device", type=click.Choice(DEVICES), default=None, help="auto: CUDA when available.  [default: cpu]"
@@ -548,6 +563,8 @@ def bench(quick, task, threads, paper_protocol, protocol_iterations, as_json, **
     if protocol_iterations is not None and not paper_protocol:
         usage_error("--protocol-iterations applies to --paper-protocol only")
 
+    if "data_root" in options and "data_root" not in FAMILIES.get(task).options:
+        usage_error(f"--data-root does not apply to --task {task}")
     family_bench = FAMILIES.get(task).bench
     if family_bench is not None:  # a family that benchmarks itself (RL: the rollout throughput)
         try:

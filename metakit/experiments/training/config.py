@@ -7,6 +7,7 @@ minimum and choices; ``metakit train`` generates its command-line options from t
 """
 
 import math
+import os
 from dataclasses import Field, asdict, dataclass, field, fields
 from typing import Optional, get_args, get_type_hints
 
@@ -196,6 +197,8 @@ class TrainConfig:
                 setattr(self, name, family.protocol[name])
         if self.query is None:
             self.query = self.shots
+        if isinstance(self.data_root, str) and self.data_root:  # usable from any working directory
+            self.data_root = os.path.abspath(os.path.expanduser(self.data_root))
         _check(self, family)
 
     def to_dict(self) -> dict:

@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -294,11 +295,13 @@ def load_latest_checkpoint(run_dir: Path):
     raise RunError("; ".join(errors) or f"{run_dir} has no checkpoint")
 
 
-def load_run(run_dir: Path):
+def load_run(run_dir: Path, data_root: Optional[str] = None):
     """``(config, algorithm, note)`` of a run, with its newest loadable checkpoint's meta-parameters
-    (on the CPU)."""
+    (on the CPU); ``data_root`` replaces the run's data folder (data that has moved)."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
+    if data_root is not None:
+        config = replace(config, data_root=str(data_root))
     state, note = load_latest_checkpoint(run_dir)
     algo = build_algorithm(config, build_family(config).build_model())
     try:
