@@ -1,6 +1,7 @@
 """The ``metakit`` command line: parses and validates options, then calls ``metakit.experiments``."""
 
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -205,14 +206,15 @@ def training_options(command):
     "--out",
     type=click.Path(path_type=Path),
     default=None,
-    help="Run directory.  [default: runs/METHOD-TIMESTAMP]",
+    help="Run directory.  [default: runs/METHOD-TIMESTAMP, -2, -3 ... when taken]",
 )
 @click.option("--force", is_flag=True, help="Allow writing into an existing non-empty --out.")
 @click.option(
     "--resume",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
-    help="Continue the run in this directory from its last checkpoint (takes no other training option).",
+    help="Continue the run in this directory from its last checkpoint (takes no other training option "
+    "but --iterations, which extends its schedule).",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(out, force, resume, quiet, **options):
@@ -224,13 +226,14 @@ def train(out, force, resume, quiet, **options):
     from metakit.experiments.training import distributed
 
     writer = distributed.world().writer  # the other ranks get the config and state from rank 0
-    config = None
+    config, claimed = None, False
     if resume is not None:
         ctx = click.get_current_context()
         given = [
             flag(name)
             for name in [*options, "out", "force"]
             if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+            and name != "iterations"
         ]
         if given:
             usage_error(f"--resume continues a run with its saved config; drop {', '.join(given)}")
@@ -241,21 +244,32 @@ def train(out, force, resume, quiet, **options):
         config = TrainConfig(**options)
         if writer and config.tensorboard and importlib.util.find_spec("tensorboard") is None:
             usage_error(f"{flag('tensorboard')} needs the tensorboard package: pip install tensorboard")
-        out = out or Path("runs") / f"{config.method}-{datetime.now():%Y%m%d-%H%M%S}"
-        if writer:
+        if out is None:
+            out = Path("runs") / f"{config.method}-{datetime.now():%Y%m%d-%H%M%S}"
+            if writer:
+                _check_writable_dir(out, "--out")
+                out, claimed = _claim_new_dir(out), True
+        elif writer:
             _check_writable_dir(out, "--out")
 
     from metakit.experiments.training.trainer import Divergence, Interrupted
     from metakit.experiments.training.trainer import train as run_training
 
     try:  # a new run starts afresh; --resume, or a restarted torchrun job, continues its checkpoint
-        summary = run_training(config, out, progress=not quiet, resume=resume is not None, force=force)
+        extend = options["iterations"] if resume is not None else None
+        summary = run_training(
+            config, out, progress=not quiet, resume=resume is not None, force=force, iterations=extend
+        )
     except Divergence as err:
         raise click.ClickException(f"{err}; see {out / 'metrics.jsonl'}") from None
     except Interrupted as err:
         if writer:
             click.echo(f"Interrupted: {err}; continue with `metakit train --resume {out}`", err=True)
         sys.exit(130)
+    except MetakitError:  # e.g. unusable data: a default folder claimed for nothing goes again
+        if claimed and not any(out.iterdir()):
+            out.rmdir()
+        raise
     if not writer:
         return
     trained = f"{summary['method']} on {summary['task']} for {summary['iterations']} iterations"
@@ -355,6 +369,19 @@ def _load_run(run_dir: Path, device: str = "cpu", data_root=None):
     if note:
         click.echo(f"Warning: {note}", err=True)
     return config, algo
+
+
+def _claim_new_dir(path: Path) -> Path:
+    """Create ``path``, or ``path-2``, ``path-3``, ... where it exists: a default run folder that no
+    other command started in the same second can also pick (``mkdir`` either creates or fails)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for number in itertools.count(1):
+        candidate = path if number == 1 else path.with_name(f"{path.name}-{number}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
 
 
 def _check_writable_dir(path: Path, option: str) -> None:

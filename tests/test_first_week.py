@@ -188,3 +188,79 @@ def test_resume_repairs_a_garbled_metrics_line_and_says_so(tmp_path, monkeypatch
     assert "metrics.jsonl was repaired: removed unreadable line 3" in result.stderr, result.stderr
     iterations = [json.loads(line)["iteration"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert iterations == [1, 2, 3, 4]
+
+
+def test_two_trains_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+    import datetime as dt
+
+    import metakit.cli as cli_module
+
+    class Frozen(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 1, 2, 3, 4, 5)
+
+    monkeypatch.setattr(cli_module, "datetime", Frozen)
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        result = invoke("train", *TINY)
+        assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        "maml-20260102-030405",
+        "maml-20260102-030405-2",
+    ]
+    (tmp_path / "empty").mkdir()  # data that cannot be read: the run cannot start and leaves no folder
+    refused = invoke("train", "--task", "omniglot", "--data-root", tmp_path / "empty", *TINY)
+    assert refused.exit_code == 2 and len(list((tmp_path / "runs").iterdir())) == 2
+
+
+def final_state(run_dir: Path) -> dict:
+    import torch
+
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True)
+
+
+def test_resume_with_more_iterations_continues_to_the_same_end_as_a_longer_run(tmp_path):
+    import torch
+
+    short, long = tmp_path / "short", tmp_path / "long"
+    args = ["--meta-batch", 2, "--log-every", 1, "--quiet"]
+    assert invoke("train", *args, "--iterations", 3, "--out", short).exit_code == 0
+    assert invoke("train", *args, "--iterations", 5, "--out", long).exit_code == 0
+    result = invoke("train", "--resume", short, "--iterations", 5, "--quiet")
+    assert result.exit_code == 0 and "resumed at 3" in result.stdout, result.output
+    assert json.loads((short / "config.json").read_text()) == json.loads((long / "config.json").read_text())
+    a, b = final_state(short), final_state(long)
+    assert a["iteration"] == 5
+    for key, value in b["algorithm"].items():
+        assert torch.equal(a["algorithm"][key], value), key
+    assert (short / "metrics.jsonl").read_text().count("\n") == 5
+    fewer = invoke("train", "--resume", short, "--iterations", 4, "--quiet")
+    assert fewer.exit_code == 2, fewer.output
+    assert one_line(fewer.stderr, "Error: ") and "has trained 5 iterations already" in fewer.stderr
+    other = invoke("train", "--resume", short, "--iterations", 6, "--seed", 1, "--quiet")
+    assert other.exit_code == 2 and "drop --seed" in other.stderr
+
+
+@pytest.mark.parametrize("schedule", ["--cosine-lr", "sgd-annealed"])
+def test_an_extended_annealed_rate_follows_the_schedule_of_the_new_length(tmp_path, schedule):
+    import math
+
+    out = tmp_path / "run"
+    rate = 0.01
+    options = ["--cosine-lr"] if schedule == "--cosine-lr" else ["--outer-optimizer", "sgd-annealed"]
+    args = [*options, "--meta-lr", rate, "--meta-batch", 2, "--log-every", 1, "--quiet"]
+    assert invoke("train", *args, "--iterations", 4, "--out", out).exit_code == 0
+    assert invoke("train", "--resume", out, "--iterations", 8, "--quiet").exit_code == 0
+    logged = {
+        r["iteration"]: r["meta_lr"]
+        for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+    }
+
+    def expected(i, total):
+        if schedule == "--cosine-lr":
+            return rate * (1 + math.cos(math.pi * i / total)) / 2
+        return rate * (1 - i / total)
+
+    for i in range(1, 9):
+        assert logged[i] == pytest.approx(expected(i, 4 if i <= 4 else 8), abs=1e-12), i

@@ -15,7 +15,7 @@ import torch
 from metakit.experiments.methods import build_algorithm
 from metakit.experiments.tasks import build_family
 from metakit.experiments.training.config import TrainConfig
-from metakit.experiments.util.errors import MetakitError
+from metakit.experiments.util.errors import MetakitError, flag
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -31,14 +31,20 @@ class RunError(MetakitError):
 
 
 def start_or_resume(
-    run_dir: Path, config: Optional[TrainConfig] = None, resume: bool = False, force: bool = False
+    run_dir: Path,
+    config: Optional[TrainConfig] = None,
+    resume: bool = False,
+    force: bool = False,
+    iterations: Optional[int] = None,
 ) -> Tuple[TrainConfig, Optional[int]]:
     """``(config, resume_from)``: whether training ``config`` into ``run_dir`` starts afresh
     (``resume_from`` is ``None``), continues from the checkpoint of iteration ``resume_from``, or
     has nothing left to do (``resume_from`` has reached ``config.iterations``). Reads ``run_dir``
     and changes nothing; the first rule that applies decides:
 
-    * ``config=None``: continue the run saved in ``run_dir``, with its own ``config.json``;
+    * ``config=None``: continue the run saved in ``run_dir``, with its own ``config.json`` (and
+      ``iterations``, if given, in place of its own: a schedule extended, or shortened to no less
+      than the checkpoint's iteration);
     * ``torchrun`` restarted the job that began ``run_dir`` (:func:`continues_elastic_job`):
       continue from its checkpoint, or start afresh if it wrote none yet;
     * ``resume``, and ``run_dir`` holds a loadable checkpoint of the same run (its ``config.json``
@@ -57,7 +63,15 @@ def start_or_resume(
         raise RunError(_busy(run_dir, holder))
     if config is None:
         config = read_config(run_dir)
-        return config, _checkpoint_iteration(run_dir)
+        done = _checkpoint_iteration(run_dir)
+        if iterations is not None:
+            if iterations < done:
+                raise RunError(
+                    f"{run_dir} has trained {done} iterations already; {flag('iterations')} must be at "
+                    f"least {done}"
+                )
+            config = replace(config, iterations=iterations)
+        return config, done
     if continues_elastic_job(run_dir, config):
         return config, _checkpoint_iteration(run_dir) if has_checkpoint(run_dir) else None
     if resume and _same_run(run_dir, config):

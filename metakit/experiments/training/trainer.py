@@ -224,7 +224,24 @@ def _restore(setup: Training, state: dict) -> None:
     setup.optimizer.load_state_dict(state["optimizer"])
     if setup.scheduler is not None:
         setup.scheduler.load_state_dict(state["scheduler"])
+        if state["config"]["iterations"] != setup.config.iterations:
+            _rescale_schedule(setup, state["iteration"])
     setup.generator.set_state(state["task_rng"])
+
+
+def _rescale_schedule(setup: Training, done: int) -> None:
+    """Put an annealed meta learning rate of a run whose ``iterations`` changed after ``done`` of
+    them on the schedule of the new length: from here on the rate is the one a run of the new
+    length has at each iteration (cosine: ``meta_lr·(1 + cos(π i/N))/2``; sgd-annealed:
+    ``meta_lr·(1 − i/N)``), so it jumps at the resume and reaches zero at the new end."""
+    config, scheduler = setup.config, setup.scheduler
+    if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+        scheduler.T_max = config.iterations
+        factor = (1 + math.cos(math.pi * done / config.iterations)) / 2
+    else:  # sgd-annealed: the LambdaLR of build_training reads config.iterations already
+        factor = 1 - done / config.iterations
+    for group in setup.optimizer.param_groups:
+        group["lr"] = config.meta_lr * factor
 
 
 def _open_run(config: TrainConfig, run_dir: Path, resume: bool, held: contextlib.ExitStack) -> dict:
@@ -236,6 +253,8 @@ def _open_run(config: TrainConfig, run_dir: Path, resume: bool, held: contextlib
         runs.write_json_atomic(run_dir / runs.CONFIG, config.to_dict())
         return {"state": None, "note": None}
     state, note = runs.load_latest_checkpoint(run_dir)
+    if runs.read_config(run_dir).iterations != config.iterations:  # an extended (or shortened) run
+        runs.write_json_atomic(run_dir / runs.CONFIG, config.to_dict())
     repaired = runs.truncate_metrics(run_dir, state["iteration"])
     return {"state": state, "note": "; ".join(n for n in (note, repaired) if n) or None}
 
@@ -246,6 +265,7 @@ def train(
     progress: bool = True,
     resume: bool = False,
     force: bool = True,
+    iterations: Optional[int] = None,
 ) -> dict:
     """Meta-train ``config`` into ``run_dir``, or continue it; returns a summary.
 
@@ -254,7 +274,9 @@ def train(
     ``force``: by default a new run replaces whatever ``run_dir`` holds; ``resume`` continues a
     checkpoint of the same run where there is one, and ``config=None`` the run's own config. A
     complete run returns at once (``resumed_from`` is its ``iterations``; ``device`` and
-    ``engine`` are ``None``).
+    ``engine`` are ``None``). With ``config=None``, ``iterations`` replaces the run's own number of
+    iterations (its ``config.json`` is rewritten): a finished or stopped run continues to the new
+    end, where an annealed ``meta_lr`` (``cosine_lr``, ``sgd-annealed``) now reaches zero.
 
     A checkpoint is written atomically every ``config.checkpoint_every`` iterations, at the end,
     and when SIGINT/SIGTERM arrives (then :class:`Interrupted` is raised). Resuming restores the
@@ -271,7 +293,9 @@ def train(
     world = distributed.world()
 
     def decide():
-        chosen, resume_from = runs.start_or_resume(run_dir, config, resume=resume, force=force)
+        chosen, resume_from = runs.start_or_resume(
+            run_dir, config, resume=resume, force=force, iterations=iterations
+        )
         return chosen.to_dict(), resume_from
 
     with contextlib.ExitStack() as held:
