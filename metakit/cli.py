@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+import metakit
+
 # Meta-learning on small models is a stream of tiny tensor operations: one intra-op thread is
 # faster than two on 2 cores, and much faster when the other core is busy (an OpenMP barrier then
 # waits on a descheduled thread: 25× slower measured here). Set before torch is imported; an
@@ -155,6 +157,7 @@ def usage_error(message: str):
 @click.group(
     cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "show_default": True}
 )
+@click.version_option(metakit.__version__, "--version", prog_name="metakit", message="%(prog)s %(version)s")
 def cli():
     """metakit: gradient-based meta-learning (MAML, first-order MAML, Reptile, MAML Enhanced).
 
@@ -206,7 +209,7 @@ def training_options(command):
     "--out",
     type=click.Path(path_type=Path),
     default=None,
-    help="Run directory.  [default: runs/METHOD-TIMESTAMP, -2, -3 ... when taken]",
+    help="Run directory (-2, -3, ... added to a taken default).  [default: runs/METHOD-TIMESTAMP]",
 )
 @click.option("--force", is_flag=True, help="Allow writing into an existing non-empty --out.")
 @click.option(

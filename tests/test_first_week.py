@@ -264,3 +264,50 @@ def test_an_extended_annealed_rate_follows_the_schedule_of_the_new_length(tmp_pa
 
     for i in range(1, 9):
         assert logged[i] == pytest.approx(expected(i, 4 if i <= 4 else 8), abs=1e-12), i
+
+
+def test_results_md_of_one_seed_has_no_seed_spread_and_counts_in_words(tmp_path):
+    out = tmp_path / "repro"
+    args = ["reproduce", "sinusoid", "--seeds", 1, "--iterations", 1, "--tasks", 4, "--methods", "maml"]
+    assert invoke(*args, "--quiet", "--out", out).exit_code == 0
+    markdown = (out / "results.md").read_text()
+    assert "1 meta-iteration, 1 seed, 4 held-out tasks." in markdown
+    assert "| method | 0 steps | 1 step | 5 steps | 10 steps |" in markdown
+    assert "[±" not in markdown and "std across seeds" not in markdown
+
+
+def test_a_variant_named_as_its_shots_titles_its_table_once():
+    from metakit.experiments.reports.reproduce import results_markdown
+    from metakit.experiments.tasks import FAMILIES
+
+    reproduction = FAMILIES.get("glyphs").reproduction
+    row = dict(method="maml", seed=0, accuracy=0.5, ci95=0.1, median=0.5, worse=0, diverged=0, tasks=4)
+    rows = [
+        {**row, "variant": variant, "shots": shots, "steps": s}
+        for variant, shots in (("1-shot", 1), ("5-shot", 5))
+        for s in reproduction.reported_steps
+    ]
+    text = results_markdown(rows, reproduction, FAMILIES.get("glyphs").metric, 2, 4, 10)
+    assert "### 1-shot\n" in text and "### 5-shot\n" in text and "1-shot: 1-shot" not in text
+
+
+def test_version():
+    import metakit
+
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout == f"metakit {metakit.__version__}\n"
+
+
+def test_library_misuse_says_what_is_accepted():
+    import learn2learn
+    from torch import nn
+
+    from metakit.wrappers.engines.vectorized import VectorizedEngine
+    from metakit.wrappers.enhanced import MAMLEnhanced
+
+    with pytest.raises(TypeError, match=r"takes a metakit learner \(metakit.wrappers.base.MetaLearner"):
+        VectorizedEngine(learn2learn.algorithms.MAML(nn.Sequential(nn.Linear(1, 1)), lr=0.1))
+    with pytest.raises(
+        ValueError, match="MAMLEnhanced needs a model with parameters to adapt; ReLU has none"
+    ):
+        MAMLEnhanced(nn.ReLU(), lr=0.01)
