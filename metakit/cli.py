@@ -32,7 +32,7 @@ from metakit.experiments.training.config import (  # noqa: E402
     value_type,
 )
 from metakit.experiments.util.allocator import keep_freed_memory  # noqa: E402
-from metakit.experiments.util.cache import compile_cache  # noqa: E402
+from metakit.experiments.util.cache import compile_cache, unwritable  # noqa: E402
 from metakit.experiments.util.errors import MetakitError  # noqa: E402
 
 FROM_FAMILY = "the task family's protocol"
@@ -388,9 +388,9 @@ def _claim_new_dir(path: Path) -> Path:
 
 
 def _check_writable_dir(path: Path, option: str) -> None:
-    existing = next(p for p in [path, *path.absolute().parents] if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        usage_error(f"{option} {path} cannot be written: {existing} is not a writable directory")
+    problem = unwritable(path)
+    if problem:
+        usage_error(f"{option} {path} cannot be written: {problem}")
 
 
 @cli.command()
