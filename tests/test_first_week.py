@@ -4,6 +4,7 @@
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -123,8 +124,6 @@ def test_sizes_that_cannot_fit_are_refused_before_anything_is_written(tmp_path, 
 @pytest.fixture()
 def run_copy(tmp_path, tiny_run):
     """A copy of the tiny run that a test may change."""
-    import shutil
-
     shutil.copytree(tiny_run, tmp_path / "run")
     return tmp_path / "run"
 
@@ -238,6 +237,13 @@ def test_resume_with_more_iterations_continues_to_the_same_end_as_a_longer_run(t
     fewer = invoke("train", "--resume", short, "--iterations", 4, "--quiet")
     assert fewer.exit_code == 2, fewer.output
     assert one_line(fewer.stderr, "Error: ") and "has trained 5 iterations already" in fewer.stderr
+    stopped = tmp_path / "stopped"  # a run stopped at 5 of 7, shortened to 5: complete, and so recorded
+    shutil.copytree(short, stopped)
+    config = json.loads((stopped / "config.json").read_text())
+    (stopped / "config.json").write_text(json.dumps({**config, "iterations": 7}))
+    done = invoke("train", "--resume", stopped, "--iterations", 5, "--quiet")
+    assert done.exit_code == 0 and "nothing left to do" in done.stdout, done.output
+    assert json.loads((stopped / "config.json").read_text()) == config
     other = invoke("train", "--resume", short, "--iterations", 6, "--seed", 1, "--quiet")
     assert other.exit_code == 2 and "drop --seed" in other.stderr
 

@@ -310,6 +310,10 @@ def train(
             "iterations": config.iterations,
         }
         if resume_from is not None and resume_from >= config.iterations:  # complete: nothing to do
+            if iterations is not None and world.writer:  # shortened to where it stopped: say so on disk
+                with runs.lock_run(run_dir):
+                    if runs.read_config(run_dir).iterations != config.iterations:
+                        runs.write_json_atomic(run_dir / runs.CONFIG, config.to_dict())
             done = {"resumed_from": resume_from, "seconds": 0.0, "device": None, "engine": None, "note": None}
             return {**summary, **done}
         setup = build_training(config, world=world)
