@@ -1,6 +1,7 @@
 """The ``metakit`` command line: parses and validates options, then calls ``metakit.experiments``."""
 
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -11,17 +12,13 @@ from pathlib import Path
 
 import click
 
+import metakit
+
 # Meta-learning on small models is a stream of tiny tensor operations: one intra-op thread is
 # faster than two on 2 cores, and much faster when the other core is busy (an OpenMP barrier then
 # waits on a descheduled thread: 25× slower measured here). Set before torch is imported; an
 # explicit OMP_NUM_THREADS from the user wins.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-from metakit.experiments.util.cache import user_cache  # noqa: E402
-
-# torch.compile caches compiled code on disk, by default under /tmp, which many systems empty at
-# boot; in the user's cache folder a repeated setting compiles in seconds instead of half a minute.
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(user_cache() / "torch-compile"))
 
 from metakit.experiments.methods import METHODS  # noqa: E402
 from metakit.experiments.tasks import FAMILIES  # noqa: E402
@@ -35,6 +32,7 @@ from metakit.experiments.training.config import (  # noqa: E402
     value_type,
 )
 from metakit.experiments.util.allocator import keep_freed_memory  # noqa: E402
+from metakit.experiments.util.cache import compile_cache, unwritable  # noqa: E402
 from metakit.experiments.util.errors import MetakitError  # noqa: E402
 
 FROM_FAMILY = "the task family's protocol"
@@ -54,6 +52,7 @@ class OneLineErrors(click.Group):
         """Run the CLI; errors become ``Error: ...`` and an exit code, warnings one line each."""
         keep_freed_memory()
         warnings.formatwarning = lambda message, *args, **kwargs: f"Warning: {message}\n"
+        _use_compile_cache()
         try:
             code = super().main(args=args, prog_name=prog_name, standalone_mode=False, **kwargs)
         except click.exceptions.Abort:
@@ -71,8 +70,22 @@ class OneLineErrors(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
 
+def _use_compile_cache() -> None:
+    """Point torch.compile's on-disk cache at the user's cache folder (by default it is under /tmp,
+    which many systems empty at boot; there a repeated setting compiles in seconds instead of half a
+    minute), or at a temporary folder, with one warning, when that cannot be written. An explicit
+    ``TORCHINDUCTOR_CACHE_DIR`` from the user wins."""
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        return
+    folder, warning = compile_cache()
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    if warning:
+        click.echo(f"Warning: {warning}", err=True)
+
+
 NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 SEED = click.IntRange(0, 2**32 - 1)
+DATA_ROOT_HELP = "Image families: the data folder, as for `metakit train --data-root`."
 TRAIN_SEED = click.IntRange(0, 2**31 - 1)
 
 
@@ -144,6 +157,7 @@ def usage_error(message: str):
 @click.group(
     cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "show_default": True}
 )
+@click.version_option(metakit.__version__, "--version", prog_name="metakit", message="%(prog)s %(version)s")
 def cli():
     """metakit: gradient-based meta-learning (MAML, first-order MAML, Reptile, MAML Enhanced).
 
@@ -175,7 +189,9 @@ def training_options(command):
             shown = flag(name)[2:] if default else negative
         else:
             shown = str(default)
-        note = shown if meta["minimum"] is None else f"{shown}; x>={meta['minimum']}"
+        low, high = meta["minimum"], meta["maximum"]
+        bounds = None if low is None else f"x>={low}" if high is None else f"{low}<=x<={high}"
+        note = shown if bounds is None else f"{shown}; {bounds}"
         settings = dict(default=default, show_default=False, help=f"{meta['help']}  [default: {note}]")
         if kind is bool:
             decorate = click.option(f"{flag(name)}/--{negative}", name, **settings)
@@ -193,14 +209,15 @@ def training_options(command):
     "--out",
     type=click.Path(path_type=Path),
     default=None,
-    help="Run directory.  [default: runs/METHOD-TIMESTAMP]",
+    help="Run directory (-2, -3, ... added to a taken default).  [default: runs/METHOD-TIMESTAMP]",
 )
 @click.option("--force", is_flag=True, help="Allow writing into an existing non-empty --out.")
 @click.option(
     "--resume",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
-    help="Continue the run in this directory from its last checkpoint (takes no other training option).",
+    help="Continue the run in this directory from its last checkpoint (takes no other training option "
+    "but --iterations, which extends its schedule).",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(out, force, resume, quiet, **options):
@@ -212,13 +229,14 @@ def train(out, force, resume, quiet, **options):
     from metakit.experiments.training import distributed
 
     writer = distributed.world().writer  # the other ranks get the config and state from rank 0
-    config = None
+    config, claimed = None, False
     if resume is not None:
         ctx = click.get_current_context()
         given = [
             flag(name)
             for name in [*options, "out", "force"]
             if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+            and name != "iterations"
         ]
         if given:
             usage_error(f"--resume continues a run with its saved config; drop {', '.join(given)}")
@@ -229,21 +247,32 @@ def train(out, force, resume, quiet, **options):
         config = TrainConfig(**options)
         if writer and config.tensorboard and importlib.util.find_spec("tensorboard") is None:
             usage_error(f"{flag('tensorboard')} needs the tensorboard package: pip install tensorboard")
-        out = out or Path("runs") / f"{config.method}-{datetime.now():%Y%m%d-%H%M%S}"
-        if writer:
+        if out is None:
+            out = Path("runs") / f"{config.method}-{datetime.now():%Y%m%d-%H%M%S}"
+            if writer:
+                _check_writable_dir(out, "--out")
+                out, claimed = _claim_new_dir(out), True
+        elif writer:
             _check_writable_dir(out, "--out")
 
     from metakit.experiments.training.trainer import Divergence, Interrupted
     from metakit.experiments.training.trainer import train as run_training
 
     try:  # a new run starts afresh; --resume, or a restarted torchrun job, continues its checkpoint
-        summary = run_training(config, out, progress=not quiet, resume=resume is not None, force=force)
+        extend = options["iterations"] if resume is not None else None
+        summary = run_training(
+            config, out, progress=not quiet, resume=resume is not None, force=force, iterations=extend
+        )
     except Divergence as err:
         raise click.ClickException(f"{err}; see {out / 'metrics.jsonl'}") from None
     except Interrupted as err:
         if writer:
             click.echo(f"Interrupted: {err}; continue with `metakit train --resume {out}`", err=True)
         sys.exit(130)
+    except MetakitError:  # e.g. unusable data: a default folder claimed for nothing goes again
+        if claimed and not any(out.iterdir()):
+            out.rmdir()
+        raise
     if not writer:
         return
     trained = f"{summary['method']} on {summary['task']} for {summary['iterations']} iterations"
@@ -285,8 +314,14 @@ def train(out, force, resume, quiet, **options):
 )
 @click.option("--seed", type=SEED, default=1, help="Seed of the held-out task set.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto: CUDA when available.")
+@click.option(
+    "--data-root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help=DATA_ROOT_HELP + "  [default: the run's]",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def evaluate(run_dir, tasks, shots, steps, ways, seed, device, as_json):
+def evaluate(run_dir, tasks, shots, steps, ways, seed, device, data_root, as_json):
     """Adapt a run to held-out tasks; print the family's metric (MSE, accuracy, return) ± 95% CI per
     (shots, steps)."""
     from metakit.experiments.reports.evaluate import (
@@ -295,7 +330,7 @@ def evaluate(run_dir, tasks, shots, steps, ways, seed, device, as_json):
         training_horizon,
     )
 
-    config, algo = _load_run(run_dir, device)
+    config, algo = _load_run(run_dir, device, data_root)
     family = _eval_family(config, ways)
     shots = shots or list(family.eval_protocol.get("shots", ()))
     steps = steps or list(family.eval_protocol["steps"])
@@ -328,22 +363,36 @@ def _eval_family(config, ways):
     return build_family(config)
 
 
-def _load_run(run_dir: Path, device: str = "cpu"):
-    """``(config, algorithm)`` of a run on ``device``; warns when an older checkpoint is used."""
+def _load_run(run_dir: Path, device: str = "cpu", data_root=None):
+    """``(config, algorithm)`` of a run on ``device`` (with its data in ``data_root``, if given);
+    warns when an older checkpoint is used."""
     from metakit.experiments.training.runs import load_run
     from metakit.experiments.training.trainer import resolve_device
 
-    config, algo, note = load_run(run_dir)
+    config, algo, note = load_run(run_dir, data_root)
     algo.to(resolve_device(device))
     if note:
         click.echo(f"Warning: {note}", err=True)
     return config, algo
 
 
+def _claim_new_dir(path: Path) -> Path:
+    """Create ``path``, or ``path-2``, ``path-3``, ... where it exists: a default run folder that no
+    other command started in the same second can also pick (``mkdir`` either creates or fails)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for number in itertools.count(1):
+        candidate = path if number == 1 else path.with_name(f"{path.name}-{number}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+
+
 def _check_writable_dir(path: Path, option: str) -> None:
-    existing = next(p for p in [path, *path.absolute().parents] if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        usage_error(f"{option} {path} cannot be written: {existing} is not a writable directory")
+    problem = unwritable(path)
+    if problem:
+        usage_error(f"{option} {path} cannot be written: {problem}")
 
 
 @cli.command()
@@ -369,10 +418,16 @@ def _check_writable_dir(path: Path, option: str) -> None:
     help="Support examples per held-out task or class.  [default: the family's first eval shots]",
 )
 @click.option("--seed", type=SEED, default=1, help="Seed of the held-out task set.")
-def plot(run_dirs, out, tasks, shots, seed):
+@click.option(
+    "--data-root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help=DATA_ROOT_HELP + "  [default: the runs']",
+)
+def plot(run_dirs, out, tasks, shots, seed, data_root):
     """Plot runs of one task family: adaptation (regression, MAML Fig. 2), metric vs steps (Fig. 3),
     paths on held-out goals (2D navigation, Fig. 4), training curves."""
-    loaded = [(run_dir, *_load_run(run_dir)) for run_dir in run_dirs]
+    loaded = [(run_dir, *_load_run(run_dir, data_root=data_root)) for run_dir in run_dirs]
     tasks_seen = sorted({config.task for _, config, _ in loaded})
     if len(tasks_seen) > 1:
         usage_error(f"plot runs of one task family at a time, got {', '.join(tasks_seen)}")
@@ -380,8 +435,13 @@ def plot(run_dirs, out, tasks, shots, seed):
     _check_writable_dir(out, "--out")
 
     from metakit.experiments.reports.evaluate import evaluate_algorithm
-    from metakit.experiments.reports.plots import draw_figures
+    from metakit.experiments.reports.plots import draw_figures, training_curve
     from metakit.experiments.tasks import build_family
+
+    for run_dir in run_dirs:  # an unreadable log stops the command before any figure is written
+        _, warning = training_curve(run_dir)
+        if warning:
+            click.echo(f"Warning: {warning}", err=True)
 
     family = build_family(loaded[0][1])
     shots = shots or family.eval_protocol.get("shots", (None,))[0]  # RL families take none
@@ -441,17 +501,27 @@ def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, quiet)
 
     if FAMILIES.get(benchmark).reproduction is None:
         usage_error(f"--task {benchmark} has no reproduction protocol")
-    paths = run_reproduction(
-        benchmark,
-        out,
-        seeds,
-        iterations,
-        tasks=tasks,
-        methods=chosen,
-        compile=compile,
-        progress=not quiet,
-        echo=click.echo,
-    )
+    from metakit.experiments.training.trainer import Interrupted
+
+    try:
+        paths = run_reproduction(
+            benchmark,
+            out,
+            seeds,
+            iterations,
+            tasks=tasks,
+            methods=chosen,
+            compile=compile,
+            progress=not quiet,
+            echo=click.echo,
+        )
+    except Interrupted as err:
+        click.echo(
+            f"Interrupted: {err}; continue with the same command (`metakit reproduce {benchmark} --out "
+            f"{out}` with the options given): finished runs are kept and this one resumes",
+            err=True,
+        )
+        sys.exit(130)
     click.echo(f"results: {paths['markdown']} and {paths['csv']}; plots: {out}")
 
 
@@ -497,6 +567,7 @@ def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, quiet)
 @click.option(
     "--seed", type=TRAIN_SEED, default=None, help="Seed of the models and task streams.  [default: 0]"
 )
+@click.option("--data-root", default=None, help=DATA_ROOT_HELP)
 @click.option("--threads", type=click.IntRange(1, 256), default=1, help="torch intra-op threads.")
 @click.option(
     "--device", type=click.Choice(DEVICES), default=None, help="auto: CUDA when available.  [default: cpu]"
@@ -524,6 +595,8 @@ def bench(quick, task, threads, paper_protocol, protocol_iterations, as_json, **
     if protocol_iterations is not None and not paper_protocol:
         usage_error("--protocol-iterations applies to --paper-protocol only")
 
+    if "data_root" in options and "data_root" not in FAMILIES.get(task).options:
+        usage_error(f"--data-root does not apply to --task {task}")
     family_bench = FAMILIES.get(task).bench
     if family_bench is not None:  # a family that benchmarks itself (RL: the rollout throughput)
         try:

@@ -14,6 +14,7 @@ from test_cli import invoke, snapshot
 from metakit.experiments.reports.evaluate import evaluate_algorithm
 from metakit.experiments.tasks import build_family
 from metakit.experiments.tasks.vision.glyph_set import load_glyphs
+from metakit.experiments.tasks.vision.omniglot import Omniglot
 from metakit.experiments.training.config import TrainConfig
 from metakit.experiments.training.runs import load_run
 from metakit.experiments.training.trainer import train
@@ -228,5 +229,50 @@ def test_reproduce_glyphs_end_to_end(glyph_root, tmp_path, monkeypatch):
     assert lines[0] == "method,variant,seed,ways,shots,steps,accuracy,ci95,median,loss,worse,diverged,tasks"
     assert len(lines) == 1 + 2 * 2 * 6  # methods × variants × eval steps
     markdown = (out / "results.md").read_text()
-    assert "### 1-shot: 1-shot" in markdown and "### 5-shot: 5-shot" in markdown
+    assert "### 1-shot\n" in markdown and "### 5-shot\n" in markdown and "1-shot: 1-shot" not in markdown
     assert sorted(p.name for p in out.glob("*.png")) == ["accuracy_vs_steps.png", "training_curves.png"]
+
+
+def test_a_relative_data_root_is_stored_absolute_and_moved_data_is_given_to_eval_and_plot(
+    omniglot_root, tmp_path, monkeypatch
+):
+    shutil.copytree(omniglot_root, tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    args = ["--task", "omniglot", "--data-root", "data", "--ways", 3, "--iterations", 2, "--meta-batch", 2]
+    args += ["--omniglot-split", "background"]  # the generated folders hold no Vinyals characters
+    assert invoke("train", *args, "--quiet", "--out", "run").exit_code == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data_root"] == str(tmp_path / "data")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    run_dir = tmp_path / "run"
+    evaluated = invoke("eval", run_dir, "--json", "--tasks", 4, "--shots", 1, "--steps", 0)
+    assert evaluated.exit_code == 0, evaluated.output
+    (tmp_path / "data").rename(tmp_path / "moved")
+    lost = invoke("eval", run_dir, "--json", "--tasks", 4, "--shots", 1, "--steps", 0)
+    assert lost.exit_code == 2 and lost.stderr.startswith("Error: "), lost.output
+    moved = invoke(
+        "eval", run_dir, "--json", "--tasks", 4, "--shots", 1, "--steps", 0, "--data-root", "../moved"
+    )
+    assert moved.exit_code == 0, moved.output
+    assert json.loads(moved.stdout)["results"] == json.loads(evaluated.stdout)["results"]
+    plotted = invoke("plot", run_dir, "--tasks", 4, "--shots", 1, "--data-root", tmp_path / "moved")
+    assert plotted.exit_code == 0, plotted.output
+    assert (run_dir / "plots" / "accuracy_vs_steps.png").is_file()
+
+
+def test_bench_takes_the_data_root_it_asks_for(omniglot_root, tmp_path, monkeypatch):
+    # the generated folders hold no Vinyals characters: bench reads them with the official split
+    monkeypatch.setitem(Omniglot.protocol, "omniglot_split", "background")
+    args = ["bench", "--task", "omniglot", "--quick", "--contenders", "func", "--repeats", 1, "--json"]
+    asked = invoke(*args)
+    assert asked.exit_code == 2 and "needs --data-root" in asked.stderr, asked.output
+    root = tmp_path / "data"  # bench's 5-way tasks need a fifth evaluation character
+    shutil.copytree(omniglot_root, root)
+    gamma = root / "omniglot-py" / "images_evaluation" / "Gamma"
+    shutil.copytree(gamma / "character04", gamma / "character05")
+    result = invoke(*args, "--data-root", root)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["plan"]["data_root"] == str(root)
+    wrong = invoke("bench", "--task", "sinusoid", "--quick", "--data-root", tmp_path)
+    assert wrong.exit_code == 2 and "--data-root does not apply to --task sinusoid" in wrong.stderr

@@ -84,7 +84,9 @@ def test_help_shows_each_generated_option_with_its_choices():
         if meta["family_default"]:
             assert f"{meta['help']} [default: the task family's protocol" in text, option
         if meta["minimum"] is not None:
-            assert f"{meta['help']} [default: " in text and f"; x>={meta['minimum']}]" in text, option
+            low, high = meta["minimum"], meta["maximum"]
+            bounds = f"x>={low}" if high is None else f"{low}<=x<={high}"
+            assert f"{meta['help']} [default: " in text and f"; {bounds}]" in text, option
 
 
 def test_click_parses_and_the_config_checks():
@@ -100,12 +102,15 @@ def test_click_parses_and_the_config_checks():
 
 
 def bad_values():
-    """``(option, value, expected message)`` for each minimum and each set of choices of a field."""
+    """``(option, value, expected message)`` for each minimum, maximum and set of choices of a field."""
     cases = []
     for name, declared in OPTIONS.items():
         minimum = declared.metadata["minimum"]
         if minimum is not None:
             cases.append((name, minimum - 1, f"{flag(name)} must be at least {minimum}, got {minimum - 1}"))
+        maximum = declared.metadata["maximum"]
+        if maximum is not None:
+            cases.append((name, maximum + 1, f"{flag(name)} must be at most {maximum}, got {maximum + 1}"))
         if declared.metadata["choices"] is not None:
             cases.append((name, "nope", f"'nope'; choose from {', '.join(choices_of(name))}"))
     return cases

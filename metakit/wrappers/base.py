@@ -124,6 +124,11 @@ class Learner(nn.Module):
 
     def __init__(self, model: nn.Module, lr: float, first_order: bool = False):
         super().__init__()
+        if next(model.parameters(), None) is None:
+            raise ValueError(
+                f"{type(self).__name__} needs a model with parameters to adapt; "
+                f"{type(model).__name__} has none"
+            )
         self.module = model
         self.lr = lr
         self.first_order = first_order

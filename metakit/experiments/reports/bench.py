@@ -61,6 +61,8 @@ class BenchPlan:
     shots: Optional[int] = None
     """Support examples per task (per class for classification); default: the family's protocol."""
     seed: int = 0
+    data_root: Optional[str] = None
+    """Image families: the data folder (``--data-root`` of ``metakit train``)."""
     device: str = "cpu"
     """Where every contender runs (``auto``: CUDA when available); iterations end with a device sync."""
 
@@ -196,6 +198,7 @@ def bench_setting(plan: BenchPlan, method: str, meta_batch: int, steps: int) -> 
         inner_steps=steps,
         shots=plan.shots,
         seed=plan.seed,
+        data_root=plan.data_root,
         device=plan.device,
     )
     family = build_family(config)

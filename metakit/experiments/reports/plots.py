@@ -3,11 +3,12 @@ training curves; :func:`draw_figures` is what ``metakit plot`` and ``metakit rep
 
 import json
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
 from metakit.experiments.tasks.family import MSE, Metric
+from metakit.experiments.util.errors import MetakitError
 from metakit.experiments.util.figures import finish_line_plot, plt
 
 
@@ -62,11 +63,41 @@ def plot_metric_vs_steps(
     finish_line_plot(fig, ax, xlabel, ylabel, path, limits=limits, log=metric.log_axis)
 
 
+class PlotError(MetakitError):
+    """A run whose training log cannot be read."""
+
+
+def training_curve(run_dir: Path) -> Tuple[List[dict], Optional[str]]:
+    """``(records, warning)``: the meta-loss lines of the run's ``metrics.jsonl``, and one line
+    saying which lines could not be read or that there are none (else ``None``). A log that is
+    not a readable file is a :class:`PlotError`."""
+    path = Path(run_dir) / "metrics.jsonl"
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return [], f"{path} does not exist; the training curve of {run_dir} is empty"
+    except (OSError, UnicodeDecodeError) as err:
+        raise PlotError(f"cannot read {path}: {err.strerror or err}") from None
+    records, garbled = [], 0
+    for line in lines:
+        try:
+            record = json.loads(line)
+            if record.get("diverged") or record.get("meta_loss") is None:  # None: every batch skipped
+                continue
+            records.append({"iteration": int(record["iteration"]), "meta_loss": float(record["meta_loss"])})
+        except (ValueError, TypeError, KeyError, AttributeError):
+            garbled += 1
+    if garbled:
+        return records, f"{path}: {garbled} of {len(lines)} lines are not metric records and are left out"
+    if not records:
+        return records, f"{path} has no meta-loss lines; the training curve of {run_dir} is empty"
+    return records, None
+
+
 def plot_training_curves(run_dirs: Dict[str, Path], path: Path):
-    """Meta-loss against iteration from each run's ``metrics.jsonl``."""
+    """Meta-loss against iteration from each run's ``metrics.jsonl`` (see :func:`training_curve`)."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, run_dir in run_dirs.items():
-        records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-        records = [r for r in records if r.get("meta_loss") is not None and not r.get("diverged")]
+        records, _ = training_curve(run_dir)
         ax.plot([r["iteration"] for r in records], [r["meta_loss"] for r in records], label=name)
     finish_line_plot(fig, ax, "iteration", "meta-training loss (query loss)", path)

@@ -157,7 +157,8 @@ def summarise(rows: List[dict], metric: Metric) -> Dict[tuple, dict]:
 def results_markdown(
     rows: List[dict], reproduction, metric: Metric, seeds: int, tasks: int, iterations: int, horizons=None
 ) -> str:
-    """The results tables: metric ± 95% CI over tasks (mean over seeds), and ± std across seeds.
+    """The results tables: metric ± 95% CI over tasks (mean over seeds), and ± std across seeds
+    (where there are several).
 
     Cells beyond the trained horizon are marked ``*``; ``horizons`` (``{variant: {method: steps}}``)
     words the footnote.
@@ -165,9 +166,15 @@ def results_markdown(
     summary = summarise(rows, metric)
     methods = list(dict.fromkeys(r["method"] for r in rows))
     name = metric.description + " (%)" * metric.percent
+    across = seeds > 1
+    cell = (
+        f"{name} ± 95% CI over tasks (averaged over seeds) [± std across seeds]"
+        if across
+        else (f"{name} ± 95% CI over tasks")
+    )
     lines = [
-        f"{reproduction.description}; {iterations} meta-iterations, {seeds} seed(s), {tasks} held-out "
-        f"tasks. Cell: {name} ± 95% CI over tasks (averaged over seeds) [± std across seeds].",
+        f"{reproduction.description}; {_count(iterations, 'meta-iteration')}, {_count(seeds, 'seed')}, "
+        f"{_count(tasks, 'held-out task')}. Cell: {cell}.",
         "",
     ]
     scale = 100 if metric.percent else 1
@@ -175,9 +182,9 @@ def results_markdown(
     tables = dict.fromkeys((r["variant"], r.get("shots")) for r in rows)
     for variant, shots in tables:
         label = "policy-gradient steps" if shots is None else f"{shots}-shot"
-        title = f"{variant}: {label}" if variant else label
+        title = f"{variant}: {label}" if variant and variant != label else label
         lines += [f"### {title}", ""]
-        header = "| method | " + " | ".join(f"{s} steps" for s in reproduction.reported_steps) + " |"
+        header = "| method | " + " | ".join(_count(s, "step") for s in reproduction.reported_steps) + " |"
         lines += [header, "|---" * (len(reproduction.reported_steps) + 1) + "|"]
         marked = {}
         for method in methods:
@@ -190,7 +197,7 @@ def results_markdown(
                     value, ci, std = (
                         format_number(scale * s[key], digits) for key in ("value", "ci95", "seed_std")
                     )
-                    cells.append(f"{value} ± {ci} [± {std}]")
+                    cells.append(f"{value} ± {ci}" + (f" [± {std}]" if across else ""))
                 if s["beyond"]:
                     cells[-1] += "\\*"
                     marked[method] = (horizons or {}).get(variant, {}).get(method)
@@ -207,6 +214,11 @@ def results_markdown(
 def _published(value) -> str:
     """A published number, or a ``(value, ±)`` pair, as the paper prints it (two decimals)."""
     return f"{value[0]:.2f} ± {value[1]:.2f}" if isinstance(value, tuple) else f"{value:.2f}"
+
+
+def _count(number: int, noun: str) -> str:
+    """``1 step``, ``5 steps``."""
+    return f"{number} {noun}{'s' * (number != 1)}"
 
 
 def _plots(out: Path, family_class, rows: List[dict], run_dirs: Dict[str, Path]) -> Dict[str, Path]:

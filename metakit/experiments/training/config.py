@@ -7,6 +7,7 @@ minimum and choices; ``metakit train`` generates its command-line options from t
 """
 
 import math
+import os
 from dataclasses import Field, asdict, dataclass, field, fields
 from typing import Optional, get_args, get_type_hints
 
@@ -26,6 +27,15 @@ COMPILE_MODES = ("auto", "on", "off")
 :func:`metakit.experiments.training.trainer.choose_compile`), ``on`` always, ``off`` never."""
 OMNIGLOT_SPLITS = ("vinyals", "background")
 """``omniglot_split``: the class split of Vinyals et al. 2016, or the official background/evaluation one."""
+MAX_SIZE = 100_000
+"""The largest meta-batch, ways, shots or query: beyond it a meta-batch cannot fit in memory."""
+MAX_STEPS = 10_000
+"""The most inner steps: the unrolled graph of more would not fit in memory."""
+MAX_ITERATIONS = 10**10
+"""The most meta-updates (at a microsecond each, three hours; more cannot finish)."""
+MAX_EXAMPLES = 10**7
+"""The most examples in one meta-batch: ``meta_batch × (shots + query)``, times ``ways`` for
+classification."""
 TRAIN_SEEDS = 2**31
 """Training seeds are below 2**31; held-out streams use seeds at or above it (see
 :func:`~metakit.experiments.tasks.family.held_out_generator`)."""
@@ -40,6 +50,7 @@ def option(
     *,
     help: str,
     minimum=None,
+    maximum=None,
     choices=None,
     family_default: bool = False,
     family_option: bool = False,
@@ -52,6 +63,7 @@ def option(
         default: the value when the option is not given.
         help: the option's ``--help`` text.
         minimum: the smallest accepted value (numbers; floats are also always finite and > 0).
+        maximum: the largest accepted value (sizes beyond it could not fit in memory or time).
         choices: the accepted values, or a function returning them (for registries that can grow).
         family_default: the ``None`` default stands for the task family's protocol.
         family_option: only the families listing it in ``TaskFamily.options`` accept it.
@@ -63,6 +75,7 @@ def option(
     metadata = dict(
         help=help,
         minimum=minimum,
+        maximum=maximum,
         choices=choices,
         family_default=family_default,
         family_option=family_option,
@@ -83,29 +96,41 @@ class TrainConfig:
     method: str = option("maml", help="Meta-learning algorithm.", choices=METHODS.names)
     task: str = option("sinusoid", help="Task family.", choices=FAMILIES.names)
     ways: Optional[int] = option(
-        help="Classification: classes per task, N.", minimum=2, family_default=True, family_option=True
+        help="Classification: classes per task, N.",
+        minimum=2,
+        maximum=MAX_SIZE,
+        family_default=True,
+        family_option=True,
     )
     shots: Optional[int] = option(
         help="Support examples per task (per class for classification), K.",
         minimum=1,
+        maximum=MAX_SIZE,
         family_default=True,
         family_option=True,
     )
     query: Optional[int] = option(
         help="Query examples per task (per class for classification) in training.",
         minimum=1,
+        maximum=MAX_SIZE,
         family_option=True,
         default_text=flag("shots"),
     )
-    inner_steps: Optional[int] = option(help="Inner-loop steps per task.", minimum=1, family_default=True)
+    inner_steps: Optional[int] = option(
+        help="Inner-loop steps per task.", minimum=1, maximum=MAX_STEPS, family_default=True
+    )
     inner_lr: Optional[float] = option(
         help="Inner learning rate α (initial value of learned rates).", family_default=True
     )
-    meta_batch: Optional[int] = option(help="Tasks per meta-update.", minimum=1, family_default=True)
+    meta_batch: Optional[int] = option(
+        help="Tasks per meta-update.", minimum=1, maximum=MAX_SIZE, family_default=True
+    )
     meta_lr: Optional[float] = option(
         help="Learning rate of the meta-update (sgd-annealed: its first value, ε).", family_default=True
     )
-    iterations: Optional[int] = option(help="Meta-updates.", minimum=1, family_default=True)
+    iterations: Optional[int] = option(
+        help="Meta-updates.", minimum=1, maximum=MAX_ITERATIONS, family_default=True
+    )
     seed: int = option(
         0, help="Seed of the model initialisation and the task stream (below 2**31).", minimum=0
     )
@@ -197,6 +222,8 @@ class TrainConfig:
                 setattr(self, name, family.protocol[name])
         if self.query is None:
             self.query = family.protocol.get("query", self.shots)
+        if isinstance(self.data_root, str) and self.data_root:  # usable from any working directory
+            self.data_root = os.path.abspath(os.path.expanduser(self.data_root))
         _check(self, family)
 
     def to_dict(self) -> dict:
@@ -257,6 +284,7 @@ def _check_values(config: TrainConfig) -> None:
     """Each option alone: its type, its minimum, and for a float a finite number > 0."""
     for name, declared in OPTIONS.items():
         value, kind, minimum = getattr(config, name), value_type(name), declared.metadata["minimum"]
+        maximum = declared.metadata["maximum"]
         own_none = declared.default is None and not declared.metadata["family_default"]  # e.g. no clipping
         if value is None and (declared.metadata["family_option"] or own_none):
             continue
@@ -265,10 +293,22 @@ def _check_values(config: TrainConfig) -> None:
             raise ConfigError(f"{name} must be of type {kind.__name__}, got {value!r}")
         if minimum is not None and value < minimum:
             raise ConfigError(f"{flag(name)} must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"{flag(name)} must be at most {maximum}, got {value}")
         if kind is float and not (math.isfinite(value) and value > 0):
             raise ConfigError(f"{flag(name)} must be a finite number > 0, got {value!r}")
     if config.seed >= TRAIN_SEEDS:
         raise ConfigError(f"{flag('seed')} must be below 2**31, got {config.seed}")
+    if config.shots is not None:  # reinforcement-learning families sample no examples
+        examples = config.meta_batch * (config.shots + config.query) * (config.ways or 1)
+        if examples > MAX_EXAMPLES:
+            names = f"{flag('meta_batch')} × ({flag('shots')} + {flag('query')})" + (
+                f" × {flag('ways')}" if config.ways else ""
+            )
+            raise ConfigError(
+                f"{names} is {examples} examples per meta-batch, which cannot fit in memory; "
+                f"at most {MAX_EXAMPLES}"
+            )
 
 
 def _check(config: TrainConfig, family) -> None:

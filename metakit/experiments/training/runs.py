@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -14,7 +15,7 @@ import torch
 from metakit.experiments.methods import build_algorithm
 from metakit.experiments.tasks import build_family
 from metakit.experiments.training.config import TrainConfig
-from metakit.experiments.util.errors import MetakitError
+from metakit.experiments.util.errors import MetakitError, flag
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -30,14 +31,20 @@ class RunError(MetakitError):
 
 
 def start_or_resume(
-    run_dir: Path, config: Optional[TrainConfig] = None, resume: bool = False, force: bool = False
+    run_dir: Path,
+    config: Optional[TrainConfig] = None,
+    resume: bool = False,
+    force: bool = False,
+    iterations: Optional[int] = None,
 ) -> Tuple[TrainConfig, Optional[int]]:
     """``(config, resume_from)``: whether training ``config`` into ``run_dir`` starts afresh
     (``resume_from`` is ``None``), continues from the checkpoint of iteration ``resume_from``, or
     has nothing left to do (``resume_from`` has reached ``config.iterations``). Reads ``run_dir``
     and changes nothing; the first rule that applies decides:
 
-    * ``config=None``: continue the run saved in ``run_dir``, with its own ``config.json``;
+    * ``config=None``: continue the run saved in ``run_dir``, with its own ``config.json`` (and
+      ``iterations``, if given, in place of its own: a schedule extended, or shortened to no less
+      than the checkpoint's iteration);
     * ``torchrun`` restarted the job that began ``run_dir`` (:func:`continues_elastic_job`):
       continue from its checkpoint, or start afresh if it wrote none yet;
     * ``resume``, and ``run_dir`` holds a loadable checkpoint of the same run (its ``config.json``
@@ -56,7 +63,15 @@ def start_or_resume(
         raise RunError(_busy(run_dir, holder))
     if config is None:
         config = read_config(run_dir)
-        return config, _checkpoint_iteration(run_dir)
+        done = _checkpoint_iteration(run_dir)
+        if iterations is not None:
+            if iterations < done:
+                raise RunError(
+                    f"{run_dir} has trained {done} iterations already; {flag('iterations')} must be at "
+                    f"least {done}"
+                )
+            config = replace(config, iterations=iterations)
+        return config, done
     if continues_elastic_job(run_dir, config):
         return config, _checkpoint_iteration(run_dir) if has_checkpoint(run_dir) else None
     if resume and _same_run(run_dir, config):
@@ -214,20 +229,28 @@ def clear_run(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
-def truncate_metrics(run_dir: Path, iteration: int) -> None:
-    """Drop metric lines past ``iteration`` (written after the checkpoint a resume starts from)."""
+def truncate_metrics(run_dir: Path, iteration: int) -> Optional[str]:
+    """Drop metric lines past ``iteration`` (written after the checkpoint a resume starts from) and
+    lines that are no metric record (cut short by a crash, or garbled); returns a one-line note
+    saying how many of those were removed, or ``None`` if there were none."""
     path = run_dir / METRICS
     if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
+        return None
+    kept, garbled = [], []
+    for number, line in enumerate(path.read_bytes().decode(errors="replace").splitlines(), 1):
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a crash
+            later = record.get("iteration", 0) > iteration
+        except (ValueError, AttributeError, TypeError):  # a line cut short by a crash, or garbled
+            garbled.append(str(number))
             continue
-        if record.get("iteration", 0) <= iteration:
+        if not later:
             kept.append(line + "\n")
     _atomic(path, lambda f: f.write("".join(kept).encode()))
+    if not garbled:
+        return None
+    lines = "line" + "s" * (len(garbled) > 1)
+    return f"{path} was repaired: removed unreadable {lines} {', '.join(garbled)}"
 
 
 def append_metrics(run_dir: Path, record: dict) -> None:
@@ -239,9 +262,13 @@ def append_metrics(run_dir: Path, record: dict) -> None:
 def read_config(run_dir: Path) -> TrainConfig:
     """The run's configuration."""
     path = Path(run_dir) / CONFIG
-    if not path.is_file() or not has_checkpoint(run_dir):
+    if not path.is_file():
+        raise RunError(f"{run_dir} is not a metakit run (no {CONFIG}); train one with `metakit train`")
+    if not has_checkpoint(run_dir):
         raise RunError(
-            f"{run_dir} is not a metakit run (no {CONFIG} and {CHECKPOINT}); train one with `metakit train`"
+            f"{run_dir} has a {CONFIG} but no {CHECKPOINT}: its training stopped before the first "
+            f"checkpoint; train it again with `metakit train --out {run_dir} --force` and the options "
+            f"in {path}"
         )
     try:
         return TrainConfig.from_dict(json.loads(path.read_text()))
@@ -282,11 +309,13 @@ def load_latest_checkpoint(run_dir: Path):
     raise RunError("; ".join(errors) or f"{run_dir} has no checkpoint")
 
 
-def load_run(run_dir: Path):
+def load_run(run_dir: Path, data_root: Optional[str] = None):
     """``(config, algorithm, note)`` of a run, with its newest loadable checkpoint's meta-parameters
-    (on the CPU)."""
+    (on the CPU); ``data_root`` replaces the run's data folder (data that has moved)."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
+    if data_root is not None:
+        config = replace(config, data_root=str(data_root))
     state, note = load_latest_checkpoint(run_dir)
     algo = build_algorithm(config, build_family(config).build_model())
     try:

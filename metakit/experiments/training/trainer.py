@@ -251,7 +251,24 @@ def _restore(setup: Training, state: dict) -> None:
     setup.optimizer.load_state_dict(state["optimizer"])
     if setup.scheduler is not None:
         setup.scheduler.load_state_dict(state["scheduler"])
+        if state["config"]["iterations"] != setup.config.iterations:
+            _rescale_schedule(setup, state["iteration"])
     setup.generator.set_state(state["task_rng"])
+
+
+def _rescale_schedule(setup: Training, done: int) -> None:
+    """Put an annealed meta learning rate of a run whose ``iterations`` changed after ``done`` of
+    them on the schedule of the new length: from here on the rate is the one a run of the new
+    length has at each iteration (cosine: ``meta_lr·(1 + cos(π i/N))/2``; sgd-annealed:
+    ``meta_lr·(1 − i/N)``), so it jumps at the resume and reaches zero at the new end."""
+    config, scheduler = setup.config, setup.scheduler
+    if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+        scheduler.T_max = config.iterations
+        factor = (1 + math.cos(math.pi * done / config.iterations)) / 2
+    else:  # sgd-annealed: the LambdaLR of build_training reads config.iterations already
+        factor = 1 - done / config.iterations
+    for group in setup.optimizer.param_groups:
+        group["lr"] = config.meta_lr * factor
 
 
 def _open_run(config: TrainConfig, run_dir: Path, resume: bool, held: contextlib.ExitStack) -> dict:
@@ -263,8 +280,10 @@ def _open_run(config: TrainConfig, run_dir: Path, resume: bool, held: contextlib
         runs.write_json_atomic(run_dir / runs.CONFIG, config.to_dict())
         return {"state": None, "note": None}
     state, note = runs.load_latest_checkpoint(run_dir)
-    runs.truncate_metrics(run_dir, state["iteration"])
-    return {"state": state, "note": note}
+    if runs.read_config(run_dir).iterations != config.iterations:  # an extended (or shortened) run
+        runs.write_json_atomic(run_dir / runs.CONFIG, config.to_dict())
+    repaired = runs.truncate_metrics(run_dir, state["iteration"])
+    return {"state": state, "note": "; ".join(n for n in (note, repaired) if n) or None}
 
 
 def train(
@@ -273,6 +292,7 @@ def train(
     progress: bool = True,
     resume: bool = False,
     force: bool = True,
+    iterations: Optional[int] = None,
 ) -> dict:
     """Meta-train ``config`` into ``run_dir``, or continue it; returns a summary.
 
@@ -281,7 +301,9 @@ def train(
     ``force``: by default a new run replaces whatever ``run_dir`` holds; ``resume`` continues a
     checkpoint of the same run where there is one, and ``config=None`` the run's own config. A
     complete run returns at once (``resumed_from`` is its ``iterations``; ``device`` and
-    ``engine`` are ``None``).
+    ``engine`` are ``None``). With ``config=None``, ``iterations`` replaces the run's own number of
+    iterations (its ``config.json`` is rewritten): a finished or stopped run continues to the new
+    end, where an annealed ``meta_lr`` (``cosine_lr``, ``sgd-annealed``) now reaches zero.
 
     A checkpoint is written atomically every ``config.checkpoint_every`` iterations, at the end,
     and when SIGINT/SIGTERM arrives (then :class:`Interrupted` is raised). A meta-batch whose loss
@@ -300,7 +322,9 @@ def train(
     world = distributed.world()
 
     def decide():
-        chosen, resume_from = runs.start_or_resume(run_dir, config, resume=resume, force=force)
+        chosen, resume_from = runs.start_or_resume(
+            run_dir, config, resume=resume, force=force, iterations=iterations
+        )
         return chosen.to_dict(), resume_from
 
     with contextlib.ExitStack() as held:
@@ -315,6 +339,10 @@ def train(
             "iterations": config.iterations,
         }
         if resume_from is not None and resume_from >= config.iterations:  # complete: nothing to do
+            if iterations is not None and world.writer:  # shortened to where it stopped: say so on disk
+                with runs.lock_run(run_dir):
+                    if runs.read_config(run_dir).iterations != config.iterations:
+                        runs.write_json_atomic(run_dir / runs.CONFIG, config.to_dict())
             done = {
                 "resumed_from": resume_from,
                 **dict.fromkeys(("device", "engine", "note", "skipped")),
@@ -350,6 +378,7 @@ def _loop(setup: Training, run_dir: Path, start: int, window: list, skips: Skips
     writer = setup.world.writer
     board = tensorboard_writer(run_dir) if config.tensorboard and writer else None
     clock = time.perf_counter()
+    saved = start  # the iteration of the newest checkpoint (0: none yet)
     bar = tqdm(
         range(start, config.iterations),
         initial=start,
@@ -379,7 +408,10 @@ def _loop(setup: Training, run_dir: Path, start: int, window: list, skips: Skips
                     if blown
                     else f"a non-finite parameter at iteration {done}"
                 )
-                raise Divergence(f"{config.method}: {what}; the last checkpoint is kept")
+                kept = f"the checkpoint of iteration {saved} is kept"
+                if not saved:
+                    kept = "no checkpoint was written"
+                raise Divergence(f"{config.method}: {what}; {kept}")
             if not skipped:
                 window.append(loss)
             if done % config.log_every == 0 or done == config.iterations:
@@ -401,8 +433,9 @@ def _loop(setup: Training, run_dir: Path, start: int, window: list, skips: Skips
                 window, skips.logged = [], 0
             if writer and checkpoint:
                 runs.save_checkpoint(run_dir, _state(setup, done, window, skips))
+                saved = done
             if stopping and done < config.iterations:
-                raise Interrupted(f"stopped by signal at iteration {done}; checkpoint saved")
+                raise Interrupted(f"stopped by signal at iteration {done}; checkpoint saved in {run_dir}")
     bar.close()
     if board is not None:
         board.close()

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from metakit.wrappers.base import Objective
+from metakit.wrappers.base import MetaLearner, Objective
 from metakit.wrappers.engines.batch import TaskBatch, accumulate_grad, joint_backward
 from metakit.wrappers.engines.inner_step import Params, functional_inner_step
 from metakit.wrappers.rules import reptile_gradient
@@ -71,6 +71,12 @@ class VectorizedEngine:
     """
 
     def __init__(self, algo: torch.nn.Module, loss_fn: Callable = F.mse_loss, compile: bool = False):
+        if not isinstance(algo, MetaLearner):
+            raise TypeError(
+                f"VectorizedEngine takes a metakit learner (metakit.wrappers.base.MetaLearner: objective, "
+                f"adapted_names, inner_updates, describe), e.g. metakit.wrappers.MAML(model, lr); got "
+                f"{type(algo).__module__}.{type(algo).__name__}"
+            )
         buffers = [name for name, _ in algo.module.named_buffers()]
         if buffers:
             raise ValueError(

@@ -5,6 +5,7 @@ from pathlib import Path
 from metakit.experiments.tasks.family import Reproduction
 from metakit.experiments.tasks.vision.episodes import ImageEpisodes
 from metakit.experiments.tasks.vision.glyph_set import glyph_splits, load_glyphs
+from metakit.experiments.util.errors import flag
 
 
 class Glyphs(ImageEpisodes):
@@ -28,6 +29,18 @@ class Glyphs(ImageEpisodes):
         eval_steps=(0, 1, 2, 3, 5, 10),
         reported_steps=(0, 1, 5, 10),
     )
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        """A ``--data-root`` must be a folder, or a path where one can be made."""
+        if config.data_root:
+            root = Path(config.data_root)
+            existing = next(p for p in [root, *root.absolute().parents] if p.exists())
+            if not existing.is_dir():
+                raise ValueError(
+                    f"{flag('data_root')} {root}: {existing} is not a folder; give a folder for the "
+                    "rendered glyph set (it is made if missing)"
+                )
 
     def load(self):
         """The glyph set's meta-train, validation and meta-test alphabets."""
