@@ -178,7 +178,7 @@ class VectorizedEngine:
         first_order: Optional[bool] = None,
         step_weights: Optional[Sequence[float]] = None,
     ) -> float:
-        """Same contract as :func:`metakit.wrappers.engines.loop.meta_backward`."""
+        """Same contract as :meth:`metakit.wrappers.engines.loop.LoopEngine.meta_backward`."""
         objective = self.algo.objective
         if objective is Objective.JOINT:
             return joint_backward(self.algo, batch, self.loss_fn)

@@ -119,3 +119,28 @@ def load_payload(path: Path):
         return None
     except Exception:  # any unreadable cache is rebuilt, whatever the pickle or zip layer raised
         return None
+
+
+def load_split_cache(path: Path, fingerprint: str, names) -> Optional[dict]:
+    """The splits ``names`` that :func:`save_split_cache` wrote to ``path`` with this
+    ``fingerprint``: ``{name: (ClassImages, extras)}``, ``extras`` being the entry's other keys;
+    ``None`` if the file is missing, unreadable, stale or malformed (the caller then rebuilds it)."""
+    payload = load_payload(path)
+    if not isinstance(payload, dict) or payload.get("fingerprint") != fingerprint:
+        return None
+    splits = {}
+    for name in names:
+        entry = payload.get(name)
+        data = from_payload(entry)
+        if data is None:
+            return None
+        splits[name] = (data, {key: value for key, value in entry.items() if key not in to_payload(data)})
+    return splits
+
+
+def save_split_cache(path: Path, fingerprint: str, splits: dict, extras: Optional[dict] = None) -> bool:
+    """Cache the :class:`ClassImages` ``splits`` (``{name: data}``) with their ``fingerprint`` and,
+    per split, the plain values in ``extras[name]`` (see :func:`save_atomic`)."""
+    extras = extras or {}
+    payload = {name: {**to_payload(data), **extras.get(name, {})} for name, data in splits.items()}
+    return save_atomic(path, {"fingerprint": fingerprint, **payload})

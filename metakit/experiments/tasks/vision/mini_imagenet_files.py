@@ -18,7 +18,6 @@ import hashlib
 import os
 import pickle
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -28,10 +27,8 @@ from metakit.experiments.tasks.vision.image_sets import (
     ClassImages,
     DataError,
     cache_dir,
-    from_payload,
-    load_payload,
-    save_atomic,
-    to_payload,
+    load_split_cache,
+    save_split_cache,
 )
 
 SIZE = 84
@@ -204,18 +201,6 @@ def cache_path(root: Path) -> Path:
     return cache_dir(None) / "mini-imagenet" / f"mini-imagenet-v{CACHE_VERSION}-{key}.pt"
 
 
-def _cached(path: Path, expected: str) -> Optional[dict]:
-    payload = load_payload(path)
-    if not isinstance(payload, dict) or payload.get("fingerprint") != expected:
-        return None
-    data = {split: from_payload(payload.get(split)) for split in SPLITS}
-    if any(
-        value is None or not isinstance(payload[split].get("smallest"), str) for split, value in data.items()
-    ):
-        return None
-    return {split: (value, payload[split]["smallest"]) for split, value in data.items()}
-
-
 def load_mini_imagenet(root: Path, min_images: int = 1) -> dict:
     """``{"train", "validation", "test"}`` :class:`ClassImages` (uint8 ``[classes, n, 3, 84, 84]``,
     64 / 16 / 20 classes of 600 images in the standard files) from either layout under ``root``.
@@ -231,16 +216,17 @@ def load_mini_imagenet(root: Path, min_images: int = 1) -> dict:
     files = find_files(root)
     expected = fingerprint(files)
     path = cache_path(root)
-    cached = _cached(path, expected)
-    fresh = cached is None
-    if fresh:
+    cached = load_split_cache(path, expected, SPLITS)
+    if cached is not None and all(isinstance(extra.get("smallest"), str) for _, extra in cached.values()):
+        cached = {split: (data, extra["smallest"]) for split, (data, extra) in cached.items()}
+        fresh = False
+    else:
         read = read_pickle if files["layout"] == "pickle" else read_table
         cached = {split: to_class_images(read(files[split])) for split in SPLITS}
+        fresh = True
     for split, (data, smallest) in cached.items():
         check_count(files[split], data, smallest, min_images)
     if fresh:
-        payload = {
-            split: {**to_payload(data), "smallest": smallest} for split, (data, smallest) in cached.items()
-        }
-        save_atomic(path, {"fingerprint": expected, **payload})
+        data = {split: data for split, (data, _) in cached.items()}
+        save_split_cache(path, expected, data, {split: {"smallest": s} for split, (_, s) in cached.items()})
     return {split: data for split, (data, _) in cached.items()}

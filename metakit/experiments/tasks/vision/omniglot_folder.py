@@ -28,10 +28,8 @@ from metakit.experiments.tasks.vision.image_sets import (
     ClassImages,
     DataError,
     cache_dir,
-    from_payload,
-    load_payload,
-    save_atomic,
-    to_payload,
+    load_split_cache,
+    save_split_cache,
 )
 from metakit.experiments.util.errors import flag
 
@@ -245,14 +243,6 @@ def cache_path(root: Path, size: int) -> Path:
     return cache_dir(None) / "omniglot" / f"omniglot-v{CACHE_VERSION}-{key}-{size}.pt"
 
 
-def _cached(path: Path, expected: str) -> Optional[dict]:
-    payload = load_payload(path)
-    if not isinstance(payload, dict) or payload.get("fingerprint") != expected:
-        return None
-    data = {name: from_payload(payload.get(name)) for name in SPLITS}
-    return None if any(value is None for value in data.values()) else data
-
-
 def load_omniglot(root: Path, size: int = 28) -> dict:
     """``{"background": ClassImages, "evaluation": ClassImages}`` from the official Omniglot under ``root``.
 
@@ -271,11 +261,11 @@ def load_omniglot(root: Path, size: int = 28) -> dict:
     splits = {name: list_split(root, name) for name in SPLITS}
     expected = fingerprint(splits, size)
     path = cache_path(root, size)
-    data = _cached(path, expected)
-    if data is None:
-        data = {name: read_split(split, size) for name, split in splits.items()}
-        payload = {name: to_payload(value) for name, value in data.items()}
-        save_atomic(path, {"fingerprint": expected, **payload})
+    cached = load_split_cache(path, expected, SPLITS)
+    if cached is not None:
+        return {name: data for name, (data, _) in cached.items()}
+    data = {name: read_split(split, size) for name, split in splits.items()}
+    save_split_cache(path, expected, data)
     return data
 
 
