@@ -71,15 +71,19 @@ def reproduce(
     classification = "ways" in family_class.options  # methods for classification only skip the others
     every = [m for m in METHODS.names() if classification or not METHODS.get(m).classification]
     methods = methods or reproduction.methods or every
-    for _, overrides in reproduction.variants:  # every invalid combination is refused before any run
-        for method in methods:
+    plan = [  # (label, overrides, the methods this variant trains)
+        (v.label, v.overrides, [m for m in methods if v.methods is None or m in v.methods])
+        for v in reproduction.variants
+    ]
+    for _, overrides, chosen in plan:  # every invalid combination is refused before any run
+        for method in chosen:
             run_config(task, method, 0, iterations, overrides, compile)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     metric = family_class.metric
     rows, run_dirs, horizons, failures = [], {}, {}, []
-    for label, overrides in reproduction.variants:
-        for method in methods:
+    for label, overrides, chosen in plan:
+        for method in chosen:
             for seed in range(seeds):
                 config = run_config(task, method, seed, iterations, overrides, compile)
                 if training_horizon(config) is not None:
@@ -108,7 +112,7 @@ def reproduce(
                     + " / ".join(first[s] for s in steps)
                 )
                 rows += [{"method": method, "variant": label, "seed": seed, **r} for r in results]
-                if label == reproduction.variants[0][0]:
+                if label == plan[0][0]:
                     run_dirs.setdefault(method, run_dir)
     paths = {"csv": out / "results.csv", "markdown": out / "results.md"}
     _write_csv(paths["csv"], rows, with_variant=len(reproduction.variants) > 1)
@@ -164,7 +168,6 @@ def results_markdown(
     words the footnote.
     """
     summary = summarise(rows, metric)
-    methods = list(dict.fromkeys(r["method"] for r in rows))
     name = metric.description + " (%)" * metric.percent
     across = seeds > 1
     cell = (
@@ -187,7 +190,7 @@ def results_markdown(
         header = "| method | " + " | ".join(_count(s, "step") for s in reproduction.reported_steps) + " |"
         lines += [header, "|---" * (len(reproduction.reported_steps) + 1) + "|"]
         marked = {}
-        for method in methods:
+        for method in dict.fromkeys(r["method"] for r in rows if r["variant"] == variant):
             cells = []
             for steps in reproduction.reported_steps:
                 s = summary[(variant, method, shots, steps)]

@@ -6,7 +6,7 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
@@ -84,13 +84,23 @@ METRICS = {m.key: m for m in (MSE, ACCURACY, RETURN)}
 """The built-in metrics by key (a report that names none is read with the one its rows carry)."""
 
 
+class Variant(NamedTuple):
+    """One trained setting of a reproduction: a label ("" for a family's single setting), the
+    config overrides it applies, and the methods it trains (``None``: every method run)."""
+
+    label: str
+    overrides: dict
+    methods: Optional[tuple] = None
+
+
 @dataclass(frozen=True)
 class Reproduction:
     """How ``metakit reproduce TASK`` trains and reports every method on a family.
 
     Attributes:
         description: the protocol in one sentence (heads ``results.md``).
-        variants: ``(label, config overrides)`` per trained setting ("" for a single one).
+        variants: the trained settings (:class:`Variant`); methods limited to some of them run in
+            those only.
         eval_shots: support sizes evaluated; ``None``: each variant at its own training ``shots``.
         eval_steps: inner steps evaluated (the curves in the plots).
         reported_steps: the steps shown in the tables.
@@ -101,7 +111,7 @@ class Reproduction:
     """
 
     description: str
-    variants: tuple = (("", {}),)
+    variants: tuple = (Variant("", {}),)
     eval_shots: Optional[tuple] = (5, 10, 20)
     eval_steps: tuple = tuple(range(11))
     reported_steps: tuple = (0, 1, 5, 10)

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from metakit.experiments.tasks.family import Reproduction
+from metakit.experiments.tasks.family import Reproduction, Variant
 from metakit.experiments.tasks.vision.episodes import ImageEpisodes
 from metakit.experiments.tasks.vision.glyph_set import glyph_splits, load_glyphs
 from metakit.experiments.util.errors import flag
@@ -24,7 +24,7 @@ class Glyphs(ImageEpisodes):
             "1,000 iterations, meta-batch 32 at 1-shot and 8 at 5-shot (about the same images per "
             "iteration)"
         ),
-        variants=(("1-shot", {"shots": 1}), ("5-shot", {"shots": 5, "meta_batch": 8})),
+        variants=(Variant("1-shot", {"shots": 1}), Variant("5-shot", {"shots": 5, "meta_batch": 8})),
         eval_shots=None,
         eval_steps=(0, 1, 2, 3, 5, 10),
         reported_steps=(0, 1, 5, 10),
