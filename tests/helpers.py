@@ -77,3 +77,7 @@ class StopAfter:
     def __bool__(self):
         self.checks += 1
         return self.checks > self.n
+
+
+GUARDED = "; there a step is taken only where it lowers the task's support loss"
+"""The end of the beyond-horizon footnote (``evaluate.horizon_note``)."""

@@ -1,6 +1,7 @@
 """MAML Enhanced (Meta-Curvature + layerwise per-step rates) against independent references."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from metakit.wrappers import (
     VectorizedEngine,
     meta_backward,
 )
+from metakit.wrappers.engines.batch import TaskBatch
 
 ALPHA = 0.1
 VARIANTS = {"mc": (True, False), "lslr": (False, True), "enhanced": (True, True)}
@@ -269,3 +271,68 @@ def test_clone_shares_meta_parameters_and_advances_step():
     learner.adapt((learner(x) ** 2).mean())
     learner.adapt((learner(x) ** 2).mean())
     assert learner.step == 2 and algo.step == 0
+
+
+@pytest.mark.parametrize("variant", ["lslr", "enhanced"])
+def test_beyond_the_horizon_a_step_is_kept_only_where_it_lowers_the_support_loss(variant):
+    torch.manual_seed(0)
+    algo = make(mlp(), variant, 1)
+    perturb(algo, seed=2)
+    with torch.no_grad():  # rates large enough that repeating the step overshoots on some tasks
+        algo.lslr.rates.mul_(40.0)
+    support = regression_batch(tasks=8, points=5, seed=3)
+    batch = TaskBatch(support.x_support, support.y_support, support.x_support, support.y_support)
+    engine = VectorizedEngine(algo)
+    guarded = engine.query_curves(batch, max_steps=6, guard_from=1)["loss"]  # [steps + 1, tasks]
+    plain = engine.query_curves(batch, max_steps=6)["loss"]
+    assert torch.equal(guarded[:2], plain[:2])  # the trained step is taken as trained
+    assert (plain[2:] > plain[1:-1]).any()  # unguarded, the repeated step climbs on some task
+    assert (guarded[2:] <= guarded[1:-1]).all()  # guarded, the support loss never rises
+    # By hand, task by task: take the step, keep it only if the support loss went down.
+    reference = copy.deepcopy(algo)
+    names = [n for n, _ in reference.module.named_parameters()]
+
+    def loss(ps, x, y):
+        return ((torch.func.functional_call(reference.module, dict(zip(names, ps)), x) - y) ** 2).mean()
+
+    rates = reference.lslr.rates.detach()[:, 0]
+    mats = (
+        None
+        if reference.curvature is None
+        else [{n: m.detach() for n, m in t.named_parameters()} for t in reference.curvature]
+    )
+    for t in range(8):
+        x, y = support.x_support[t], support.y_support[t]
+        params = [p.detach().clone() for p in reference.module.parameters()]
+        expected = [loss(params, x, y).item()]
+        for s in range(6):
+            ps = [p.clone().requires_grad_() for p in params]
+            grads = torch.autograd.grad(loss(ps, x, y), ps)
+            if mats is not None:
+                grads = [kron_transform(g, m) for g, m in zip(grads, mats)]
+            stepped = [p - rates[i] * g for i, (p, g) in enumerate(zip(params, grads))]
+            if s == 0 or loss(stepped, x, y) <= loss(params, x, y):
+                params = stepped
+            expected.append(loss(params, x, y).item())
+        assert guarded[:, t].tolist() == pytest.approx(expected, rel=1e-9), t
+
+
+def test_evaluation_guards_the_steps_beyond_the_horizon_it_is_given():
+    from metakit.experiments.methods import build_algorithm
+    from metakit.experiments.reports.evaluate import evaluate_algorithm
+    from metakit.experiments.tasks import build_family
+    from metakit.experiments.training.config import TrainConfig
+
+    config = TrainConfig(method="enhanced", inner_steps=1)
+    family = build_family(config)
+    torch.manual_seed(0)
+    algo = build_algorithm(config, family.build_model())
+    with torch.no_grad():  # a one-step rule that overshoots when repeated (rates stored as log α)
+        algo.lslr.log_rates.add_(math.log(30.0))
+    rows = {
+        horizon: evaluate_algorithm(algo, family, 50, (5,), (1, 10), seed=1, horizon=horizon)
+        for horizon in (None, 1)
+    }
+    assert rows[None][0]["mse"] == rows[1][0]["mse"]  # step 1 lies within the horizon
+    assert rows[None][1]["worse"] > 10  # unguarded, the repeated step climbs on many tasks
+    assert rows[1][1]["diverged"] == 0 and rows[1][1]["mse"] < rows[1][0]["mse"]

@@ -147,7 +147,7 @@ def test_the_metric_objective_meta_gradient_is_the_same_on_both_engines_and_matc
     for task in range(3):
         xs, ys, xq, yq = (t[task] for t in batch)
         means = torch.stack([model(xs[ys == c]).mean(0) for c in range(WAYS)])
-        logits = -torch.cdist(model(xq), means) ** 2
+        logits = -(torch.cdist(model(xq), means) ** 2)
         expected_loss = expected_loss + F.cross_entropy(logits, yq) / 3
     expected = torch.autograd.grad(expected_loss, list(model.parameters()))
     for backend in ("func", "l2l"):

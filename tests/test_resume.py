@@ -161,6 +161,7 @@ def test_wrong_version_checkpoint_is_named(small_run):
 
 def test_forced_nan_stops_with_message_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     from metakit.experiments.training import trainer as train_module
+
     class Poisoned(train_module.MetaStep):
         def __call__(self, batch, iteration):
             return float("nan") if iteration == 9 else super().__call__(batch, iteration)
@@ -190,6 +191,7 @@ def test_a_non_finite_gradient_with_a_finite_loss_never_reaches_a_checkpoint(
     tmp_path, monkeypatch, poisoned, stops_at
 ):
     from metakit.experiments.training import trainer as train_module
+
     class NaNGradient(train_module.MetaStep):
         def __call__(self, batch, iteration):
             loss = super().__call__(batch, iteration)

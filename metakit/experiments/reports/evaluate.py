@@ -33,15 +33,17 @@ def evaluate_algorithm(
 def horizon_note(horizons) -> str:
     """The footnote of cells marked ``*``: ``horizons`` is one number of inner steps or a
     ``{method: steps}`` dict (one line, naming each method's where they differ)."""
+    guarded = "; there a step is taken only where it lowers the task's support loss"
     if isinstance(horizons, dict):
         distinct = set(horizons.values())
         if len(distinct) > 1:
             listed = ", ".join(f"{method} {steps}" for method, steps in horizons.items())
-            return f"* beyond the inner steps the learned rates were trained for ({listed})"
+            return f"* beyond the inner steps the learned rates were trained for ({listed}){guarded}"
         horizons = distinct.pop() if distinct else None
     if horizons is None:
-        return "* beyond the inner steps the learned rates were trained for"
-    return f"* beyond the {horizons} inner step{'s' * (horizons != 1)} the learned rates were trained for"
+        return f"* beyond the inner steps the learned rates were trained for{guarded}"
+    steps = f"{horizons} inner step{'s' * (horizons != 1)}"
+    return f"* beyond the {steps} the learned rates were trained for{guarded}"
 
 
 def metric_of(rows: list) -> Metric:

@@ -259,7 +259,7 @@ class SupervisedFamily(TaskFamily):
             batch = held_out.batch(k)
             chunks = [
                 engine.query_curves(
-                    TaskBatch(*(t[i : i + chunk].to(device) for t in batch)), max(steps), self.score
+                    TaskBatch(*(t[i : i + chunk].to(device) for t in batch)), max(steps), self.score, horizon
                 )
                 for i in range(0, tasks, chunk)
             ]

@@ -132,11 +132,14 @@ class VectorizedEngine:
         first_order: bool,
         record: Sequence[int],
         measure: Optional[Callable] = None,
+        guard_from: Optional[int] = None,
     ):
         """Adapt ``params`` to one task for ``steps`` inner steps.
 
         Returns the adapted parameters and the stacked ``measure(params, x_query, y_query)`` (by
-        default the query loss) after each step count in ``record`` (0: before adapting).
+        default the query loss) after each step count in ``record`` (0: before adapting). From
+        step ``guard_from`` on, a step is kept only where it lowers the support loss
+        (:meth:`guarded_step`).
         """
         measure = measure or self.task_loss
         values = []
@@ -144,8 +147,22 @@ class VectorizedEngine:
             if s in record:
                 values.append(measure(params, task.x_query, task.y_query))
             if s < steps:
-                params = self.inner_step(params, task.x_support, task.y_support, s, first_order)
+                step = self.inner_step if guard_from is None or s < guard_from else self.guarded_step
+                params = step(params, task.x_support, task.y_support, s, first_order)
         return params, torch.stack(values)
+
+    def guarded_step(self, params: Params, x, y, step: int, first_order: bool) -> Params:
+        """:meth:`inner_step`, kept only if it lowers the loss on ``x, y`` (else ``params`` stay).
+
+        For steps beyond a learned rule's horizon, where the rule (the last trained step's) is
+        extrapolated: a rule tuned to make one step count can overshoot when repeated and, on
+        a few tasks, climb to an infinite loss. A step that raises a task's support loss (or makes
+        it non-finite) is not taken, so adapting longer never raises the support loss; the query
+        set is not looked at.
+        """
+        stepped = self.inner_step(params, x, y, step, first_order)
+        keep = self.task_loss(stepped, x, y) <= self.task_loss(params, x, y)
+        return {n: torch.where(keep, stepped[n], params[n]) for n in params}
 
     def meta_losses(self, batch: TaskBatch, steps: int, first_order: bool, every_step: bool) -> torch.Tensor:
         """Query losses ``[tasks, steps if every_step else 1]`` after adaptation from the model's
@@ -243,11 +260,18 @@ class VectorizedEngine:
         return vmap(task_loss)(*batch)
 
     @torch.no_grad()
-    def query_curves(self, batch: TaskBatch, max_steps: int, score: Optional[Callable] = None) -> dict:
+    def query_curves(
+        self,
+        batch: TaskBatch,
+        max_steps: int,
+        score: Optional[Callable] = None,
+        guard_from: Optional[int] = None,
+    ) -> dict:
         """Query loss (and ``score(prediction, target)``) of every task after 0, 1, …, ``max_steps``
         inner steps: ``{"loss": [max_steps + 1, tasks], "score": same shape or None}``.
 
-        Adapts with the algorithm's own inner rule (first-order, no meta graph), for evaluation.
+        Adapts with the algorithm's own inner rule (first-order, no meta graph), for evaluation;
+        steps from ``guard_from`` on (a learned rule's horizon) are :meth:`guarded_step` s.
         """
         start = {name: p.detach() for name, p in self.algo.module.named_parameters()}
 
@@ -269,7 +293,7 @@ class VectorizedEngine:
             def curve(*task):
                 record = range(max_steps + 1)
                 at = lambda params, x, y: measure(self.forward(params, x), y)  # noqa: E731
-                return self.unroll(start, TaskBatch(*task), max_steps, True, record, at)[1]
+                return self.unroll(start, TaskBatch(*task), max_steps, True, record, at, guard_from)[1]
 
         values = vmap(curve)(*batch)  # [tasks, max_steps + 1, 1 or 2]
         return {"loss": values[..., 0].T, "score": values[..., 1].T if score is not None else None}
