@@ -173,7 +173,7 @@ def test_train_then_eval_round_trip(tmp_path, method, backend):
     assert RUN_FILES <= {p.name for p in run_dir.iterdir()}
     assert not list(run_dir.glob("*.tmp"))
     config = json.loads((run_dir / "config.json").read_text())
-    assert config == {**TrainConfig().to_dict(), **options, "query": options["shots"]}
+    assert config == TrainConfig(**options, query=options["shots"]).to_dict()
 
     records = metrics(run_dir)
     assert [r["iteration"] for r in records] == LOGGED_ITERATIONS
@@ -231,7 +231,7 @@ def test_maml_plus_plus_options_round_trip(tmp_path, method):
         method=method, **TINY, multi_step_loss=True, msl_anneal=3, first_order_until=2, cosine_lr=True
     )
     train_ok(run_dir, **options)
-    expected = {**TrainConfig().to_dict(), **options, "query": options["shots"]}
+    expected = TrainConfig(**options, query=options["shots"]).to_dict()
     assert json.loads((run_dir / "config.json").read_text()) == expected
     lrs = [r["meta_lr"] for r in metrics(run_dir)]
     assert 0 < lrs[0] < TINY["meta_lr"] and lrs == sorted(lrs, reverse=True)
@@ -479,7 +479,7 @@ def test_train_help_shows_every_option_with_its_default(flag):
     shown_elsewhere = {
         "query": "--shots",
         "data_root": "~/.cache/metakit for glyphs",
-        "clip_grad": "no clipping",
+        "clip_grad": "10 for a learned inner rule over more than one step, else 0",
     }
     for field in fields(TrainConfig):
         option = "--" + field.name.replace("_", "-")

@@ -36,6 +36,12 @@ MAX_ITERATIONS = 10**10
 MAX_EXAMPLES = 10**7
 """The most examples in one meta-batch: ``meta_batch × (shots + query)``, times ``ways`` for
 classification."""
+LEARNED_RULE_CLIP = 10.0
+"""``clip_grad``'s default for a learned inner rule over several steps. Measured on sinusoid (10 inner
+steps, log rates, 3,000 iterations): unclipped, enhanced diverged at iteration 2,764; clipped at
+10, it trained 10,000 iterations without one skipped batch. Its meta-gradient norms are 2–13 early
+and 0.2–0.6 late, so the clip only cuts rare spikes; with one inner step it never reached 10 (a
+clipped and an unclipped 2,000-iteration run were identical)."""
 TRAIN_SEEDS = 2**31
 """Training seeds are below 2**31; held-out streams use seeds at or above it (see
 :func:`~metakit.experiments.tasks.family.held_out_generator`)."""
@@ -185,7 +191,9 @@ class TrainConfig:
         False, help="Also log metrics to RUN/tensorboard (needs `pip install tensorboard`)."
     )
     clip_grad: Optional[float] = option(
-        help="Clip the meta-gradient to this total norm before each outer step.", default_text="no clipping"
+        help="Clip the meta-gradient to this total norm before each outer step; 0: no clipping.",
+        minimum=0,
+        default_text=f"{LEARNED_RULE_CLIP:g} for a learned inner rule over more than one step, else 0",
     )
     outer_optimizer: str = option(
         "adam",
@@ -222,6 +230,9 @@ class TrainConfig:
                 setattr(self, name, family.protocol[name])
         if self.query is None:
             self.query = family.protocol.get("query", self.shots)
+        if self.clip_grad is None:
+            _check_choice(self, "method")
+            self.clip_grad = default_clip_grad(self.method, self.inner_steps)
         if isinstance(self.data_root, str) and self.data_root:  # usable from any working directory
             self.data_root = os.path.abspath(os.path.expanduser(self.data_root))
         _check(self, family)
@@ -243,7 +254,16 @@ class TrainConfig:
             data = {**data, "rates": "signed"}
         if "max_skips" not in data:  # runs saved before skipping: the first non-finite batch stopped them
             data = {**data, "max_skips": 1}
+        if data.get("clip_grad", 0.0) is None:  # runs saved before the default clip were not clipped
+            data = {**data, "clip_grad": 0.0}
         return cls(**data)
+
+
+def default_clip_grad(method: str, inner_steps: int) -> float:
+    """``--clip-grad``'s default: :data:`LEARNED_RULE_CLIP` for a method whose inner rule is
+    learned (mc, lslr, enhanced, metasgd) when it takes more than one inner step, else 0 (none)."""
+    learned = METHODS.get(method).learned_inner_rule
+    return LEARNED_RULE_CLIP if learned and inner_steps is not None and inner_steps > 1 else 0.0
 
 
 OPTIONS = {f.name: f for f in fields(TrainConfig)}
@@ -295,8 +315,9 @@ def _check_values(config: TrainConfig) -> None:
             raise ConfigError(f"{flag(name)} must be at least {minimum}, got {value}")
         if maximum is not None and value > maximum:
             raise ConfigError(f"{flag(name)} must be at most {maximum}, got {value}")
-        if kind is float and not (math.isfinite(value) and value > 0):
-            raise ConfigError(f"{flag(name)} must be a finite number > 0, got {value!r}")
+        if kind is float and not (math.isfinite(value) and (value > 0 or value == minimum == 0)):
+            bound = ">= 0" if minimum == 0 else "> 0"
+            raise ConfigError(f"{flag(name)} must be a finite number {bound}, got {value!r}")
     if config.seed >= TRAIN_SEEDS:
         raise ConfigError(f"{flag('seed')} must be below 2**31, got {config.seed}")
     if config.shots is not None:  # reinforcement-learning families sample no examples

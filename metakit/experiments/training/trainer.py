@@ -146,7 +146,7 @@ class Training:
             )
         skipped = not (math.isfinite(loss) and _all_finite([p.grad for p in self.meta_parameters]))
         if not skipped:
-            if self.config.clip_grad is not None:  # after the all-reduce: every process clips alike
+            if self.config.clip_grad:  # after the all-reduce: every process clips alike
                 torch.nn.utils.clip_grad_norm_(self.meta_parameters, self.config.clip_grad)
             self.optimizer.step()
         if self.scheduler is not None:
