@@ -55,12 +55,12 @@ class Cifar100Split(ImageEpisodes):
     classes (:func:`load_cifar100`); subclasses name their class lists (:attr:`lists`) and whether
     the lists name fine classes or superclasses (:attr:`by`).
 
-    CIFAR-FS and FC100 are used at their native 32×32 px (Bertinetto et al. 2019; Oreshkin et al.
-    2018; MetaOptNet, Lee et al. 2019). The protocol is miniImageNet's from the MAML paper (Finn et
-    al. 2017, §5.2), as MAML-family comparisons on these sets use it: 4 conv blocks of 32 filters
-    with max-pool (32 → 16 → 8 → 4 → 2 px, a 128-feature head), α = 0.01, 5 inner steps in training,
-    meta-batch 4, 15 query images per class, 60,000 iterations; evaluation reports up to 10 inner
-    steps.
+    CIFAR-FS and FC100 are used at their native 32×32 px, as in the papers that introduced them
+    (Bertinetto et al. 2019; Oreshkin et al. 2018) and MetaOptNet (Lee et al. 2019), which used other
+    backbones. The protocol is miniImageNet's from the MAML paper (Finn et al. 2017, §5.2): 4 conv
+    blocks of 32 filters with max-pool (32 → 16 → 8 → 4 → 2 px, a 128-feature head), α = 0.01, 5
+    inner steps in training, meta-batch 4, 15 query images per class, 60,000 iterations; evaluation
+    reports up to 10 inner steps.
     """
 
     protocol = MiniImageNet.protocol
