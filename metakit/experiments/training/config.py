@@ -155,7 +155,7 @@ class TrainConfig:
     )
     device: str = option("auto", help="auto: CUDA when available.", choices=DEVICES)
     data_root: Optional[str] = option(
-        help="Image families: the data folder (omniglot: required) or the rendered cache (glyphs).",
+        help="Image families: the data folder (required by all but glyphs) or the rendered cache (glyphs).",
         family_option=True,
         default_text="~/.cache/metakit for glyphs",
     )

@@ -1,6 +1,9 @@
-"""Class-by-class image sets, the data cache folder and atomic ``.pt`` caching of image sets."""
+"""Class-by-class image sets, the data cache folder, atomic ``.pt`` caching of image sets, and what
+the readers share: a restricted unpickler for data pickles and shipped class lists."""
 
+import hashlib
 import os
+import pickle
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -15,6 +18,49 @@ from metakit.experiments.util.errors import MetakitError
 
 class DataError(MetakitError):
     """Missing or malformed data; the message is one line naming the file or folder and what is expected."""
+
+
+_ALLOWED = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("collections", "OrderedDict"),
+    ("_codecs", "encode"),  # bytes in protocol 2 pickles (Python 2 era files)
+    *((f"numpy.{core}.{module}", name) for core in ("core", "_core") for module, name in (
+        ("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"),
+    )),
+}  # fmt: skip
+
+
+class ArrayUnpickler(pickle.Unpickler):
+    """An unpickler for data files: builtin containers and numpy arrays only; any other global
+    (a function or class that could run code) is refused with an ``UnpicklingError``."""
+
+    def find_class(self, module: str, name: str):
+        """The allowed numpy array constructors; refuse anything else."""
+        if (module, name) in _ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load {module}.{name} (only arrays and containers)")
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (its type's name if it has none)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def read_data_pickle(path: Path):
+    """The object in the pickle ``path``, read with :class:`ArrayUnpickler` (Python 2 strings as
+    latin-1); a one-line :class:`DataError` naming the file if it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            return ArrayUnpickler(handle, encoding="latin1").load()
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError) as exc:
+        raise DataError(f"cannot read the pickle {path}: {one_line(exc)}") from exc
+
+
+def class_list(path: Path) -> tuple:
+    """The class names of a shipped class-list file, one a line (blank lines and ``#`` comments skipped)."""
+    lines = (line.strip() for line in Path(path).read_text().splitlines())
+    return tuple(line for line in lines if line and not line.startswith("#"))
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,6 +116,23 @@ class ClassImages:
 def cache_dir(data_root: Optional[Path] = None) -> Path:
     """Where caches go: ``data_root`` if given, else ``$METAKIT_CACHE``, else the user cache folder."""
     return Path(data_root) if data_root is not None else user_cache()
+
+
+def files_fingerprint(tag: str, paths) -> str:
+    """A hash of ``tag`` and every file's path, size and modification time, in order (a cache built
+    from the files is stale when this changes)."""
+    digest = hashlib.sha256(tag.encode())
+    for path in paths:
+        stat = os.stat(path)
+        digest.update(f"\n{path}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def split_cache_path(name: str, version: int, root: Path) -> Path:
+    """Where the decoded splits of the data set ``name`` under ``root`` are cached:
+    ``{cache_dir()}/{name}/{name}-v{version}-{hash of root}.pt``."""
+    key = hashlib.sha256(str(root).encode()).hexdigest()[:16]
+    return cache_dir(None) / name / f"{name}-v{version}-{key}.pt"
 
 
 def to_payload(data: ClassImages) -> dict:
@@ -144,3 +207,19 @@ def save_split_cache(path: Path, fingerprint: str, splits: dict, extras: Optiona
     extras = extras or {}
     payload = {name: {**to_payload(data), **extras.get(name, {})} for name, data in splits.items()}
     return save_atomic(path, {"fingerprint": fingerprint, **payload})
+
+
+def cached_splits(path: Path, fingerprint: str, names, read, check) -> dict:
+    """``{name: ClassImages}`` of the splits ``names``: from the cache at ``path`` if it was written
+    with this ``fingerprint``, else from ``read()`` (``{name: (ClassImages, name of its smallest
+    class)}``), which is then cached. ``check(name, data, smallest)`` runs on every split either way,
+    before anything is written, so data that fails it is never cached."""
+    cached = load_split_cache(path, fingerprint, names)
+    fresh = cached is None or not all(isinstance(extra.get("smallest"), str) for _, extra in cached.values())
+    splits = read() if fresh else {name: (data, extra["smallest"]) for name, (data, extra) in cached.items()}
+    for name, (data, smallest) in splits.items():
+        check(name, data, smallest)
+    if fresh:
+        data = {name: data for name, (data, _) in splits.items()}
+        save_split_cache(path, fingerprint, data, {name: {"smallest": s} for name, (_, s) in splits.items()})
+    return {name: data for name, (data, _) in splits.items()}

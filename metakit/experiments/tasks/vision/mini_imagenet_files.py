@@ -6,7 +6,8 @@
 * Ravi's folder: ``images/<file>.jpg`` with ``train.csv``, ``val.csv`` and ``test.csv``
   (``filename,label`` rows).
 
-Pickles can run code when loaded, so these are read with :class:`ArrayUnpickler`, which builds
+Pickles can run code when loaded, so these are read with
+:class:`~metakit.experiments.tasks.vision.image_sets.ArrayUnpickler`, which builds
 dicts, lists, strings, numbers and numpy arrays and refuses every other global. The decoded splits
 are cached as tensors (``torch.load(weights_only=True)``) in the user cache folder, keyed by the
 files' paths, sizes and modification times. Every problem is a one-line :class:`DataError` naming
@@ -14,21 +15,21 @@ the file, raised before anything is written.
 """
 
 import csv
-import hashlib
 import os
-import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from metakit.experiments.tasks.vision.image_sets import (
     ClassImages,
     DataError,
-    cache_dir,
-    load_split_cache,
-    save_split_cache,
+    cached_splits,
+    files_fingerprint,
+    one_line,
+    read_data_pickle,
+    split_cache_path,
 )
 
 SIZE = 84
@@ -41,30 +42,6 @@ LAYOUT = (
     "(filename,label)"
 )
 """What :func:`load_mini_imagenet` expects under its root, for error messages."""
-_ALLOWED = {
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("collections", "OrderedDict"),
-    ("_codecs", "encode"),  # bytes in protocol 2 pickles (Python 2 era files)
-    *((f"numpy.{core}.{module}", name) for core in ("core", "_core") for module, name in (
-        ("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"),
-    )),
-}  # fmt: skip
-
-
-class ArrayUnpickler(pickle.Unpickler):
-    """An unpickler for data files: builtin containers and numpy arrays only; any other global
-    (a function or class that could run code) is refused with an ``UnpicklingError``."""
-
-    def find_class(self, module: str, name: str):
-        """The allowed numpy array constructors; refuse anything else."""
-        if (module, name) in _ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refused to load {module}.{name} (only arrays and containers)")
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def find_files(root: Path) -> dict:
@@ -98,7 +75,7 @@ def _class_rows(path: Path, class_dict, count: int) -> list:
         try:
             index = np.asarray(class_dict[wnid], dtype=np.int64).reshape(-1)
         except (TypeError, ValueError) as exc:
-            raise DataError(f"{path}: class_dict[{wnid!r}] is not a list of row indices ({_one_line(exc)})")
+            raise DataError(f"{path}: class_dict[{wnid!r}] is not a list of row indices ({one_line(exc)})")
         if index.size and (index.min() < 0 or index.max() >= count):
             raise DataError(f"{path}: class_dict[{wnid!r}] has a row outside the {count} rows of image_data")
         rows.append((str(wnid), index))
@@ -106,12 +83,9 @@ def _class_rows(path: Path, class_dict, count: int) -> list:
 
 
 def read_pickle(path: Path) -> list:
-    """``[(wnid, uint8 images [n, 3, 84, 84])]`` of one cache pickle (see :class:`ArrayUnpickler`)."""
-    try:
-        with open(path, "rb") as handle:
-            data = ArrayUnpickler(handle, encoding="latin1").load()
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError) as exc:
-        raise DataError(f"cannot read the pickle {path}: {_one_line(exc)}") from exc
+    """``[(wnid, uint8 images [n, 3, 84, 84])]`` of one cache pickle (read with the restricted
+    :func:`~metakit.experiments.tasks.vision.image_sets.read_data_pickle`)."""
+    data = read_data_pickle(path)
     if not isinstance(data, dict):
         raise DataError(
             f"{path} holds a {type(data).__name__}; expected a dict with image_data and class_dict"
@@ -127,13 +101,16 @@ def read_pickle(path: Path) -> list:
     return [(wnid, images[index]) for wnid, index in _class_rows(path, data["class_dict"], images.shape[0])]
 
 
-def decode(path: Path) -> torch.Tensor:
-    """One image file as uint8 ``[3, 84, 84]`` (RGB, resized when it has another size)."""
+def decode(source, label=None) -> torch.Tensor:
+    """One image, a path or a binary file, as uint8 ``[3, 84, 84]`` (RGB, resized when it has another
+    size); an unreadable one is a :class:`DataError` naming ``label`` (default: ``source``)."""
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             rgb = image.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"cannot read image {path}: {_one_line(exc)}") from exc
+        unknown = isinstance(exc, UnidentifiedImageError)  # its message holds the file object's repr
+        reason = "not an image format Pillow reads, or corrupt" if unknown else one_line(exc)
+        raise DataError(f"cannot read image {source if label is None else label}: {reason}") from exc
     if rgb.size != (SIZE, SIZE):
         rgb = rgb.resize((SIZE, SIZE), Image.Resampling.BILINEAR)
     return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1)
@@ -156,7 +133,7 @@ def read_table(path: Path) -> list:
                     raise DataError(f"{path} line {number}: expected filename,label, got {','.join(row)}")
                 files.setdefault(row[1].strip(), []).append(row[0].strip())
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"cannot read {path}: {_one_line(exc)}") from exc
+        raise DataError(f"cannot read {path}: {one_line(exc)}") from exc
     if not files:
         raise DataError(f"{path} lists no images; expected filename,label rows")
     images = path.parent / "images"
@@ -183,30 +160,21 @@ def check_count(path: Path, data: ClassImages, smallest: str, min_images: int) -
 
 def fingerprint(files: dict) -> str:
     """A hash of the layout and every source file's path, size and modification time."""
-    digest = hashlib.sha256(f"mini-imagenet-{CACHE_VERSION}-{files['layout']}".encode())
     sources = [files[split] for split in SPLITS]
     if files["layout"] == "ravi":
         images = sources[0].parent / "images"
         with os.scandir(images) as entries:
             sources += sorted((images / e.name for e in entries if e.is_file()), key=str)
-    for path in sources:
-        stat = os.stat(path)
-        digest.update(f"\n{path}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()
-
-
-def cache_path(root: Path) -> Path:
-    """Where the decoded splits of ``root`` are cached (in :func:`cache_dir`, keyed by the path)."""
-    key = hashlib.sha256(str(root).encode()).hexdigest()[:16]
-    return cache_dir(None) / "mini-imagenet" / f"mini-imagenet-v{CACHE_VERSION}-{key}.pt"
+    return files_fingerprint(f"mini-imagenet-{CACHE_VERSION}-{files['layout']}", sources)
 
 
 def load_mini_imagenet(root: Path, min_images: int = 1) -> dict:
     """``{"train", "validation", "test"}`` :class:`ClassImages` (uint8 ``[classes, n, 3, 84, 84]``,
     64 / 16 / 20 classes of 600 images in the standard files) from either layout under ``root``.
 
-    Decoded splits are cached (:func:`cache_path`) and reused while the files stay the same; bad
-    data raises a one-line :class:`DataError` and writes nothing.
+    Decoded splits are cached
+    (:func:`~metakit.experiments.tasks.vision.image_sets.cached_splits`) and reused while the files
+    stay the same; bad data raises a one-line :class:`DataError` and writes nothing.
     """
     root = Path(os.path.abspath(Path(root).expanduser()))
     if not root.is_dir():
@@ -214,19 +182,11 @@ def load_mini_imagenet(root: Path, min_images: int = 1) -> dict:
             f"the miniImageNet folder {root} does not exist or is not a folder; expected {LAYOUT}"
         )
     files = find_files(root)
-    expected = fingerprint(files)
-    path = cache_path(root)
-    cached = load_split_cache(path, expected, SPLITS)
-    if cached is not None and all(isinstance(extra.get("smallest"), str) for _, extra in cached.values()):
-        cached = {split: (data, extra["smallest"]) for split, (data, extra) in cached.items()}
-        fresh = False
-    else:
-        read = read_pickle if files["layout"] == "pickle" else read_table
-        cached = {split: to_class_images(read(files[split])) for split in SPLITS}
-        fresh = True
-    for split, (data, smallest) in cached.items():
-        check_count(files[split], data, smallest, min_images)
-    if fresh:
-        data = {split: data for split, (data, _) in cached.items()}
-        save_split_cache(path, expected, data, {split: {"smallest": s} for split, (_, s) in cached.items()})
-    return {split: data for split, (data, _) in cached.items()}
+    read = read_pickle if files["layout"] == "pickle" else read_table
+    return cached_splits(
+        split_cache_path("mini-imagenet", CACHE_VERSION, root),
+        fingerprint(files),
+        SPLITS,
+        lambda: {split: to_class_images(read(files[split])) for split in SPLITS},
+        lambda split, data, smallest: check_count(files[split], data, smallest, min_images),
+    )

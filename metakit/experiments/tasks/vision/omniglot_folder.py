@@ -28,7 +28,9 @@ from metakit.experiments.tasks.vision.image_sets import (
     ClassImages,
     DataError,
     cache_dir,
+    class_list,
     load_split_cache,
+    one_line,
     save_split_cache,
 )
 from metakit.experiments.util.errors import flag
@@ -47,10 +49,6 @@ LAYOUT = (
     "(or images_background.zip and images_evaluation.zip), directly or under omniglot-py/"
 )
 """What :func:`load_omniglot` expects under its root, for error messages."""
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 @dataclass(frozen=True)
@@ -136,7 +134,7 @@ def list_zip(path: Path, split: str) -> tuple:
         with zipfile.ZipFile(path) as archive:
             members = archive.namelist()
     except (OSError, zipfile.BadZipFile) as exc:
-        raise DataError(f"cannot read the zip {path}: {_one_line(exc)}") from exc
+        raise DataError(f"cannot read the zip {path}: {one_line(exc)}") from exc
     files, folders = {}, set()
     for member in members:
         parts = _zip_parts(member, f"images_{split}")
@@ -200,7 +198,7 @@ def decode(source, label: str, size: int) -> np.ndarray:
         with Image.open(source) as image:
             gray = image.convert("L")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"cannot read image {label}: {_one_line(exc)}") from exc
+        raise DataError(f"cannot read image {label}: {one_line(exc)}") from exc
     if gray.size != (size, size):
         gray = gray.resize((size, size), Image.Resampling.BILINEAR)
     return 255 - np.asarray(gray, dtype=np.uint8)
@@ -216,7 +214,7 @@ def _decode_classes(split: Split, per_class: int, size: int) -> np.ndarray:
                     try:
                         data = archive.read(member)
                     except (OSError, zipfile.BadZipFile) as exc:
-                        raise DataError(f"cannot read image {label}: {_one_line(exc)}") from exc
+                        raise DataError(f"cannot read image {label}: {one_line(exc)}") from exc
                     images[c, i, 0] = decode(io.BytesIO(data), label, size)
     else:
         for c, character in enumerate(split.classes):
@@ -267,11 +265,6 @@ def load_omniglot(root: Path, size: int = 28) -> dict:
     data = {name: read_split(split, size) for name, split in splits.items()}
     save_split_cache(path, expected, data)
     return data
-
-
-def class_list(path: Path) -> tuple:
-    """The ``Alphabet/characterNN`` names of a class-list file, one a line (blank lines skipped)."""
-    return tuple(line.strip() for line in Path(path).read_text().splitlines() if line.strip())
 
 
 def vinyals_splits(data: dict, root: Path, lists: Optional[Path] = None) -> dict:
