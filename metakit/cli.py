@@ -26,6 +26,7 @@ from metakit.experiments.training.config import (  # noqa: E402
     COMPILE_MODES,
     DEVICES,
     OPTIONS,
+    PLACEMENT,
     TrainConfig,
     choices_of,
     flag,
@@ -217,7 +218,7 @@ def training_options(command):
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
     help="Continue the run in this directory from its last checkpoint (takes no other training option "
-    "but --iterations, which extends its schedule).",
+    "but --iterations, which extends its schedule, and --device / --compile, which move it).",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(out, force, resume, quiet, **options):
@@ -229,15 +230,16 @@ def train(out, force, resume, quiet, **options):
     from metakit.experiments.training import distributed
 
     writer = distributed.world().writer  # the other ranks get the config and state from rank 0
-    config, claimed = None, False
+    config, claimed, placement = None, False, None
     if resume is not None:
         ctx = click.get_current_context()
-        given = [
-            flag(name)
+        typed = [
+            name
             for name in [*options, "out", "force"]
             if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
-            and name != "iterations"
         ]
+        placement = {name: options[name] for name in typed if name in PLACEMENT}
+        given = [flag(name) for name in typed if name != "iterations" and name not in PLACEMENT]
         if given:
             usage_error(f"--resume continues a run with its saved config; drop {', '.join(given)}")
         if writer and not resume.is_dir():
@@ -261,7 +263,13 @@ def train(out, force, resume, quiet, **options):
     try:  # a new run starts afresh; --resume, or a restarted torchrun job, continues its checkpoint
         extend = options["iterations"] if resume is not None else None
         summary = run_training(
-            config, out, progress=not quiet, resume=resume is not None, force=force, iterations=extend
+            config,
+            out,
+            progress=not quiet,
+            resume=resume is not None,
+            force=force,
+            iterations=extend,
+            placement=placement,
         )
     except Divergence as err:
         raise click.ClickException(f"{err}; see {out / 'metrics.jsonl'}") from None

@@ -319,3 +319,27 @@ def test_library_misuse_says_what_is_accepted():
         ValueError, match="MAMLEnhanced needs a model with parameters to adapt; ReLU has none"
     ):
         MAMLEnhanced(nn.ReLU(), lr=0.01)
+
+
+def test_a_run_saved_for_cuda_moves_to_the_cpu_with_resume_device(tmp_path):
+    import torch
+
+    moved, straight = tmp_path / "moved", tmp_path / "straight"
+    args = ["--meta-batch", 2, "--log-every", 1, "--checkpoint-every", 2, "--quiet"]
+    assert invoke("train", *args, "--iterations", 4, "--device", "cpu", "--out", straight).exit_code == 0
+    assert invoke("train", *args, "--iterations", 2, "--device", "cpu", "--out", moved).exit_code == 0
+    config = json.loads((moved / "config.json").read_text())
+    (moved / "config.json").write_text(json.dumps({**config, "device": "cuda", "iterations": 4}))
+    if not torch.cuda.is_available():  # as saved, the run cannot continue here; the message says how
+        stuck = invoke("train", "--resume", moved, "--quiet")
+        assert stuck.exit_code == 2 and one_line(stuck.stderr, "Error: --device cuda: no CUDA device")
+        assert "--resume RUN --device cpu" in stuck.stderr
+    result = invoke("train", "--resume", moved, "--device", "cpu", "--compile", "off", "--quiet")
+    assert result.exit_code == 0 and "resumed at 2" in result.stdout and "on cpu" in result.stdout, result.output
+    saved = json.loads((moved / "config.json").read_text())
+    assert saved == {**config, "iterations": 4, "compile": "off"}  # the run now says where it trains
+    a, b = final_state(moved), final_state(straight)
+    for key, value in b["algorithm"].items():
+        assert torch.equal(a["algorithm"][key], value), key
+    still = invoke("train", "--resume", moved, "--device", "cpu", "--seed", 3, "--quiet")
+    assert still.exit_code == 2 and "drop --seed" in still.stderr

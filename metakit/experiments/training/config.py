@@ -27,6 +27,12 @@ COMPILE_MODES = ("auto", "on", "off")
 :func:`metakit.experiments.training.trainer.choose_compile`), ``on`` always, ``off`` never."""
 OMNIGLOT_SPLITS = ("vinyals", "background")
 """``omniglot_split``: the class split of Vinyals et al. 2016, or the official background/evaluation one."""
+PLACEMENT = ("device", "compile")
+"""Options that say where and how fast a run trains, not what it trains: a run continued with
+other values (``train --resume RUN --device cpu``) is the same run, and ends where it would have
+(up to floating-point differences between devices and between compiled and eager code)."""
+
+
 MAX_SIZE = 100_000
 """The largest meta-batch, ways, shots or query: beyond it a meta-batch cannot fit in memory."""
 MAX_STEPS = 10_000

@@ -14,7 +14,7 @@ import torch
 
 from metakit.experiments.methods import build_algorithm
 from metakit.experiments.tasks import build_family
-from metakit.experiments.training.config import TrainConfig
+from metakit.experiments.training.config import PLACEMENT, TrainConfig
 from metakit.experiments.util.errors import MetakitError, flag
 
 CONFIG = "config.json"
@@ -36,6 +36,7 @@ def start_or_resume(
     resume: bool = False,
     force: bool = False,
     iterations: Optional[int] = None,
+    placement: Optional[dict] = None,
 ) -> Tuple[TrainConfig, Optional[int]]:
     """``(config, resume_from)``: whether training ``config`` into ``run_dir`` starts afresh
     (``resume_from`` is ``None``), continues from the checkpoint of iteration ``resume_from``, or
@@ -44,7 +45,8 @@ def start_or_resume(
 
     * ``config=None``: continue the run saved in ``run_dir``, with its own ``config.json`` (and
       ``iterations``, if given, in place of its own: a schedule extended, or shortened to no less
-      than the checkpoint's iteration);
+      than the checkpoint's iteration; ``placement``, a dict of :data:`PLACEMENT` options, in place
+      of its own: a run moved to another device);
     * ``torchrun`` restarted the job that began ``run_dir`` (:func:`continues_elastic_job`):
       continue from its checkpoint, or start afresh if it wrote none yet;
     * ``resume``, and ``run_dir`` holds a loadable checkpoint of the same run (its ``config.json``
@@ -71,7 +73,10 @@ def start_or_resume(
                     f"least {done}"
                 )
             config = replace(config, iterations=iterations)
-        return config, done
+        unknown = set(placement or {}) - set(PLACEMENT)
+        if unknown:
+            raise ValueError(f"placement takes {', '.join(PLACEMENT)}, not {', '.join(sorted(unknown))}")
+        return TrainConfig.from_dict({**config.to_dict(), **(placement or {})}), done
     if continues_elastic_job(run_dir, config):
         return config, _checkpoint_iteration(run_dir) if has_checkpoint(run_dir) else None
     if resume and _same_run(run_dir, config):
@@ -85,12 +90,13 @@ def start_or_resume(
 
 
 def _same_run(run_dir: Path, config: TrainConfig) -> bool:
-    """Whether ``run_dir`` holds a run of ``config``, ``compile`` aside."""
+    """Whether ``run_dir`` holds a run of ``config``, :data:`PLACEMENT` aside."""
     try:
         saved = read_config(run_dir).to_dict()
     except RunError:
         return False
-    return {**saved, "compile": "auto"} == {**config.to_dict(), "compile": "auto"}
+    aside = dict.fromkeys(PLACEMENT)
+    return {**saved, **aside} == {**config.to_dict(), **aside}
 
 
 def _checkpoint_iteration(run_dir: Path) -> int:

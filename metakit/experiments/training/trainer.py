@@ -40,7 +40,10 @@ def resolve_device(name: str) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         device = flag("device")
-        raise ConfigError(f"{device} cuda: no CUDA device is available (use {device} cpu or auto)")
+        raise ConfigError(
+            f"{device} cuda: no CUDA device is available (use {device} cpu or auto; a saved run moves with "
+            f"metakit train --resume RUN {device} cpu)"
+        )
     return torch.device(name)
 
 
@@ -301,7 +304,7 @@ def _open_run(config: TrainConfig, run_dir: Path, resume: bool, held: contextlib
         runs.write_json_atomic(run_dir / runs.CONFIG, config.to_dict())
         return {"state": None, "note": None}
     state, note = runs.load_latest_checkpoint(run_dir)
-    if runs.read_config(run_dir).iterations != config.iterations:  # an extended (or shortened) run
+    if runs.read_config(run_dir) != config:  # extended (or shortened), or moved to another device
         runs.write_json_atomic(run_dir / runs.CONFIG, config.to_dict())
     repaired = runs.truncate_metrics(run_dir, state["iteration"])
     return {"state": state, "note": "; ".join(n for n in (note, repaired) if n) or None}
@@ -314,6 +317,7 @@ def train(
     resume: bool = False,
     force: bool = True,
     iterations: Optional[int] = None,
+    placement: Optional[dict] = None,
 ) -> dict:
     """Meta-train ``config`` into ``run_dir``, or continue it; returns a summary.
 
@@ -324,7 +328,8 @@ def train(
     complete run returns at once (``resumed_from`` is its ``iterations``; ``device`` and
     ``engine`` are ``None``). With ``config=None``, ``iterations`` replaces the run's own number of
     iterations (its ``config.json`` is rewritten): a finished or stopped run continues to the new
-    end, where an annealed ``meta_lr`` (``cosine_lr``, ``sgd-annealed``) now reaches zero.
+    end, where an annealed ``meta_lr`` (``cosine_lr``, ``sgd-annealed``) now reaches zero; and
+    ``placement`` (``{"device": ..., "compile": ...}``) moves it to another device or engine mode.
 
     A checkpoint is written atomically every ``config.checkpoint_every`` iterations, at the end,
     and when SIGINT/SIGTERM arrives (then :class:`Interrupted` is raised). A meta-batch whose loss
@@ -344,7 +349,7 @@ def train(
 
     def decide():
         chosen, resume_from = runs.start_or_resume(
-            run_dir, config, resume=resume, force=force, iterations=iterations
+            run_dir, config, resume=resume, force=force, iterations=iterations, placement=placement
         )
         return chosen.to_dict(), resume_from
 
