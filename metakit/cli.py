@@ -31,6 +31,7 @@ from metakit.experiments.training.config import (  # noqa: E402
     choices_of,
     flag,
     value_type,
+    variant_config,
 )
 from metakit.experiments.util.allocator import keep_freed_memory  # noqa: E402
 from metakit.experiments.util.cache import compile_cache, unwritable  # noqa: E402
@@ -220,8 +221,16 @@ def training_options(command):
     help="Continue the run in this directory from its last checkpoint (takes no other training option "
     "but --iterations, which extends its schedule, and --device / --compile, which move it).",
 )
+@click.option(
+    "--from",
+    "from_run",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=None,
+    help="Start a new run with this run's config.json, the options given here on top (a variant: "
+    "`--from RUN --seed 1`).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(out, force, resume, quiet, **options):
+def train(out, force, resume, from_run, quiet, **options):
     """Meta-train a model and save the run (config.json, metrics.jsonl, checkpoint.pt).
 
     Under torchrun (`torchrun --nproc-per-node N -m metakit train ...`) the N processes share each
@@ -231,13 +240,15 @@ def train(out, force, resume, quiet, **options):
 
     writer = distributed.world().writer  # the other ranks get the config and state from rank 0
     config, claimed, placement = None, False, None
+    ctx = click.get_current_context()
+    typed = [
+        name
+        for name in [*options, "out", "force"]
+        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+    ]
+    if resume is not None and from_run is not None:
+        usage_error("--resume continues a run and --from starts a new one; give one of them")
     if resume is not None:
-        ctx = click.get_current_context()
-        typed = [
-            name
-            for name in [*options, "out", "force"]
-            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
-        ]
         placement = {name: options[name] for name in typed if name in PLACEMENT}
         given = [flag(name) for name in typed if name != "iterations" and name not in PLACEMENT]
         if given:
@@ -246,7 +257,13 @@ def train(out, force, resume, quiet, **options):
             raise click.BadParameter(f"Directory '{resume}' does not exist.", param_hint="'--resume'")
         out = resume
     else:
-        config = TrainConfig(**options)
+        if from_run is None:
+            config = TrainConfig(**options)
+        else:
+            from metakit.experiments.training.runs import read_config
+
+            changes = {name: options[name] for name in typed if name in options}
+            config = variant_config(read_config(from_run), changes)
         if writer and config.tensorboard and importlib.util.find_spec("tensorboard") is None:
             usage_error(f"{flag('tensorboard')} needs the tensorboard package: pip install tensorboard")
         if out is None:

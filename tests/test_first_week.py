@@ -343,3 +343,25 @@ def test_a_run_saved_for_cuda_moves_to_the_cpu_with_resume_device(tmp_path):
         assert torch.equal(a["algorithm"][key], value), key
     still = invoke("train", "--resume", moved, "--device", "cpu", "--seed", 3, "--quiet")
     assert still.exit_code == 2 and "drop --seed" in still.stderr
+
+
+def test_from_run_starts_a_variant_with_the_given_options_on_top(tmp_path):
+    base, variant, other = tmp_path / "base", tmp_path / "variant", tmp_path / "other"
+    args = ["--iterations", 3, "--meta-batch", 2, "--quiet"]
+    assert invoke("train", "--method", "enhanced", "--meta-lr", 0.002, *args, "--out", base).exit_code == 0
+    result = invoke("train", "--from", base, "--seed", 1, "--inner-steps", 2, "--quiet", "--out", variant)
+    assert result.exit_code == 0, result.output
+    saved, made = (json.loads((d / "config.json").read_text()) for d in (base, variant))
+    changed = {k: (saved[k], made[k]) for k in saved if saved[k] != made[k]}
+    # The given options, and the default that follows from them (two inner steps of a learned rule
+    # clip at 10, as `train --method enhanced --inner-steps 2` would); the base's own choices stay.
+    assert changed == {"seed": (0, 1), "inner_steps": (1, 2), "clip_grad": (0.0, 10.0)}
+    assert made["meta_lr"] == 0.002 and made["method"] == "enhanced" and made["iterations"] == 3
+    assert (variant / "checkpoint.pt").is_file()
+    both = invoke("train", "--from", base, "--resume", base, "--quiet")
+    assert both.exit_code == 2 and one_line(both.stderr, "Error: --resume continues a run and --from")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    none = invoke("train", "--from", empty, "--quiet", "--out", other)
+    assert none.exit_code == 2 and one_line(none.stderr, "Error: ") and "config.json" in none.stderr
+    assert not other.exists()

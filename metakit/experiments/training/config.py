@@ -265,6 +265,27 @@ class TrainConfig:
         return cls(**data)
 
 
+def variant_config(base: TrainConfig, changes: dict) -> TrainConfig:
+    """A new run's config made from an existing run's (``train --from RUN``): ``base``'s options
+    with ``changes`` on top. An option ``base`` had at its default follows the changes, as it would
+    on the command line: from a 1-step ``enhanced`` run, ``inner_steps=10`` gets that setting's
+    default ``clip_grad``, and another ``task`` gets that family's protocol."""
+    saved = base.to_dict()
+
+    def defaults(*names):  # the defaults that follow from ``base``'s values of ``names``
+        return TrainConfig(**{k: saved[k] for k in names if saved[k] is not None}).to_dict()
+
+    identity = ("task", "method", "data_root")  # kept as they are
+    family = defaults(*identity)  # e.g. the family's inner_steps and shots
+    derived = defaults(*identity, "inner_steps", "shots")  # e.g. query (shots), clip_grad (inner steps)
+    kept = {
+        k: v
+        for k, v in saved.items()
+        if k in identity or v != (family if k in ("inner_steps", "shots") else derived)[k]
+    }
+    return TrainConfig(**{**kept, **changes})
+
+
 def default_clip_grad(method: str, inner_steps: int) -> float:
     """``--clip-grad``'s default: :data:`LEARNED_RULE_CLIP` for a method whose inner rule is
     learned (mc, lslr, enhanced, metasgd) when it takes more than one inner step, else 0 (none)."""
