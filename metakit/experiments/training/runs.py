@@ -4,8 +4,10 @@ import contextlib
 import fcntl
 import json
 import os
+import pickle
 import socket
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Tuple
@@ -285,8 +287,16 @@ def read_config(run_dir: Path) -> TrainConfig:
 def load_checkpoint(path: Path) -> dict:
     """Load a checkpoint safely (``weights_only``: no code can run) and check its format."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. torch's note on a plain pickle's protocol: the error says it
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt or unsafe files
+        if isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower():
+            # not torch's advice (load it with weights_only=False), which would run its code
+            raise RunError(
+                f"cannot load checkpoint {path}: not a checkpoint metakit wrote (corrupt, or holding "
+                "objects other than tensors and plain data); refused without running anything in it"
+            ) from None
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RunError(f"cannot load checkpoint {path}: {first_line}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
