@@ -632,8 +632,8 @@ def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, quiet)
     type=Registered(FAMILIES),
     default="sinusoid",
     help="Task family, at its protocol's shots, query and ways (image families bench the conv net: glyphs "
-    "and omniglot at meta-batch 32 with 1 step, mini-imagenet at 4 with 5; nav2d benches rollouts: "
-    "batched torch episodes against one environment at a time).",
+    "and omniglot at meta-batch 32 with 1 step, the other image families at 4 with 5; nav2d benches "
+    "rollouts: batched torch episodes against one environment at a time).",
 )
 @click.option(
     "--methods",
@@ -644,13 +644,13 @@ def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, quiet)
     "--meta-batch",
     type=IntList(1, 10_000),
     default=None,
-    help="Tasks per meta-update.  [default: 25,100; glyphs, omniglot 32; mini-imagenet 4]",
+    help="Tasks per meta-update.  [default: 25,100; glyphs, omniglot 32; other image families 4]",
 )
 @click.option(
     "--inner-steps",
     type=IntList(1, 100),
     default=None,
-    help="Inner-loop steps.  [default: 1,5; glyphs, omniglot 1; mini-imagenet 5]",
+    help="Inner-loop steps.  [default: 1,5; glyphs, omniglot 1; other image families 5]",
 )
 @click.option(
     "--contenders",

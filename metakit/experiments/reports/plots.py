@@ -3,6 +3,7 @@
 reproduce`` draw."""
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -106,7 +107,7 @@ def plot_metric_vs_steps(
         ax.fill_between(steps, value - ci, value + ci, color=line.get_color(), alpha=0.2)
     if marked:
         note = horizon_note(marked if None not in marked.values() else None).removeprefix("* ")
-        ax.plot([], [], ls="--", marker="*", ms=9, color="gray", label=note)
+        ax.plot([], [], ls="--", marker="*", ms=9, color="gray", label="\n".join(textwrap.wrap(note, 60)))
     if metric.chance_is_one_in_ways:
         for ways in sorted({r["ways"] for r in finite if "ways" in r}):
             chance = metric.format(1 / ways, 0)
