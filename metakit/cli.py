@@ -1,16 +1,19 @@
 """The ``metakit`` command line: parses and validates options, then calls ``metakit.experiments``."""
 
+import functools
 import importlib.util
 import itertools
 import json
 import math
 import os
+import shlex
 import sys
 import warnings
 from datetime import datetime
 from pathlib import Path
 
 import click
+from click.shell_completion import CompletionItem
 
 import metakit
 
@@ -71,6 +74,15 @@ class OneLineErrors(click.Group):
             sys.exit(2)
         sys.exit(code if isinstance(code, int) else 0)
 
+    def format_epilog(self, ctx, formatter):
+        """After the commands: every registered method with its summary, and the task families
+        (read when the help is shown, so methods registered after start-up are listed too)."""
+        with formatter.section("Methods (metakit train --method)"):
+            formatter.write_dl([(name, METHODS.get(name).summary) for name in METHODS.names()])
+        with formatter.section("Task families (metakit train --task)"):
+            formatter.write_text(", ".join(FAMILIES.names()))
+        super().format_epilog(ctx, formatter)
+
 
 def _use_compile_cache() -> None:
     """Point torch.compile's on-disk cache at the user's cache folder (by default it is under /tmp,
@@ -85,6 +97,8 @@ def _use_compile_cache() -> None:
         click.echo(f"Warning: {warning}", err=True)
 
 
+FORMATS = ("png", "pdf", "svg")
+"""The file formats of ``metakit plot --format`` (matplotlib writes each by the file's suffix)."""
 NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 SEED = click.IntRange(0, 2**32 - 1)
 DATA_ROOT_HELP = "Image families: the data folder, as for `metakit train --data-root`."
@@ -132,22 +146,35 @@ class IntList(click.ParamType):
 
 class Registered(click.ParamType):
     """A name in a registry (task families, methods), looked up when the command runs, so that
-    entries registered after start-up are accepted."""
+    entries registered after start-up are accepted; with ``accepts`` (entry → bool), only the
+    entries it accepts, the others refused with ``refusal`` (e.g. ``"has no reproduction protocol"``)."""
 
     name = "NAME"
 
-    def __init__(self, registry):
-        self.registry = registry
+    def __init__(self, registry, accepts=None, refusal: str = ""):
+        self.registry, self.accepts, self.refusal = registry, accepts, refusal
+
+    def names(self) -> list:
+        """The names this parameter accepts."""
+        names = self.registry.names()
+        return names if self.accepts is None else [n for n in names if self.accepts(self.registry.get(n))]
 
     def get_metavar(self, param, *args, **kwargs) -> str:
-        """The registered names, as click shows choices."""
-        return "[" + "|".join(self.registry.names()) + "]"
+        """The accepted names, as click shows choices."""
+        return "[" + "|".join(self.names()) + "]"
+
+    def shell_complete(self, ctx, param, incomplete):
+        """The accepted names that start with ``incomplete`` (shell completion)."""
+        return [CompletionItem(name) for name in self.names() if name.startswith(incomplete)]
 
     def convert(self, value, param, ctx):
-        """Check that ``value`` is registered."""
-        if value not in self.registry:
-            names = ", ".join(self.registry.names())
-            self.fail(f"unknown {self.registry.noun} {value!r}; choose from {names}")
+        """Check that ``value`` is registered and accepted."""
+        names = self.names()
+        if value not in names:
+            why = f"{self.registry.noun} {value!r} {self.refusal}"
+            if value not in self.registry:
+                why = f"unknown {self.registry.noun} {value!r}"
+            self.fail(f"{why}; choose from {', '.join(names)}")
         return value
 
 
@@ -161,9 +188,10 @@ def usage_error(message: str):
 )
 @click.version_option(metakit.__version__, "--version", prog_name="metakit", message="%(prog)s %(version)s")
 def cli():
-    """metakit: gradient-based meta-learning (MAML, first-order MAML, Reptile, MAML Enhanced).
+    """metakit: gradient-based meta-learning (the methods are listed below).
 
-    Train with `metakit train`, evaluate a run with `metakit eval RUN_DIR`.
+    Train with `metakit train`, evaluate a run with `metakit eval RUN_DIR`, draw its figures with
+    `metakit plot RUN_DIR`.
     """
 
 
@@ -200,9 +228,21 @@ def training_options(command):
         else:
             choices = choices_of(name)
             metavar = f"[{'|'.join(choices)}]" if choices else None
-            decorate = click.option(flag(name), name, type=CLICK_TYPES[kind], metavar=metavar, **settings)
+            decorate = click.option(
+                flag(name),
+                name,
+                type=CLICK_TYPES[kind],
+                metavar=metavar,
+                shell_complete=functools.partial(_complete_choice, name) if choices else None,
+                **settings,
+            )
         command = decorate(command)
     return command
+
+
+def _complete_choice(name: str, ctx, param, incomplete: str) -> list:
+    """Shell completion of training option ``name``: its choices that start with ``incomplete``."""
+    return [choice for choice in choices_of(name) if choice.startswith(incomplete)]
 
 
 @cli.command()
@@ -307,12 +347,23 @@ def train(out, force, resume, from_run, quiet, **options):
     if summary["note"]:
         click.echo(f"Warning: {summary['note']}", err=True)
     resumed = "" if summary["resumed_from"] is None else f" (resumed at {summary['resumed_from']})"
-    skipped = summary["skipped"]
+    skipped, kept = summary["skipped"], summary["meta_batches"]
+    if summary["meta_loss"] is None:
+        final = "no final meta-loss (every meta-batch since the last log line was skipped)"
+    else:
+        batches = f"{kept} meta-batch{'es' * (kept != 1)}"
+        final = f"final meta-loss {summary['meta_loss']:.4g} (mean of the last {batches})"
     click.echo(
         f"trained {trained}{resumed} in {summary['seconds']:.1f}s on {summary['device']} "
         f"({ENGINES[summary['engine']]}), {skipped} non-finite meta-batch{'es' * (skipped != 1)} "
-        f"skipped; run saved to {out}"
+        f"skipped; {final}; run saved to {out}; {_next_commands(out)}"
     )
+
+
+def _next_commands(run_dir: Path) -> str:
+    """What to run on a trained run, for the end of ``train``'s line."""
+    run = shlex.quote(str(run_dir))
+    return f"next: `metakit eval {run}` (held-out tasks), `metakit plot {run}` (figures)"
 
 
 @cli.command(name="eval")
@@ -355,13 +406,23 @@ def evaluate(run_dir, tasks, shots, steps, ways, seed, device, data_root, as_jso
         training_horizon,
     )
 
-    config, algo = _load_run(run_dir, device, data_root)
+    config, algo, _, iteration = _load_run(run_dir, device, data_root)
     family = _eval_family(config, ways)
     shots = shots or list(family.eval_protocol.get("shots", ()))
     steps = steps or list(family.eval_protocol["steps"])
     horizon = training_horizon(config)
     results = evaluate_algorithm(algo, family, tasks, shots, steps, seed, horizon)
-    report = {"run": str(run_dir), "method": config.method, "horizon": horizon, "results": results}
+    report = {
+        "run": str(run_dir),
+        "method": config.method,
+        "iteration": iteration,
+        "iterations": config.iterations,
+        "finished": iteration >= config.iterations,
+        "seed": seed,
+        "tasks": tasks,
+        "horizon": horizon,
+        "results": results,
+    }
     if as_json:
         click.echo(json.dumps(report))
         return
@@ -389,16 +450,16 @@ def _eval_family(config, ways):
 
 
 def _load_run(run_dir: Path, device: str = "cpu", data_root=None):
-    """``(config, algorithm)`` of a run on ``device`` (with its data in ``data_root``, if given);
-    warns when an older checkpoint is used."""
-    from metakit.experiments.training.runs import load_run
+    """A run (:class:`~metakit.experiments.training.runs.LoadedRun`) on ``device``, with its data
+    in ``data_root`` if given; warns when an older checkpoint is used."""
+    from metakit.experiments.training.runs import open_run
     from metakit.experiments.training.trainer import resolve_device
 
-    config, algo, note = load_run(run_dir, data_root)
-    algo.to(resolve_device(device))
-    if note:
-        click.echo(f"Warning: {note}", err=True)
-    return config, algo
+    loaded = open_run(run_dir, data_root)
+    loaded.algo.to(resolve_device(device))
+    if loaded.note:
+        click.echo(f"Warning: {loaded.note}", err=True)
+    return loaded
 
 
 def _claim_new_dir(path: Path) -> Path:
@@ -449,17 +510,20 @@ def _check_writable_dir(path: Path, option: str) -> None:
     default=None,
     help=DATA_ROOT_HELP + "  [default: the runs']",
 )
-def plot(run_dirs, out, tasks, shots, seed, data_root):
+@click.option(
+    "--format", "extension", type=click.Choice(FORMATS), default="png", help="File format of the figures."
+)
+def plot(run_dirs, out, tasks, shots, seed, data_root, extension):
     """Plot runs of one task family: adaptation (regression, MAML Fig. 2), metric vs steps (Fig. 3),
     paths on held-out goals (2D navigation, Fig. 4), training curves."""
-    loaded = [(run_dir, *_load_run(run_dir, data_root=data_root)) for run_dir in run_dirs]
-    tasks_seen = sorted({config.task for _, config, _ in loaded})
+    loaded = {run_dir: _load_run(run_dir, data_root=data_root) for run_dir in run_dirs}
+    tasks_seen = sorted({run.config.task for run in loaded.values()})
     if len(tasks_seen) > 1:
         usage_error(f"plot runs of one task family at a time, got {', '.join(tasks_seen)}")
     out = out or run_dirs[0] / "plots"
     _check_writable_dir(out, "--out")
 
-    from metakit.experiments.reports.evaluate import evaluate_algorithm
+    from metakit.experiments.reports.evaluate import evaluate_algorithm, training_horizon
     from metakit.experiments.reports.plots import draw_figures, training_curve
     from metakit.experiments.tasks import build_family
 
@@ -468,24 +532,36 @@ def plot(run_dirs, out, tasks, shots, seed, data_root):
         if warning:
             click.echo(f"Warning: {warning}", err=True)
 
-    family = build_family(loaded[0][1])
+    family = build_family(loaded[run_dirs[0]].config)
     shots = shots or family.eval_protocol.get("shots", (None,))[0]  # RL families take none
-    methods = [config.method for _, config, _ in loaded]
+    methods = [run.config.method for run in loaded.values()]
     label = {
-        d: (c.method if methods.count(c.method) == 1 else f"{c.method} ({d.name})") for d, c, _ in loaded
+        d: (run.config.method if methods.count(run.config.method) == 1 else f"{run.config.method} ({d.name})")
+        for d, run in loaded.items()
     }
     out.mkdir(parents=True, exist_ok=True)
     curves = {
-        label[d]: evaluate_algorithm(algo, build_family(config), tasks, [shots], family.plot_steps, seed)
-        for d, config, algo in loaded
+        label[d]: evaluate_algorithm(
+            run.algo,
+            build_family(run.config),
+            tasks,
+            [shots],
+            family.plot_steps,
+            seed,
+            training_horizon(run.config),
+        )
+        for d, run in loaded.items()
     }
-    runs = {label[d]: (d, algo) for d, _, algo in loaded}
-    for path in draw_figures(family, runs, curves, out, shots, seed):
+    runs = {label[d]: (d, run.algo) for d, run in loaded.items()}
+    for path in draw_figures(family, runs, curves, out, shots, seed, extension):
         click.echo(path)
 
 
 @cli.command()
-@click.argument("benchmark", type=Registered(FAMILIES), metavar="TASK")
+@click.argument(
+    "benchmark",
+    type=Registered(FAMILIES, lambda family: family.reproduction is not None, "has no reproduction protocol"),
+)
 @click.option("--seeds", type=click.IntRange(min=1), default=3, help="Seeds per method.")
 @click.option(
     "--iterations", type=click.IntRange(min=1), default=None, help=_family_default("Meta-updates per run.")
@@ -507,8 +583,8 @@ def plot(run_dirs, out, tasks, shots, seed, data_root):
 )
 @click.option("--quiet", is_flag=True, help="No progress bars (one line per finished run is still printed).")
 def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, quiet):
-    """Train every method on a family's protocol (sinusoid, glyphs, ...), evaluate, and write
-    results.csv, results.md and plots.
+    """Train every method on the protocol of a task family that has one (the choices in the usage
+    line), evaluate, and write results.csv, results.md and plots.
 
     Resumable: finished runs are not retrained, interrupted ones continue from their checkpoint.
     """
@@ -523,9 +599,6 @@ def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, quiet)
     _check_writable_dir(out, "--out")
 
     from metakit.experiments.reports.reproduce import reproduce as run_reproduction
-
-    if FAMILIES.get(benchmark).reproduction is None:
-        usage_error(f"--task {benchmark} has no reproduction protocol")
     from metakit.experiments.training.trainer import Interrupted
 
     try:
@@ -558,36 +631,44 @@ def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, quiet)
     "--task",
     type=Registered(FAMILIES),
     default="sinusoid",
-    help="Task family (classification families bench the conv net at meta-batch 32, 1 step; nav2d "
-    "benches rollouts: batched torch episodes against one environment at a time).",
+    help="Task family, at its protocol's shots, query and ways (image families bench the conv net: glyphs "
+    "and omniglot at meta-batch 32 with 1 step, the other image families at 4 with 5; nav2d benches "
+    "rollouts: batched torch episodes against one environment at a time).",
 )
-@click.option("--methods", default=None, help="Comma-separated registered methods.  [default: maml,enhanced]")
+@click.option(
+    "--methods",
+    default=None,
+    help="Comma-separated registered methods.  [default: maml,enhanced; image families maml]",
+)
 @click.option(
     "--meta-batch",
     type=IntList(1, 10_000),
     default=None,
-    help="Tasks per meta-update.  [default: 25,100; classification 32]",
+    help="Tasks per meta-update.  [default: 25,100; glyphs, omniglot 32; other image families 4]",
 )
 @click.option(
     "--inner-steps",
     type=IntList(1, 100),
     default=None,
-    help="Inner-loop steps.  [default: 1,5; classification 1]",
+    help="Inner-loop steps.  [default: 1,5; glyphs, omniglot 1; other image families 5]",
 )
 @click.option(
     "--contenders",
     default=None,
     help="Comma-separated, from func, func-compiled, l2l, higher, learn2learn (the plain learn2learn "
-    "loop every speed-up is relative to).  [default: all]",
+    "loop every speed-up is relative to).  [default: all; image families func,func-compiled,learn2learn]",
 )
 @click.option(
-    "--repeats", type=click.IntRange(min=1), default=None, help="Interleaved timed rounds.  [default: 5]"
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Interleaved timed rounds.  [default: 5; image families and --quick 3]",
 )
 @click.option(
     "--min-time",
     type=PositiveFloat(),
     default=None,
-    help="Seconds per contender per round.  [default: 0.3]",
+    help="Seconds per contender per round.  [default: 0.3; image families 1; --quick 0]",
 )
 @click.option(
     "--seed", type=TRAIN_SEED, default=None, help="Seed of the models and task streams.  [default: 0]"
@@ -595,7 +676,11 @@ def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, quiet)
 @click.option("--data-root", default=None, help=DATA_ROOT_HELP)
 @click.option("--threads", type=click.IntRange(1, 256), default=1, help="torch intra-op threads.")
 @click.option(
-    "--device", type=click.Choice(DEVICES), default=None, help="auto: CUDA when available.  [default: cpu]"
+    "--device",
+    type=click.Choice(DEVICES),
+    default=None,
+    help="Where every contender runs (auto: CUDA when available); not for --paper-protocol, which times "
+    "`metakit train`'s default (auto), nor for the nav2d rollout bench (CPU).  [default: cpu]",
 )
 @click.option(
     "--paper-protocol",

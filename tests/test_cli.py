@@ -81,9 +81,15 @@ def eval_json(run_dir: Path, *args) -> dict:
 
 def check_report(report: dict, run_dir: Path, method: str, shots, steps, tasks: int) -> None:
     """The documented schema of ``eval --json``: one row per (shots, steps) pair, in that order."""
-    assert set(report) == {"run", "method", "horizon", "results"}
+    assert set(report) == {
+        "run", "method", "iteration", "iterations", "finished", "seed", "tasks", "horizon", "results"
+    }  # fmt: skip
     assert report["run"] == str(run_dir)
     assert report["method"] == method
+    # What was evaluated: the checkpoint of a finished run (its last iteration), the held-out set.
+    config = json.loads((run_dir / "config.json").read_text())
+    assert report["iteration"] == report["iterations"] == config["iterations"] and report["finished"] is True
+    assert report["tasks"] == tasks and type(report["seed"]) is int
     # Methods whose inner rule is learned per step record the steps it was trained for.
     learned = METHODS.get(method).learned_inner_rule
     assert (type(report["horizon"]) is int) if learned else report["horizon"] is None, report["horizon"]

@@ -247,7 +247,10 @@ def bench_setting(plan: BenchPlan, method: str, meta_batch: int, steps: int) -> 
 
 
 def run_bench(plan: BenchPlan, echo: Callable[[str], None] = lambda _: None) -> dict:
-    """Run ``plan``; returns a JSON-ready report (``results``: one dict per setting × contender)."""
+    """Run ``plan``; returns a JSON-ready report (``results``: one dict per setting × contender;
+    ``shots``, ``query`` and ``ways``: the task shape every setting used, the family's protocol
+    where the plan leaves it open)."""
+    shape = TrainConfig(task=plan.task, shots=plan.shots, seed=plan.seed, data_root=plan.data_root)
     threads = torch.get_num_threads()
     torch.set_num_threads(plan.threads)
     try:
@@ -265,6 +268,9 @@ def run_bench(plan: BenchPlan, echo: Callable[[str], None] = lambda _: None) -> 
         "baseline": BASELINE,
         "memory_metric": MEMORY_METRIC,
         "plan": asdict(plan),
+        "shots": shape.shots,
+        "query": shape.query,
+        "ways": shape.ways,
         "results": results,
     }
 
@@ -272,10 +278,13 @@ def run_bench(plan: BenchPlan, echo: Callable[[str], None] = lambda _: None) -> 
 def format_table(report: dict) -> str:
     """A plain-text table of a :func:`run_bench` report."""
     plan = report["plan"]
+    shape = f"K = {report['shots']} support and {report['query']} query points per task"
+    if report["ways"] is not None:
+        shape = f"{report['ways']}-way {report['shots']}-shot, {report['query']} query images per class"
     lines = [
-        f"{plan['task']}, K={plan['shots'] or 'default'}, {plan['threads']} thread(s), "
-        f"median of {plan['repeats']} rounds; "
-        f"speed-up against the plain {report['baseline']} loop; peak = RSS growth in one iteration",
+        f"{plan['task']}, {shape}; {plan['device']}, {plan['threads']} thread(s), median of "
+        f"{plan['repeats']} rounds; speed-up against the plain {report['baseline']} loop; peak = RSS "
+        "growth in one iteration",
         f"{'method':<9} {'batch':>5} {'steps':>5}  {'contender':<13} {'ms/iter':>9} {'tasks/s':>9} "
         f"{'speed-up':>8} {'peak MiB':>8} {'compile s':>9}",
     ]

@@ -46,6 +46,17 @@ def horizon_note(horizons) -> str:
     return f"* beyond the {steps} the learned rates were trained for{guarded}"
 
 
+def provenance(report: dict) -> str:
+    """What was evaluated, in one line: the checkpoint's iteration of the run's planned
+    ``iterations``, whether training finished, and the held-out ``tasks`` and ``seed``."""
+    done, planned = report["iteration"], report["iterations"]
+    state = "training finished" if done >= planned else "training not finished"
+    return (
+        f"checkpoint of iteration {done} of {planned} ({state}); "
+        f"{report['tasks']} held-out tasks, seed {report['seed']}"
+    )
+
+
 def metric_of(rows: list) -> Metric:
     """The built-in metric whose key the rows carry (``MSE`` for none)."""
     keys = set(rows[0]) if rows else set()
@@ -59,7 +70,9 @@ def format_table(report: dict, metric: Optional[Metric] = None) -> str:
     Columns: ``ways`` and ``shots`` where the rows have them, steps, the metric ± 95% CI, ``loss``
     where the rows carry it, then ``median``, ``worse`` and ``diverged`` only where some row has
     tasks that got worse or diverged, and the task count. Steps beyond the trained horizon are
-    marked ``*``, with a footnote.
+    marked ``*``, with a footnote. The first line names the method and the run; for a report with
+    the checkpoint's ``iteration`` (as ``metakit eval`` makes) it also says which checkpoint was
+    evaluated, whether the run finished its ``iterations``, and the held-out ``tasks`` and ``seed``.
     """
     rows = report["results"]
     metric = metric or metric_of(rows)
@@ -73,7 +86,10 @@ def format_table(report: dict, metric: Optional[Metric] = None) -> str:
     header = [f"{key:>{4 if key == 'ways' else 5}}" for key in lead] + [f"{'steps':>5}{pad}"]
     header += [f"{metric.label:>{width}}", f"{'±95% CI':>8}"] + [f"{'loss':>8}"] * with_loss
     header += [f"{'median':>8}", f"{'worse':>5}", f"{'diverged':>8}"] * extra + [f"{'tasks':>5}"]
-    lines = [f"{report['method']} — {report['run']}", "  ".join(header)]
+    title = f"{report['method']} — {report['run']}"
+    if "iteration" in report:
+        title += f", {provenance(report)}"
+    lines = [title, "  ".join(header)]
     for r in rows:
         cells = [f"{r[key]:>{4 if key == 'ways' else 5}}" for key in lead]
         cells.append(f"{r['steps']:>5}" + ("*" if r.get("beyond_horizon") else pad))

@@ -15,6 +15,7 @@ from metakit.experiments.tasks.family import Metric, format_number
 from metakit.experiments.training import runs
 from metakit.experiments.training.config import TrainConfig
 from metakit.experiments.training.trainer import Divergence, train
+from metakit.experiments.util.progress import silenced
 
 
 def run_config(
@@ -63,7 +64,13 @@ def reproduce(
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> Dict[str, Path]:
-    """Train (or resume), evaluate and report every method; returns the paths written."""
+    """Train (or resume), evaluate and report every method; returns the paths written. Without
+    ``progress`` nothing but ``echo``'s lines (one per run) is printed."""
+    with silenced(not progress):
+        return _reproduce(task, out, seeds, iterations, tasks, eval_seed, methods, compile, progress, echo)
+
+
+def _reproduce(task, out, seeds, iterations, tasks, eval_seed, methods, compile, progress, echo):
     family_class = FAMILIES.get(task)
     reproduction = family_class.reproduction
     if reproduction is None:

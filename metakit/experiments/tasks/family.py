@@ -11,7 +11,9 @@ from typing import Callable, Dict, NamedTuple, Optional, Sequence
 import torch
 from torch import nn
 
+from metakit.experiments.util import progress
 from metakit.experiments.util.statistics import task_statistics
+from metakit.wrappers.base import Objective
 from metakit.wrappers.engines import VectorizedEngine, make_engine
 from metakit.wrappers.engines.batch import TaskBatch
 
@@ -57,6 +59,7 @@ class Metric:
         summary_digits: decimals in reproduction summaries (``results.md``; default ``digits``).
         higher_is_better: a diverged task ranks lowest (not highest) in medians.
         log_axis: plotted on a log axis.
+        chance_is_one_in_ways: guessing scores ``1 / ways`` of a row (plots draw it as a line).
     """
 
     key: str
@@ -67,6 +70,7 @@ class Metric:
     higher_is_better: bool = False
     log_axis: bool = False
     summary_digits: Optional[int] = None
+    chance_is_one_in_ways: bool = False
 
     def format(self, value: Optional[float], digits: Optional[int] = None) -> str:
         """``value`` for people: ``diverged`` for ``None``, percent where :attr:`percent`, huge or tiny
@@ -78,7 +82,15 @@ class Metric:
 
 
 MSE = Metric("mse", "MSE", "query MSE", digits=4, log_axis=True, summary_digits=3)
-ACCURACY = Metric("accuracy", "accuracy", "query accuracy", percent=True, digits=2, higher_is_better=True)
+ACCURACY = Metric(
+    "accuracy",
+    "accuracy",
+    "query accuracy",
+    percent=True,
+    digits=2,
+    higher_is_better=True,
+    chance_is_one_in_ways=True,
+)
 RETURN = Metric("return", "return", "mean return per episode", digits=2, higher_is_better=True)
 METRICS = {m.key: m for m in (MSE, ACCURACY, RETURN)}
 """The built-in metrics by key (a report that names none is read with the one its rows carry)."""
@@ -91,6 +103,17 @@ class Variant(NamedTuple):
     label: str
     overrides: dict
     methods: Optional[tuple] = None
+
+
+@dataclass(frozen=True)
+class CurveAxis:
+    """How training curves show a run's logged ``meta_loss``: the axis label, the factor that
+    turns the logged value into the plotted one (−1 where it is minus a return), and whether the
+    axis is logarithmic."""
+
+    label: str
+    sign: float = 1.0
+    log: bool = True
 
 
 @dataclass(frozen=True)
@@ -199,10 +222,23 @@ class TaskFamily:
         ``"beyond_horizon": True`` past a learned rule's ``horizon``."""
         raise NotImplementedError
 
-    def figures(self, algos: Dict[str, nn.Module], out: Path, shots, seed: int) -> list:
+    def figures(
+        self, algos: Dict[str, nn.Module], out: Path, shots, seed: int, extension: str = "png"
+    ) -> list:
         """Figures of this family's own (beyond metric vs steps and training curves) for the runs
-        ``algos`` (label → algorithm); returns the paths written. None by default."""
+        ``algos`` (label → algorithm), as ``extension`` files (png, pdf, svg); returns the paths
+        written. None by default."""
         return []
+
+    def training_curve_axis(self, objective: Objective) -> CurveAxis:
+        """What the logged meta-loss of a learner with ``objective`` is, for training curves: the
+        query loss after the inner steps, the query loss of a metric learner, or the pretraining
+        baseline's joint loss on support and query points."""
+        if objective is Objective.JOINT:
+            return CurveAxis("training loss (joint loss on support and query points)")
+        if objective is Objective.METRIC:
+            return CurveAxis("meta-training loss (query loss)")
+        return CurveAxis("meta-training loss (query loss after the inner steps)")
 
 
 class SupervisedFamily(TaskFamily):
@@ -255,25 +291,26 @@ class SupervisedFamily(TaskFamily):
         device = next(algo.parameters()).device
         chunk = self.eval_chunk
         results = []
-        for k in shots:
-            batch = held_out.batch(k)
-            chunks = [
-                engine.query_curves(
-                    TaskBatch(*(t[i : i + chunk].to(device) for t in batch)), max(steps), self.score, horizon
-                )
-                for i in range(0, tasks, chunk)
-            ]
-            curves = {key: torch.cat([c[key] for c in chunks], 1) for key in ("loss", "score")}
-            for s in steps:
-                stats = task_statistics(
-                    curves["loss"][s], curves["score"][s], curves["loss"][0], self.metric.higher_is_better
-                )
-                row = {**self.row_fields(), "shots": k, "steps": s}
-                row.update({self.metric.key: stats["mean"], "ci95": stats["ci95"], "median": stats["median"]})
-                if self.reports_loss:
-                    row["loss"] = stats["loss"]
-                row.update({"worse": stats["worse"], "diverged": stats["diverged"], "tasks": tasks})
-                if horizon is not None and s > horizon:
-                    row["beyond_horizon"] = True
-                results.append(row)
+        with progress.bar(tasks * len(shots), "adapting to held-out tasks", unit="task") as shown:
+            for k in shots:
+                batch, chunks = held_out.batch(k), []
+                for i in range(0, tasks, chunk):
+                    part = TaskBatch(*(t[i : i + chunk].to(device) for t in batch))
+                    chunks.append(engine.query_curves(part, max(steps), self.score, horizon))
+                    shown.update(part.num_tasks)
+                curves = {key: torch.cat([c[key] for c in chunks], 1) for key in ("loss", "score")}
+                for s in steps:
+                    stats = task_statistics(
+                        curves["loss"][s], curves["score"][s], curves["loss"][0], self.metric.higher_is_better
+                    )
+                    row = {**self.row_fields(), "shots": k, "steps": s}
+                    row.update(
+                        {self.metric.key: stats["mean"], "ci95": stats["ci95"], "median": stats["median"]}
+                    )
+                    if self.reports_loss:
+                        row["loss"] = stats["loss"]
+                    row.update({"worse": stats["worse"], "diverged": stats["diverged"], "tasks": tasks})
+                    if horizon is not None and s > horizon:
+                        row["beyond_horizon"] = True
+                    results.append(row)
         return results

@@ -10,7 +10,7 @@ import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 
@@ -325,9 +325,25 @@ def load_latest_checkpoint(run_dir: Path):
     raise RunError("; ".join(errors) or f"{run_dir} has no checkpoint")
 
 
+class LoadedRun(NamedTuple):
+    """A run read back by :func:`open_run`."""
+
+    config: TrainConfig
+    algo: torch.nn.Module
+    note: Optional[str]
+    """Why an older checkpoint was used, or ``None``."""
+    iteration: int
+    """The iteration of the checkpoint whose meta-parameters ``algo`` holds (of ``config.iterations``)."""
+
+
 def load_run(run_dir: Path, data_root: Optional[str] = None):
-    """``(config, algorithm, note)`` of a run, with its newest loadable checkpoint's meta-parameters
-    (on the CPU); ``data_root`` replaces the run's data folder (data that has moved)."""
+    """``(config, algorithm, note)`` of a run: :func:`open_run` without the checkpoint's iteration."""
+    return tuple(open_run(run_dir, data_root))[:3]
+
+
+def open_run(run_dir: Path, data_root: Optional[str] = None) -> LoadedRun:
+    """A run with its newest loadable checkpoint's meta-parameters (on the CPU) and that
+    checkpoint's iteration; ``data_root`` replaces the run's data folder (data that has moved)."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     if data_root is not None:
@@ -339,4 +355,4 @@ def load_run(run_dir: Path, data_root: Optional[str] = None):
     except (KeyError, RuntimeError) as err:
         first_line = str(err).strip().splitlines()[0]
         raise RunError(f"the checkpoint in {run_dir} does not match its {CONFIG}: {first_line}") from None
-    return config, algo, note
+    return LoadedRun(config, algo, note, int(state["iteration"]))

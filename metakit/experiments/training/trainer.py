@@ -7,6 +7,7 @@ import math
 import re
 import shutil
 import signal
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -22,6 +23,7 @@ from metakit.experiments.training import distributed, runs
 from metakit.experiments.training.config import ConfigError, TrainConfig
 from metakit.experiments.training.distributed import World
 from metakit.experiments.util.errors import flag
+from metakit.experiments.util.progress import on_terminal, silenced
 from metakit.wrappers.rules import multi_step_weights
 
 
@@ -338,6 +340,10 @@ def train(
     Resuming restores the meta-parameters, optimizer, scheduler, task-stream RNG, the partial
     logging window and the skip counts, so a resumed run ends bit-for-bit where an uninterrupted
     one does. The run is locked while it trains (:func:`~metakit.experiments.training.runs.lock_run`).
+    The summary's ``meta_loss`` is that of the last line of ``metrics.jsonl`` (the mean over its
+    ``meta_batches`` kept meta-batches; ``None`` where all were skipped or nothing was trained).
+
+    Without ``progress`` nothing is drawn on stderr, not even the progress of preparing data.
 
     Started by ``torchrun`` (``WORLD_SIZE`` > 1), every process trains the same run on its slice
     of each meta-batch (see :mod:`metakit.experiments.training.distributed`). Rank 0 alone reads and writes
@@ -354,6 +360,7 @@ def train(
         return chosen.to_dict(), resume_from
 
     with contextlib.ExitStack() as held:
+        held.enter_context(silenced(not (progress and world.writer)))  # e.g. rendering the glyph set
         if world.size > 1:
             held.enter_context(distributed.process_group(world))
         chosen, resume_from = distributed.share(world, decide)
@@ -371,7 +378,7 @@ def train(
                         runs.write_json_atomic(run_dir / runs.CONFIG, config.to_dict())
             done = {
                 "resumed_from": resume_from,
-                **dict.fromkeys(("device", "engine", "note", "skipped")),
+                **dict.fromkeys(("device", "engine", "note", "skipped", "meta_loss", "meta_batches")),
                 "seconds": 0.0,
             }
             return {**summary, **done}
@@ -385,7 +392,7 @@ def train(
         if world.size > 1:
             distributed.broadcast_parameters(setup.algo.parameters())
         clock = time.perf_counter()
-        _loop(setup, run_dir, start, window, skips, progress and world.writer)
+        last = _loop(setup, run_dir, start, window, skips, progress and world.writer)
         return {
             **summary,
             "resumed_from": start if opened["state"] is not None else None,
@@ -394,23 +401,31 @@ def train(
             "engine": setup.meta_step.engine,
             "note": opened["note"],
             "skipped": skips.total,
+            "meta_loss": last["meta_loss"],
+            "meta_batches": last["meta_batches"],
         }
 
 
-def _loop(setup: Training, run_dir: Path, start: int, window: list, skips: Skips, progress: bool) -> None:
+def _loop(setup: Training, run_dir: Path, start: int, window: list, skips: Skips, progress: bool) -> dict:
     """Iterations ``start + 1 … config.iterations``; the writer logs and checkpoints them, and
-    ``skips`` counts the skipped ones."""
+    ``skips`` counts the skipped ones. Returns the last logged ``meta_loss`` and the number of
+    ``meta_batches`` it averages.
+
+    With ``progress``, a bar on stderr where stderr is a terminal; elsewhere (a log file) one line
+    per logged iteration instead of the bar's carriage-return frames."""
     config, algo, optimizer = setup.config, setup.algo, setup.optimizer
     writer = setup.world.writer
     board = tensorboard_writer(run_dir) if config.tensorboard and writer else None
     clock = time.perf_counter()
     saved = start  # the iteration of the newest checkpoint (0: none yet)
+    last = {"meta_loss": None, "meta_batches": 0}
+    lines = progress and not on_terminal()
     bar = tqdm(
         range(start, config.iterations),
         initial=start,
         total=config.iterations,
         desc=config.method,
-        disable=not progress,
+        disable=not progress or lines,
         mininterval=0.5,
         leave=False,
     )
@@ -456,6 +471,14 @@ def _loop(setup: Training, run_dir: Path, start: int, window: list, skips: Skips
                     board.add_scalar("meta_loss", shown, done)
                     board.add_scalar("meta_lr", record["meta_lr"], done)
                 bar.set_postfix(meta_loss=f"{shown:.3f}", skipped=skips.total)
+                if lines:
+                    print(
+                        f"{config.method}: iteration {done}/{config.iterations}, meta-loss {shown:.4f}, "
+                        f"{skips.total} skipped, {record['seconds']:.1f}s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                last = {"meta_loss": record["meta_loss"], "meta_batches": len(window)}
                 window, skips.logged = [], 0
             if writer and checkpoint:
                 runs.save_checkpoint(run_dir, _state(setup, done, window, skips))
@@ -465,3 +488,4 @@ def _loop(setup: Training, run_dir: Path, start: int, window: list, skips: Skips
     bar.close()
     if board is not None:
         board.close()
+    return last

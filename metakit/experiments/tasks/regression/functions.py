@@ -61,10 +61,10 @@ class RegressionFamily(SupervisedFamily):
         """Mean squared error."""
         return F.mse_loss(prediction, target)
 
-    def figures(self, algos, out, shots, seed):
+    def figures(self, algos, out, shots, seed, extension="png"):
         """The MAML paper's Fig. 2: two held-out functions, their support points and each method's
         fit before and after 1 and 10 steps (``adaptation.png``)."""
-        path = Path(out) / "adaptation.png"
+        path = Path(out) / f"adaptation.{extension}"
         plot_adaptation(algos, self, path, shots=shots or 5, seed=seed)
         return [path]
 
@@ -161,4 +161,5 @@ def plot_adaptation(
             if col == 0:
                 ax.set_ylabel("y")
     axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"K = {shots} support points; {tasks} held-out tasks (seed {seed})", fontsize=9)
     save(fig, path)

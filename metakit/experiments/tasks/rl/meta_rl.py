@@ -33,10 +33,11 @@ from typing import Dict, NamedTuple
 import torch
 
 from metakit.experiments.methods import METHODS
-from metakit.experiments.tasks.family import RETURN, TaskFamily, held_out_generator
+from metakit.experiments.tasks.family import RETURN, CurveAxis, TaskFamily, held_out_generator
 from metakit.experiments.tasks.rl.objective import sample_adaptation, sample_and_backward
 from metakit.experiments.tasks.rl.policy import GaussianMLPPolicy
 from metakit.experiments.tasks.rl.policy_gradient import PGConfig
+from metakit.experiments.util import progress
 from metakit.experiments.util.errors import MetakitError, flag
 from metakit.experiments.util.statistics import mean_ci95
 from metakit.wrappers.base import Objective
@@ -158,14 +159,20 @@ class RLFamily(TaskFamily):
             results.append(row)
         return results
 
-    def figures(self, algos, out, shots, seed):
+    def figures(self, algos, out, shots, seed, extension="png"):
         """With position observations (2D navigation), the MAML paper's Fig. 4: paths before and
         after adaptation on held-out goals (``paths.png``)."""
         if not self.position_observations:
             return []
-        path = Path(out) / "paths.png"
+        path = Path(out) / f"paths.{extension}"
         plot_paths({label: (algo, self) for label, algo in algos.items()}, path, seed=seed)
         return [path]
+
+    def training_curve_axis(self, objective: Objective) -> CurveAxis:
+        """The logged meta-loss is minus the mean return per training episode after the inner
+        steps (none for the pretrained-policy baseline): curves show that return, higher is better."""
+        after = "no inner step" if objective is Objective.JOINT else "after the inner steps"
+        return CurveAxis(f"mean return per training episode ({after})", sign=-1.0, log=False)
 
     def held_out_goals(self, tasks: int, seed: int) -> torch.Tensor:
         """``tasks`` fixed held-out tasks, ``[tasks, ...]``: task ``t`` is drawn from
@@ -190,9 +197,11 @@ class RLFamily(TaskFamily):
         goals = self.held_out_goals(tasks, seed).to(device)
         generator = held_out_generator(seed, 0, 1)
         curves = []
-        for i in range(0, tasks, self.eval_chunk):
-            sampled = self.adaptation(algo, goals[i : i + self.eval_chunk], steps, generator)
-            curves.append(torch.stack([t.episode_returns().mean(1) for t in sampled.trajectories]))
+        with progress.bar(tasks, "adapting to held-out tasks", unit="task") as shown:
+            for i in range(0, tasks, self.eval_chunk):
+                sampled = self.adaptation(algo, goals[i : i + self.eval_chunk], steps, generator)
+                curves.append(torch.stack([t.episode_returns().mean(1) for t in sampled.trajectories]))
+                shown.update(curves[-1].shape[1])
         return torch.cat(curves, 1)
 
 
@@ -222,33 +231,48 @@ class PolicyGradientEngine:
         return -out["returns"][-1]
 
 
-def plot_paths(runs: Dict[str, tuple], path: Path, tasks: int = 3, seed: int = 1, shown: int = 3):
+def plot_paths(runs: Dict[str, tuple], path: Path, tasks: int = 3, seed: int = 1, shown: int = 2):
     """2D navigation (MAML Fig. 4, left): the paths of ``shown`` episodes of each run's policy before
-    adaptation and after each evaluated number of policy-gradient steps, on ``tasks`` held-out
-    goals (the evaluation's goals, episodes and step sizes); one column per run, one row per goal.
+    adaptation, after one policy-gradient step and after the last evaluated one, on ``tasks``
+    held-out goals (the evaluation's goals, episodes and step sizes); one column per run, one row
+    per goal, equal axes, the start and the goal marked.
 
     ``runs`` maps a label to ``(algorithm, family)`` (an RL family with ``position_observations``).
     """
     from metakit.experiments.util.figures import plt, save  # matplotlib only when drawing
 
-    fig, axes = plt.subplots(tasks, len(runs), figsize=(3.2 * len(runs), 3.2 * tasks), squeeze=False)
+    fig, axes = plt.subplots(tasks, len(runs), figsize=(3.4 * len(runs), 3.2 * tasks + 0.4), squeeze=False)
+    episodes_per_step = None
     for col, (name, (algo, family)) in enumerate(runs.items()):
         goals = family.held_out_goals(tasks, seed)
         steps = max(family.eval_protocol["steps"])
         sampled = family.adaptation(algo, goals, steps, held_out_generator(seed, 0, 1))
-        colors = plt.cm.viridis(torch.linspace(0.0, 0.9, steps + 1).tolist())
+        episodes_per_step = family.evaluation.trajectories
+        stages = sorted({0, min(1, steps), steps})
+        colors = dict(zip(stages, plt.cm.viridis(torch.linspace(0.0, 0.85, len(stages)).tolist())))
         for t in range(tasks):
             ax = axes[t][col]
-            for k, episodes in enumerate(sampled.trajectories):
-                for j in range(shown):
+            for k in stages:
+                episodes = sampled.trajectories[k]
+                for j in range(min(shown, episodes.observations.shape[1])):
                     xy = episodes.observations[t, j, : int(episodes.valid[t, j].sum()), :2]
                     label = None
                     if j == 0:
                         label = "before adaptation" if k == 0 else f"after {k} step{'s' * (k > 1)}"
-                    ax.plot(xy[:, 0], xy[:, 1], color=colors[k], lw=1, alpha=0.8, label=label)
-            ax.scatter(*goals[t, :2].tolist(), marker="*", s=120, color="tab:red", zorder=3, label="goal")
+                    ax.plot(xy[:, 0], xy[:, 1], color=colors[k], lw=1.2, alpha=0.85, label=label)
+            start = sampled.trajectories[0].observations[t, 0, 0, :2].tolist()
+            ax.scatter(*start, marker="s", s=40, color="black", zorder=4, label="start")
+            ax.scatter(*goals[t, :2].tolist(), marker="*", s=140, color="tab:red", zorder=4, label="goal")
             ax.set_aspect("equal", adjustable="datalim")
+            ax.set_xlabel("x position")
+            ax.set_ylabel("y position")
+            ax.grid(alpha=0.3)
             if t == 0:
                 ax.set_title(name)
-    axes[0][0].legend(fontsize=7, loc="lower left")
+    axes[0][0].legend(fontsize=7, loc="best")
+    fig.suptitle(
+        f"{tasks} held-out goals (seed {seed}); {shown} of {episodes_per_step} evaluation episodes shown "
+        "per stage",
+        fontsize=9,
+    )
     save(fig, path)

@@ -56,6 +56,7 @@ from metakit.experiments.tasks.vision.image_sets import (
     save_atomic,
     to_payload,
 )
+from metakit.experiments.util import progress
 
 SEED = 20_240_917
 """Seeds every drawing's jitter, together with the class's codepoint."""
@@ -387,8 +388,10 @@ def render_glyphs(alphabets: Optional[Collection[str]] = None, size: int = 28) -
             raise ValueError(f"unknown glyph alphabets {sorted(wanted - known)}; choose from {sorted(known)}")
         classes = tuple(item for item in classes if item[0] in wanted)
     images = np.zeros((len(classes), DRAWINGS, 1, size, size), dtype=np.uint8)
-    for i, (_, char) in enumerate(classes):
-        images[i, :, 0] = drawings(char, size)
+    with progress.bar(len(classes), "rendering the glyph set (once)", unit="class") as shown:
+        for i, (_, char) in enumerate(classes):
+            images[i, :, 0] = drawings(char, size)
+            shown.update()
     return ClassImages(
         torch.from_numpy(images),
         tuple(class_name(alphabet, char) for alphabet, char in classes),
