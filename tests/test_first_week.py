@@ -335,7 +335,8 @@ def test_a_run_saved_for_cuda_moves_to_the_cpu_with_resume_device(tmp_path):
         assert stuck.exit_code == 2 and one_line(stuck.stderr, "Error: --device cuda: no CUDA device")
         assert "--resume RUN --device cpu" in stuck.stderr
     result = invoke("train", "--resume", moved, "--device", "cpu", "--compile", "off", "--quiet")
-    assert result.exit_code == 0 and "resumed at 2" in result.stdout and "on cpu" in result.stdout, result.output
+    assert result.exit_code == 0, result.output
+    assert "resumed at 2" in result.stdout and "on cpu" in result.stdout
     saved = json.loads((moved / "config.json").read_text())
     assert saved == {**config, "iterations": 4, "compile": "off"}  # the run now says where it trains
     a, b = final_state(moved), final_state(straight)

@@ -13,7 +13,7 @@ from metakit.experiments.tasks import FAMILIES
 from metakit.experiments.training.config import FAMILY_OPTIONS, OPTIONS, choices_of, flag, value_type
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-COMMAND_OPTIONS = ("--out", "--force", "--resume", "--quiet")
+COMMAND_OPTIONS = ("--out", "--force", "--resume", "--from", "--quiet")
 """``metakit train`` options that are not training options (no ``TrainConfig`` field)."""
 FLAGS = {flag(name): name for name in OPTIONS}
 PLAIN_TYPES = (click.types.IntParamType, click.types.FloatParamType, click.types.StringParamType)
@@ -91,7 +91,7 @@ def test_help_shows_each_generated_option_with_its_choices():
 
 def test_click_parses_and_the_config_checks():
     params = {param.name: param for param in train.params}
-    assert set(params) == set(OPTIONS) | {option[2:] for option in COMMAND_OPTIONS}
+    assert {p.opts[0] for p in params.values()} == {flag(name) for name in OPTIONS} | set(COMMAND_OPTIONS)
     for name in OPTIONS:
         param = params[name]
         assert param.opts == [flag(name)] and param.default == OPTIONS[name].default, name
