@@ -477,6 +477,7 @@ def test_train_help_shows_every_option_with_its_default(flag):
         "query": "--shots",
         "data_root": "~/.cache/metakit for glyphs",
         "clip_grad": "no clipping",
+        "head": "linear for finetune",
     }
     for field in fields(TrainConfig):
         option = "--" + field.name.replace("_", "-")
