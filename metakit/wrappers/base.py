@@ -38,12 +38,19 @@ class Objective(enum.Enum):
     * ``METRIC``: the learner maps a task's support set to query predictions without gradient
       steps, ``predict(forward, x_support, y_support, x_query)`` with ``forward`` the model as a
       function (e.g. class prototypes); the meta-loss is the task loss of those predictions.
+    * ``TRANSFER``: trained like ``JOINT``, but the batch labels every example by its meta-train
+      class (the family samples it with ``global_labels=True``) and the model's head has one output
+      per meta-train class; at test time that head is dropped and the learner fits a fresh one to
+      each task's support set on the frozen features, ``head_curves(x_support, y_support, x_query,
+      steps)``: the query logits after 0, 1, …, ``steps`` steps of fitting (the fine-tuning
+      baselines).
     """
 
     UNROLLED = "unrolled"
     INTERPOLATION = "interpolation"
     JOINT = "joint"
     METRIC = "metric"
+    TRANSFER = "transfer"
 
     @property
     def differentiates_inner_loop(self) -> bool:

@@ -200,13 +200,25 @@ class TaskFamily:
         Called before a run writes anything.
         """
 
-    def sample(self, tasks: int, shots: int, query: int, generator: torch.Generator):
+    def sample(self, tasks: int, shots: int, query: int, generator: torch.Generator, global_labels=False):
         """A meta-training batch of ``tasks`` tasks (tensors on the CPU; a :class:`TaskBatch` for
-        supervised families)."""
+        supervised families).
+
+        ``global_labels`` is asked only of families with :meth:`train_classes` (by methods that
+        train a classifier over all meta-train classes): the same examples, each labelled by its
+        meta-train class, ``0 … train_classes() − 1``, instead of by its class's place in its task.
+        """
         raise NotImplementedError
 
-    def build_model(self) -> nn.Module:
-        """A freshly initialised model for this family."""
+    def train_classes(self) -> Optional[int]:
+        """How many meta-train classes ``sample(..., global_labels=True)`` labels and
+        ``build_model(outputs)`` can classify, or ``None`` (the default) for a family whose batches
+        are labelled within each task only (may load the data, see :meth:`prepare`)."""
+        return None
+
+    def build_model(self, outputs: Optional[int] = None) -> nn.Module:
+        """A freshly initialised model for this family; ``outputs`` (asked only of families with
+        :meth:`train_classes`) is the size of a classifier's head instead of the task's ways."""
         raise NotImplementedError
 
     def meta_engine(self, algo, backend: str, compile: bool):

@@ -22,6 +22,9 @@ to zero over the run (Reptile's outer rule, Nichol et al. 2018)."""
 RATE_FORMS = ("log", "signed")
 """``rates``: learned inner rates stored as log α (positive, moved by ratios) or as α itself, signed
 (the published form); see :data:`metakit.wrappers.lslr.RATE_FORMS`."""
+HEADS = ("linear", "cosine")
+"""``head``: the classifier of a fine-tuning baseline, Baseline's linear one or Baseline++'s scaled
+cosine similarity; see :data:`metakit.wrappers.finetune.HEADS`."""
 COMPILE_MODES = ("auto", "on", "off")
 """``compile``: ``auto`` compiles a func run long enough to repay the compilation (see
 :func:`metakit.experiments.training.trainer.choose_compile`), ``on`` always, ``off`` never."""
@@ -220,6 +223,14 @@ class TrainConfig:
         "outer step) before training stops as diverged.",
         minimum=1,
     )
+    head: Optional[str] = option(
+        help="finetune: the classifier over the meta-train classes and, fresh, over each task's "
+        "classes at test time: linear (Chen et al.'s Baseline) or cosine (Baseline++: scaled cosine "
+        "similarity of the normalised features and class weights).",
+        choices=HEADS,
+        default_text="linear for finetune",
+        noun=flag("head"),
+    )
     inner_all_points: bool = option(
         False,
         help="Reptile: inner steps train on support + query points, in mini-batches of the support size.",
@@ -239,6 +250,8 @@ class TrainConfig:
         if self.clip_grad is None:
             _check_choice(self, "method")
             self.clip_grad = default_clip_grad(self.method, self.inner_steps)
+        if self.head is None and self.method in METHODS and METHODS.get(self.method).transfer:
+            self.head = "linear"
         if isinstance(self.data_root, str) and self.data_root:  # usable from any working directory
             self.data_root = os.path.abspath(os.path.expanduser(self.data_root))
         _check(self, family)
@@ -380,6 +393,9 @@ def _check(config: TrainConfig, family) -> None:
         raise ConfigError(
             f"{_setting(config, 'method')} needs a classification task, not {_setting(config, 'task')}"
         )
+    if config.head is not None and not spec.transfer:
+        takers = ", ".join(m for m in METHODS.names() if METHODS.get(m).transfer)
+        raise ConfigError(f"{flag('head')} applies to {takers}, not {config.method}")
     if spec.always_first_order and config.first_order_until:
         raise ConfigError(
             f"{flag('first_order_until')} has no effect with {_setting(config, 'method')} "

@@ -349,7 +349,7 @@ def open_run(run_dir: Path, data_root: Optional[str] = None) -> LoadedRun:
     if data_root is not None:
         config = replace(config, data_root=str(data_root))
     state, note = load_latest_checkpoint(run_dir)
-    algo = build_algorithm(config, build_family(config).build_model())
+    algo = build_algorithm(config, build_family(config))
     try:
         algo.load_state_dict(state["algorithm"])
     except (KeyError, RuntimeError) as err:

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
-from metakit.experiments.methods import build_algorithm
+from metakit.experiments.methods import METHODS, build_algorithm
 from metakit.experiments.tasks import build_family
 from metakit.experiments.training import distributed, runs
 from metakit.experiments.training.config import ConfigError, TrainConfig
@@ -119,9 +119,10 @@ class Training:
 
     def sample(self):
         """This process's slice of the next meta-training batch of the task stream, on the run's
-        device (the whole batch in a single process)."""
+        device (the whole batch in a single process); labelled globally for a ``transfer`` method."""
         c = self.config
-        batch = self.family.sample(c.meta_batch, c.shots, c.query, self.generator)
+        labels = {"global_labels": True} if METHODS.get(c.method).transfer else {}
+        batch = self.family.sample(c.meta_batch, c.shots, c.query, self.generator, **labels)
         start, stop = distributed.slice_bounds(c.meta_batch, self.world.rank, self.world.size)
         return type(batch)(*(t[start:stop].to(self.device, non_blocking=True) for t in batch))
 
@@ -181,7 +182,7 @@ def build_training(config: TrainConfig, family=None, world: World = World()) -> 
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     torch.manual_seed(config.seed)
-    algo = build_algorithm(config, family.build_model().to(device))
+    algo = build_algorithm(config, family, device)
     if config.outer_optimizer == "sgd-annealed":  # Reptile's: ε_i = ε·(1 − i/N) at iteration i
         optimizer = torch.optim.SGD(algo.parameters(), lr=config.meta_lr)
         anneal = lambda i: 1 - i / config.iterations  # noqa: E731 (its state is last_epoch alone)

@@ -30,8 +30,9 @@ def accumulate_grad(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor
 
 
 def joint_backward(algo, batch: TaskBatch, loss_fn: Callable) -> float:
-    """The ``JOINT`` objective: back-propagate the loss of the un-adapted model on all points of all
-    tasks; return it."""
+    """The ``JOINT`` and ``TRANSFER`` objectives: back-propagate the loss of the un-adapted model on
+    all points of all tasks against the batch's labels (a ``TRANSFER`` batch's are global); return
+    it."""
     x = torch.cat([batch.x_support, batch.x_query], 1).flatten(0, 1)
     y = torch.cat([batch.y_support, batch.y_query], 1).flatten(0, 1)
     loss = loss_fn(algo(x), y)

@@ -52,7 +52,7 @@ class LoopEngine:
         after the last step, for logging.
         """
         algo, objective = self.algo, self.algo.objective
-        if objective is Objective.JOINT:
+        if objective in (Objective.JOINT, Objective.TRANSFER):
             return joint_backward(algo, batch, self.loss_fn)
         if objective is Objective.INTERPOLATION:
             return self._interpolation_backward(batch, steps)

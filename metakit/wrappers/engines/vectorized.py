@@ -197,7 +197,7 @@ class VectorizedEngine:
     ) -> float:
         """Same contract as :meth:`metakit.wrappers.engines.loop.LoopEngine.meta_backward`."""
         objective = self.algo.objective
-        if objective is Objective.JOINT:
+        if objective in (Objective.JOINT, Objective.TRANSFER):
             return joint_backward(self.algo, batch, self.loss_fn)
         if objective is Objective.INTERPOLATION:
             return self._interpolation_backward(batch, steps)
@@ -271,7 +271,9 @@ class VectorizedEngine:
         inner steps: ``{"loss": [max_steps + 1, tasks], "score": same shape or None}``.
 
         Adapts with the algorithm's own inner rule (first-order, no meta graph), for evaluation;
-        steps from ``guard_from`` on (a learned rule's horizon) are :meth:`guarded_step` s.
+        steps from ``guard_from`` on (a learned rule's horizon) are :meth:`guarded_step` s. A
+        ``TRANSFER`` learner fits a fresh head per task instead (its ``head_curves``), a step being
+        one of its own.
         """
         start = {name: p.detach() for name, p in self.algo.module.named_parameters()}
 
@@ -280,6 +282,11 @@ class VectorizedEngine:
             if score is not None:
                 values.append(score(prediction, y).to(values[0].dtype))
             return torch.stack(values)
+
+        if self.algo.objective is Objective.TRANSFER:  # a fresh head per task, the body frozen
+            logits = self.algo.head_curves(batch.x_support, batch.y_support, batch.x_query, max_steps)
+            values = vmap(vmap(measure), in_dims=(0, None))(logits, batch.y_query)  # [steps + 1, tasks, 1|2]
+            return {"loss": values[..., 0], "score": values[..., 1] if score is not None else None}
 
         if self.algo.objective is Objective.METRIC:  # no gradient steps: the same at every count
 

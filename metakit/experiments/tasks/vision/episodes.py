@@ -110,15 +110,26 @@ class ImageEpisodes(SupervisedFamily):
             )
         self._train, self._test = images, test
 
-    def sample(self, tasks, shots, query, generator):
+    def sample(self, tasks, shots, query, generator, global_labels=False):
         """``tasks`` episodes from the meta-train classes: support ``[tasks, ways·shots, C, H, W]``,
-        labels ``[tasks, ways·shots]`` (class-major), and the same for the query set."""
+        labels ``[tasks, ways·shots]`` (class-major), and the same for the query set. With
+        ``global_labels`` an image's label is its meta-train class, ``0 … train_classes() − 1``
+        (rotation ``k`` of class ``c`` is class ``c + k·C`` of the ``C`` unrotated ones)."""
         self.prepare()
         classes, per_class = self._train.shape[:2]
         chosen = torch.rand(tasks, classes, generator=generator).argsort(1)[:, : self.ways]
         picks = torch.rand(tasks, self.ways, per_class, generator=generator).argsort(2)[..., : shots + query]
         images = self._train[chosen[..., None], picks]  # [tasks, ways, shots + query, C, H, W]
-        return _episodes(images, shots)
+        batch = _episodes(images, shots)
+        if not global_labels:
+            return batch
+        label = lambda n: chosen[..., None].expand(-1, -1, n).flatten(1)  # noqa: E731
+        return batch._replace(y_support=label(shots), y_query=label(query))
+
+    def train_classes(self) -> int:
+        """The meta-train classes, rotated ones included (loads the data first)."""
+        self.prepare()
+        return self._train.shape[0]
 
     def held_out(self, tasks: int, max_shots: int, seed: int) -> "EpisodeHeldOut":
         """``tasks`` fixed episodes from the meta-test classes with up to ``max_shots`` support and
@@ -141,12 +152,12 @@ class ImageEpisodes(SupervisedFamily):
             query.append(images[:, per_class - EVAL_QUERY :])
         return EpisodeHeldOut(torch.stack(support), torch.stack(query))
 
-    def build_model(self):
-        """The conv net for the data's channels and size, with a ``ways``-way head (loads the data
-        first, see :meth:`prepare`)."""
+    def build_model(self, outputs=None):
+        """The conv net for the data's channels and size, with a ``ways``-way head (``outputs``-way
+        if given; loads the data first, see :meth:`prepare`)."""
         self.prepare()
         in_channels, height, width = self._test.image_shape
-        return conv_net(self.ways, in_channels, (height, width), self.channels, self.blocks)
+        return conv_net(outputs or self.ways, in_channels, (height, width), self.channels, self.blocks)
 
     def loss(self, prediction, target):
         """Cross-entropy."""
