@@ -326,7 +326,7 @@ def test_evaluation_guards_the_steps_beyond_the_horizon_it_is_given():
     config = TrainConfig(method="enhanced", inner_steps=1)
     family = build_family(config)
     torch.manual_seed(0)
-    algo = build_algorithm(config, family.build_model())
+    algo = build_algorithm(config, family)
     with torch.no_grad():  # a one-step rule that overshoots when repeated (rates stored as log α)
         algo.lslr.log_rates.add_(math.log(30.0))
     rows = {
