@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from metakit.experiments.reports.evaluate import evaluate_algorithm
 from metakit.experiments.tasks import FAMILIES, build_family, register_family
 from metakit.experiments.tasks.vision.convnet import BatchStatNorm2d, conv_net
-from metakit.experiments.tasks.vision.episodes import EVAL_QUERY, ImageEpisodes
+from metakit.experiments.tasks.vision.episodes import ImageEpisodes
 from metakit.experiments.tasks.vision.image_sets import ClassImages, DataError
 from metakit.experiments.training.config import TrainConfig
 from metakit.experiments.training.runs import load_run
@@ -92,7 +92,7 @@ def test_held_out_episodes_are_fixed_and_independent_of_what_is_asked():
     batch = a.batch(5)
     assert batch.x_support.shape == (20, 15, 1, 28, 28) and batch.x_query.shape == (
         20,
-        3 * EVAL_QUERY,
+        3 * Tagged.eval_query,
         1,
         28,
         28,

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from metakit.experiments.util import progress
+from metakit.experiments.util.errors import flag
 from metakit.experiments.util.statistics import task_statistics
 from metakit.wrappers.base import Objective
 from metakit.wrappers.engines import VectorizedEngine, make_engine
@@ -194,6 +195,13 @@ class TaskFamily:
         Called for every :class:`~metakit.experiments.training.config.TrainConfig`; must not load data.
         """
 
+    @classmethod
+    def missing_validation(cls, config) -> Optional[str]:
+        """Why ``config``'s data has no validation split to select a model on (one phrase), or
+        ``None`` where it has one (``--select-on validation``; the family's ``held_out`` then takes
+        ``split="validation"``). Must not load data."""
+        return f"{flag('task')} {config.task} has none"
+
     def prepare(self) -> None:
         """Load and check whatever data the family needs (a one-line ``DataError`` if it is bad).
 
@@ -298,7 +306,11 @@ class SupervisedFamily(TaskFamily):
         it), on the device of the algorithm's parameters.
         """
         self.prepare()
-        held_out = self.held_out(tasks, max(shots), seed)
+        return self.score_held_out(algo, self.held_out(tasks, max(shots), seed), tasks, shots, steps, horizon)
+
+    def score_held_out(self, algo, held_out, tasks: int, shots, steps, horizon=None) -> list:
+        """The rows of :meth:`evaluate` for a given ``held_out`` set of ``tasks`` tasks (the meta-test
+        set, or a validation set)."""
         engine = VectorizedEngine(algo, self.loss)
         device = next(algo.parameters()).device
         chunk = self.eval_chunk

@@ -28,6 +28,9 @@ cosine similarity; see :data:`metakit.wrappers.finetune.HEADS`."""
 COMPILE_MODES = ("auto", "on", "off")
 """``compile``: ``auto`` compiles a func run long enough to repay the compilation (see
 :func:`metakit.experiments.training.trainer.choose_compile`), ``on`` always, ``off`` never."""
+SELECT_ON = ("last", "validation")
+"""``select_on``: the model a run's evaluation uses: its last meta-parameters, or those that scored
+best on the family's validation episodes (see :mod:`metakit.experiments.training.trainer`)."""
 OMNIGLOT_SPLITS = ("vinyals", "background")
 """``omniglot_split``: the class split of Vinyals et al. 2016, or the official background/evaluation one."""
 PLACEMENT = ("device", "compile")
@@ -185,6 +188,27 @@ class TrainConfig:
         1000,
         help="Iterations between checkpoints (also written at the end and on Ctrl-C/SIGTERM).",
         minimum=1,
+    )
+    select_on: str = option(
+        "last",
+        help="The model that eval uses: the last one, or the one with the best validation score (image "
+        f"families with a validation split), measured every {flag('select_every')} iterations and at "
+        "the end.",
+        choices=SELECT_ON,
+        noun=flag("select_on"),
+    )
+    select_every: Optional[int] = option(
+        help=f"{flag('select_on')} validation: iterations between validations.",
+        minimum=1,
+        maximum=MAX_ITERATIONS,
+        default_text=flag("checkpoint_every"),
+    )
+    select_tasks: int = option(
+        100,
+        help=f"{flag('select_on')} validation: the fixed validation episodes scored each time, at the "
+        "training ways, shots and inner steps.",
+        minimum=2,
+        maximum=2**24,
     )
     multi_step_loss: bool = option(
         False, help="MAML++ multi-step loss (query loss after every inner step, annealed weights)."
@@ -413,6 +437,13 @@ def _check(config: TrainConfig, family) -> None:
         )
     if config.multi_step_loss and config.inner_steps < 2:
         raise ConfigError(f"{flag('multi_step_loss')} needs {flag('inner_steps')} of at least 2")
+    if config.select_on == "validation":
+        missing = family.missing_validation(config)
+        if missing:
+            raise ConfigError(f"{flag('select_on')} validation needs a validation split; {missing}")
+    elif config.select_every is not None or config.select_tasks != OPTIONS["select_tasks"].default:
+        given = flag("select_every") if config.select_every is not None else flag("select_tasks")
+        raise ConfigError(f"{given} applies to {flag('select_on')} validation")
     if config.compile == "on" and config.backend != "func":
         raise ConfigError(f"{flag('compile')} on applies to {flag('backend')} func only")
     try:

@@ -12,9 +12,6 @@ from metakit.experiments.tasks.vision.image_sets import ClassImages, DataError
 from metakit.experiments.util.errors import flag
 from metakit.wrappers.engines.batch import TaskBatch
 
-EVAL_QUERY = 10
-"""Query images per class in held-out episodes (fixed, so every K sees the same query set)."""
-
 
 class ImageEpisodes(SupervisedFamily):
     """Few-shot classification: each task picks ``ways`` classes and ``shots`` + ``query`` images
@@ -38,6 +35,9 @@ class ImageEpisodes(SupervisedFamily):
     """Filters of every conv block."""
     blocks = 4
     """Conv blocks of the model."""
+    eval_query = 10
+    """Query images per class in held-out (and validation) episodes: fixed, so that every K sees the
+    same query set; a family whose protocol tests on more (miniImageNet's 15) sets its own."""
     image_size = 28
     """Side that the glyph set is rendered at and Omniglot resized to (the model is sized from the data)."""
     eval_chunk = 20  # 20 episodes of 5-way 5-shot: ~1,500 images through the conv net at once
@@ -60,6 +60,7 @@ class ImageEpisodes(SupervisedFamily):
         self.rotations = rotations
         self.min_images = min_images
         self._train: Optional[torch.Tensor] = None
+        self._validation: Optional[ClassImages] = None
         self._test: Optional[ClassImages] = None
 
     @classmethod
@@ -108,7 +109,7 @@ class ImageEpisodes(SupervisedFamily):
                 "classes have "
                 f"{train.images.shape[1]}"
             )
-        self._train, self._test = images, test
+        self._train, self._validation, self._test = images, validation, test
 
     def sample(self, tasks, shots, query, generator, global_labels=False):
         """``tasks`` episodes from the meta-train classes: support ``[tasks, ways·shots, C, H, W]``,
@@ -131,16 +132,29 @@ class ImageEpisodes(SupervisedFamily):
         self.prepare()
         return self._train.shape[0]
 
-    def held_out(self, tasks: int, max_shots: int, seed: int) -> "EpisodeHeldOut":
-        """``tasks`` fixed episodes from the meta-test classes with up to ``max_shots`` support and
-        :data:`EVAL_QUERY` query images per class; each episode has its own random stream."""
+    @classmethod
+    def missing_validation(cls, config) -> Optional[str]:
+        """Image families have a validation split (:meth:`load` says where the data has none)."""
+        return None
+
+    def held_out(self, tasks: int, max_shots: int, seed: int, split: str = "test") -> "EpisodeHeldOut":
+        """``tasks`` fixed episodes from the meta-test classes (or, with ``split="validation"``, the
+        validation classes) with up to ``max_shots`` support and :attr:`eval_query` query images per
+        class; each episode has its own random stream."""
         self.prepare()
-        data = self._test.images
+        episodes, classes, split_data = {
+            "test": ("held-out", "meta-test", self._test),
+            "validation": ("validation", "validation", self._validation),
+        }[split]
+        if split_data is None:
+            where = f" in {self.data_root}" if self.data_root else ""
+            raise DataError(f"the data{where} has no {classes} split")
+        data, count = split_data.images, self.eval_query
         per_class = data.shape[1]
-        if max_shots + EVAL_QUERY > per_class:
+        if max_shots + count > per_class:
             raise DataError(
-                f"held-out episodes use {EVAL_QUERY} query images per class; the meta-test classes have "
-                f"{per_class} images, so {flag('shots')} can be at most {per_class - EVAL_QUERY}"
+                f"{episodes} episodes use {count} query images per class; the {classes} classes have "
+                f"{per_class} images, so {flag('shots')} can be at most {per_class - count}"
             )
         support, query = [], []
         for t in range(tasks):
@@ -149,7 +163,7 @@ class ImageEpisodes(SupervisedFamily):
             order = torch.stack([torch.randperm(per_class, generator=generator) for _ in range(self.ways)])
             images = data[chosen[:, None], order]  # [ways, per_class, C, H, W]
             support.append(images[:, :max_shots])
-            query.append(images[:, per_class - EVAL_QUERY :])
+            query.append(images[:, per_class - count :])
         return EpisodeHeldOut(torch.stack(support), torch.stack(query))
 
     def build_model(self, outputs=None):
@@ -202,7 +216,7 @@ def _episodes(images: torch.Tensor, shots: int) -> TaskBatch:
 @dataclass(frozen=True)
 class EpisodeHeldOut:
     """Held-out episodes: ``support`` ``[tasks, ways, max_shots, C, H, W]`` and ``query``
-    ``[tasks, ways, EVAL_QUERY, C, H, W]`` (uint8); ``batch(K)`` uses the first K support images."""
+    ``[tasks, ways, eval_query, C, H, W]`` (uint8); ``batch(K)`` uses the first K support images."""
 
     support: torch.Tensor
     query: torch.Tensor
