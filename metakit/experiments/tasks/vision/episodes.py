@@ -105,8 +105,7 @@ class ImageEpisodes(SupervisedFamily):
         if self.min_images > train.images.shape[1]:
             raise DataError(
                 f"{flag('shots')} + {flag('query')} = {self.min_images} images per class; the meta-train "
-                "classes have "
-                f"{train.images.shape[1]}"
+                f"classes have {train.images.shape[1]} images{_set_by(train)}"
             )
         self._train, self._test = images, test
 
@@ -127,9 +126,15 @@ class ImageEpisodes(SupervisedFamily):
         data = self._test.images
         per_class = data.shape[1]
         if max_shots + EVAL_QUERY > per_class:
+            most = per_class - EVAL_QUERY
+            limit = (
+                f"so {flag('shots')} can be at most {most}"
+                if most >= 1
+                else f"too few for any {flag('shots')} (at least {EVAL_QUERY + 1} are needed)"
+            )
             raise DataError(
-                f"held-out episodes use {EVAL_QUERY} query images per class; the meta-test classes have "
-                f"{per_class} images, so {flag('shots')} can be at most {per_class - EVAL_QUERY}"
+                f"held-out episodes use {flag('shots')} + {EVAL_QUERY} query images per class; the meta-test "
+                f"classes have {per_class} images{_set_by(self._test)}, {limit}"
             )
         support, query = [], []
         for t in range(tasks):
@@ -159,6 +164,11 @@ class ImageEpisodes(SupervisedFamily):
     def score(self, prediction, target):
         """Accuracy."""
         return accuracy(prediction, target)
+
+
+def _set_by(data: ClassImages) -> str:
+    """`` (the fewest of any class, in FOLDER)`` where the data says which class that is, else ''."""
+    return f" (the fewest of any class, in {data.fewest})" if data.fewest else ""
 
 
 def _shape(data: ClassImages) -> str:
