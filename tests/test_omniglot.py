@@ -14,6 +14,7 @@ import torch
 from PIL import Image, ImageDraw, ImageOps
 from test_cli import invoke
 
+from metakit.experiments.tasks import build_family
 from metakit.experiments.tasks.vision import omniglot_folder
 from metakit.experiments.tasks.vision.image_sets import DataError, save_atomic
 from metakit.experiments.tasks.vision.omniglot import Omniglot
@@ -418,6 +419,25 @@ def test_a_short_evaluation_class_is_named_with_what_is_needed(tmp_path):
         f"images (the fewest of any class, in {root / 'images_evaluation' / 'Gamma' / 'c1'}), so "
         "--shots can be at most 2"
     ), result.output
+
+
+def test_the_background_split_meta_trains_on_images_background_only(tmp_path):
+    counts = {
+        "background": {"Alpha/c1": 12, "Alpha/c2": 12, "Beta/c1": 12},
+        "evaluation": {"Gamma/c1": 12, "Gamma/c2": 12},
+    }
+    root = make_counts(tmp_path / "data", counts)
+    options = dict(task="omniglot", omniglot_split="background", data_root=str(root), ways=2, query=2)
+    family = build_family(TrainConfig(**options, rotations=False))
+    data = load_omniglot(root)
+    as_bytes = lambda images: {image.numpy().tobytes() for image in images.flatten(0, 1)}  # noqa: E731
+    background, evaluation = as_bytes(data["background"].images), as_bytes(data["evaluation"].images)
+    assert not background & evaluation
+    batch = family.sample(50, 1, 2, torch.Generator().manual_seed(0))
+    drawn = torch.cat([batch.x_support, batch.x_query], 1).mul(255).round().to(torch.uint8)
+    assert as_bytes(drawn) == background  # every meta-train drawing, and only those, in 50 episodes
+    held_out = family.held_out(4, 1, seed=1)
+    assert as_bytes(torch.cat([held_out.support, held_out.query], 2).flatten(0, 1)) <= evaluation
 
 
 # --- the Vinyals et al. split ---------------------------------------------------------------------
