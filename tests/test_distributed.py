@@ -146,7 +146,7 @@ def test_a_process_other_than_rank_zero_never_writes_a_checkpoint(tmp_path, monk
     other = mp.get_context("spawn").Process(target=_writer_worker, args=(1, port, str(tmp_path)))
     other.start()
     for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(name, raising=False)  # restored after this process has been rank 0
+        monkeypatch.setenv(name, "")  # recorded, so that teardown removes what rank 0 below sets
     _writer_worker(0, port, str(tmp_path))
     other.join(timeout=120)
     assert other.exitcode == 0
