@@ -106,8 +106,7 @@ class ImageEpisodes(SupervisedFamily):
         if self.min_images > train.images.shape[1]:
             raise DataError(
                 f"{flag('shots')} + {flag('query')} = {self.min_images} images per class; the meta-train "
-                "classes have "
-                f"{train.images.shape[1]}"
+                f"classes have {train.images.shape[1]} images{_set_by(train)}"
             )
         self._train, self._validation, self._test = images, validation, test
 
@@ -152,9 +151,15 @@ class ImageEpisodes(SupervisedFamily):
         data, count = split_data.images, self.eval_query
         per_class = data.shape[1]
         if max_shots + count > per_class:
+            most = per_class - count
+            limit = (
+                f"so {flag('shots')} can be at most {most}"
+                if most >= 1
+                else f"too few for any {flag('shots')} (at least {count + 1} are needed)"
+            )
             raise DataError(
-                f"{episodes} episodes use {count} query images per class; the {classes} classes have "
-                f"{per_class} images, so {flag('shots')} can be at most {per_class - count}"
+                f"{episodes} episodes use {flag('shots')} + {count} query images per class; the {classes} "
+                f"classes have {per_class} images{_set_by(split_data)}, {limit}"
             )
         support, query = [], []
         for t in range(tasks):
@@ -184,6 +189,11 @@ class ImageEpisodes(SupervisedFamily):
     def score(self, prediction, target):
         """Accuracy."""
         return accuracy(prediction, target)
+
+
+def _set_by(data: ClassImages) -> str:
+    """`` (the fewest of any class, in FOLDER)`` where the data says which class that is, else ''."""
+    return f" (the fewest of any class, in {data.fewest})" if data.fewest else ""
 
 
 def _shape(data: ClassImages) -> str:
