@@ -473,3 +473,13 @@ def test_a_frozen_layer_in_a_detached_clone_takes_sgd_on_the_rest():
     frozen = zip(learner.module[0].parameters(), reptile.module[0].parameters())
     assert all(torch.equal(a, b) for a, b in frozen)
     assert_close_lists(list(learner.module[2].parameters()), expected, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["func", "higher"])
+def test_engines_that_cannot_freeze_a_layer_refuse_it_by_name(backend):
+    from metakit.wrappers.engines import make_engine
+
+    algo = MAMLEnhanced(frozen_mlp(), ALPHA, 1, allow_nograd=True)
+    with pytest.raises(ValueError, match=r"frozen parameters \(0\.weight, 0\.bias\); use the l2l backend"):
+        make_engine(algo, backend=backend)
+    make_engine(algo, backend="l2l")  # l2l leaves them as they are

@@ -38,3 +38,15 @@ def joint_backward(algo, batch: TaskBatch, loss_fn: Callable) -> float:
     loss = loss_fn(algo(x), y)
     loss.backward()
     return loss.item()
+
+
+def refuse_frozen(algo, backend: str) -> None:
+    """A :class:`ValueError` naming the model's frozen parameters (``requires_grad=False``), which
+    ``backend`` would adapt anyway (func) or cannot handle (higher); the l2l backend leaves them
+    as they are with ``allow_nograd=True``, as learn2learn does."""
+    frozen = [name for name, p in algo.module.named_parameters() if not p.requires_grad]
+    if frozen:
+        raise ValueError(
+            f"the {backend} backend does not support frozen parameters ({', '.join(frozen)}); use the "
+            "l2l backend with allow_nograd=True"
+        )

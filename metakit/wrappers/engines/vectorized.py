@@ -24,7 +24,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from metakit.wrappers.base import MetaLearner, Objective
-from metakit.wrappers.engines.batch import TaskBatch, accumulate_grad, joint_backward
+from metakit.wrappers.engines.batch import TaskBatch, accumulate_grad, joint_backward, refuse_frozen
 from metakit.wrappers.engines.inner_step import Params, functional_inner_step
 from metakit.wrappers.rules import reptile_gradient
 
@@ -77,6 +77,7 @@ class VectorizedEngine:
                 f"adapted_names, inner_updates, describe), e.g. metakit.wrappers.MAML(model, lr); got "
                 f"{type(algo).__module__}.{type(algo).__name__}"
             )
+        refuse_frozen(algo, "func")
         buffers = [name for name, _ in algo.module.named_buffers()]
         if buffers:
             raise ValueError(
