@@ -213,7 +213,7 @@ def test_train_then_eval_round_trip(tmp_path, method, backend):
     if method in ("mc", "lslr", "enhanced"):  # steps 3 lie beyond the 2 trained inner steps
         assert re.search(r"^\s*5\s+3\*\s", table.stdout, re.M) and not re.search(r"\s1\*", table.stdout)
         assert footnote == [
-            "* beyond the 2 inner steps the learned rates were trained for"
+            "* beyond the 2 inner steps the run was trained for"
             "; there a step is taken only where it lowers the task's support loss"
         ], other
     else:

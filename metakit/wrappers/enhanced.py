@@ -5,7 +5,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from metakit.wrappers.base import Learner
+from metakit.wrappers.base import Learner, adaptable_names
 from metakit.wrappers.curvature import MetaCurvatureTransform
 from metakit.wrappers.lslr import LayerwiseLR
 from metakit.wrappers.rules import scaled_updates
@@ -57,7 +57,8 @@ class MAMLEnhanced(Learner):
     ):
         super().__init__(model, lr, first_order)
         self.inner_steps = inner_steps
-        params = list(model.parameters())
+        named = dict(model.named_parameters())
+        params = [named[name] for name in adaptable_names(model)]  # those the inner loop steps
         self.curvature = nn.ModuleList(MetaCurvatureTransform(p) for p in params) if curvature else None
         self.lslr = (
             LayerwiseLR(len(params), inner_steps, lr, dtype=params[0].dtype, rate_form=rate_form)

@@ -5,7 +5,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from metakit.wrappers.base import Learner
+from metakit.wrappers.base import Learner, adaptable_names
 from metakit.wrappers.lslr import initial_rates
 from metakit.wrappers.rules import scaled_updates
 
@@ -45,7 +45,9 @@ class MetaSGD(Learner):
     def __init__(self, model: nn.Module, lr: float, first_order: bool = False, rate_form: str = "signed"):
         super().__init__(model, lr, first_order)
         self.rate_form = rate_form
-        rates = nn.ParameterList(initial_rates(p.detach(), lr, rate_form) for p in model.parameters())
+        named = dict(model.named_parameters())
+        adapted = [named[name] for name in adaptable_names(model)]  # those the inner loop steps
+        rates = nn.ParameterList(initial_rates(p.detach(), lr, rate_form) for p in adapted)
         setattr(self, "log_lrs" if rate_form == "log" else "lrs", rates)
 
     def rates(self) -> list:
