@@ -486,6 +486,7 @@ def test_train_help_shows_every_option_with_its_default(flag):
         "query": "--shots",
         "data_root": "~/.cache/metakit for glyphs",
         "clip_grad": "10 for a learned inner rule over more than one step, else 0",
+        "per_step_bn": "off",
     }
     for field in fields(TrainConfig):
         option = "--" + field.name.replace("_", "-")

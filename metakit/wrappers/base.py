@@ -89,15 +89,21 @@ class MetaOnly(nn.Module):
     vectorised), e.g. MAML++'s per-step batch-norm weights and running statistics."""
 
 
-def adaptable_names(module: nn.Module) -> tuple:
-    """Names of ``module``'s parameters that an inner loop may adapt, in ``parameters()`` order:
-    every one outside the :class:`MetaOnly` submodules."""
-    fixed = {
+def meta_only_names(module: nn.Module, kind: str = "parameters") -> set:
+    """Names (as in ``module.named_parameters()`` or, for ``kind="buffers"``, ``named_buffers()``)
+    of the parameters or buffers of ``module``'s :class:`MetaOnly` parts."""
+    return {
         f"{prefix}.{name}" if prefix else name
         for prefix, part in module.named_modules()
         if isinstance(part, MetaOnly)
-        for name, _ in part.named_parameters()
+        for name, _ in getattr(part, f"named_{kind}")()
     }
+
+
+def adaptable_names(module: nn.Module) -> tuple:
+    """Names of ``module``'s parameters that an inner loop may adapt, in ``parameters()`` order:
+    every one outside the :class:`MetaOnly` submodules."""
+    fixed = meta_only_names(module)
     return tuple(name for name in parameter_names(module) if name not in fixed)
 
 

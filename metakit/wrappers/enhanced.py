@@ -31,8 +31,9 @@ class MAMLEnhanced(Learner):
         model: any ``nn.Module``.
         lr: inner learning rate α (the initial value of every layerwise rate).
         inner_steps: number of inner steps that get their own learned rates.
-        curvature: learn a :class:`MetaCurvatureTransform` per parameter tensor.
-        layerwise_lr: learn a :class:`LayerwiseLR` rate per parameter tensor and step.
+        curvature: learn a :class:`MetaCurvatureTransform` per adapted parameter tensor (all but
+            :class:`~metakit.wrappers.base.MetaOnly` parts).
+        layerwise_lr: learn a :class:`LayerwiseLR` rate per adapted parameter tensor and step.
         first_order: do not differentiate through the inner gradients.
         rate_form: how :class:`LayerwiseLR` stores its rates: ``"signed"`` (the default, MAML++'s)
             or ``"log"`` (α = exp ρ; see :data:`~metakit.wrappers.lslr.RATE_FORMS`).

@@ -12,7 +12,8 @@ from metakit.wrappers.rules import scaled_updates
 
 class MetaSGD(Learner):
     """Meta-SGD: the inner step is ``α_i ⊙ ∇_i L_support(θ)``, with a learned rate tensor ``α_i`` of
-    the same shape as each parameter tensor ``θ_i``.
+    the same shape as each adapted parameter tensor ``θ_i`` (all but
+    :class:`~metakit.wrappers.base.MetaOnly` parts).
 
     The meta-parameters (``parameters()``) are the model initialisation and the rates; one outer
     optimizer trains them together. The rates start at ``lr``. With ``rate_form="signed"`` they are

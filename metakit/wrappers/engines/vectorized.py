@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from metakit.wrappers.base import MetaLearner, MetaOnly, Objective, step_kwargs
+from metakit.wrappers.base import MetaLearner, Objective, meta_only_names, step_kwargs
 from metakit.wrappers.engines.batch import TaskBatch, accumulate_grad, joint_backward
 from metakit.wrappers.engines.inner_step import Params, functional_inner_step
 from metakit.wrappers.rules import reptile_gradient
@@ -80,12 +80,7 @@ class VectorizedEngine:
                 f"adapted_names, inner_updates, describe), e.g. metakit.wrappers.MAML(model, lr); got "
                 f"{type(algo).__module__}.{type(algo).__name__}"
             )
-        read_only = {
-            f"{prefix}.{name}" if prefix else name
-            for prefix, part in algo.module.named_modules()
-            if isinstance(part, MetaOnly)
-            for name, _ in part.named_buffers()
-        }
+        read_only = meta_only_names(algo.module, "buffers")
         buffers = [name for name, _ in algo.module.named_buffers() if name not in read_only]
         if buffers:
             raise ValueError(
