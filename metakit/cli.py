@@ -356,7 +356,20 @@ def train(out, force, resume, from_run, quiet, **options):
     click.echo(
         f"trained {trained}{resumed} in {summary['seconds']:.1f}s on {summary['device']} "
         f"({ENGINES[summary['engine']]}), {skipped} non-finite meta-batch{'es' * (skipped != 1)} "
-        f"skipped; {final}; run saved to {out}; {_next_commands(out)}"
+        f"skipped; {final}{_selected_text(summary)}; run saved to {out}; {_next_commands(out)}"
+    )
+
+
+def _selected_text(summary: dict) -> str:
+    """``; selected on validation: iteration 40 (accuracy 52.40%)`` for a training summary with a
+    selected model, else ``""``."""
+    selected = summary["selected"]
+    if selected is None:
+        return ""
+    metric = FAMILIES.get(summary["task"]).metric
+    return (
+        f"; selected on validation: iteration {selected['iteration']} ({metric.label} "
+        f"{metric.format(selected['score'])})"
     )
 
 
@@ -406,7 +419,8 @@ def evaluate(run_dir, tasks, shots, steps, ways, seed, device, data_root, as_jso
         training_horizon,
     )
 
-    config, algo, _, iteration = _load_run(run_dir, device, data_root)
+    loaded = _load_run(run_dir, device, data_root)
+    config, algo = loaded.config, loaded.algo
     family = _eval_family(config, ways)
     shots = shots or list(family.eval_protocol.get("shots", ()))
     steps = steps or list(family.eval_protocol["steps"])
@@ -415,9 +429,11 @@ def evaluate(run_dir, tasks, shots, steps, ways, seed, device, data_root, as_jso
     report = {
         "run": str(run_dir),
         "method": config.method,
-        "iteration": iteration,
+        "iteration": loaded.iteration,
         "iterations": config.iterations,
-        "finished": iteration >= config.iterations,
+        "trained": loaded.trained,
+        "finished": loaded.trained >= config.iterations,
+        "selected": _selection_report(config, loaded.selected),
         "seed": seed,
         "tasks": tasks,
         "horizon": horizon,
@@ -430,6 +446,15 @@ def evaluate(run_dir, tasks, shots, steps, ways, seed, device, data_root, as_jso
     summary = algo.describe()
     if summary:
         click.echo(summary)
+
+
+def _selection_report(config, selected):
+    """``eval --json``'s ``selected``: how the evaluated model was selected on validation (its
+    iteration, metric and score, and the validation episodes' count, shots and steps), or ``None``."""
+    if selected is None:
+        return None
+    episodes = {"tasks": config.select_tasks, "shots": config.shots, "steps": config.inner_steps}
+    return {"on": "validation", **selected, **episodes}
 
 
 def _eval_family(config, ways):

@@ -349,6 +349,7 @@ def test_bench_header_gives_the_shots_used_and_device_help_says_where_it_applies
         "query": 1,
         "ways": 5,
         "results": [],
+        "gemm_gflops": [30.0, 31.0],
     }
     header = bench.format_table(report).splitlines()[0]
     assert header.startswith("glyphs, 5-way 1-shot, 1 query images per class; cpu, 1 thread(s)")

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from metakit.cli import cli
@@ -18,6 +19,9 @@ RESULT_KEYS = {
     "speedup",
     "peak_memory_bytes",
     "compile_seconds",
+    "gflop_per_iteration",
+    "gflops",
+    "gemm_fraction",
 }
 
 
@@ -48,14 +52,20 @@ def test_quick_json_schema(quick_report):
             isinstance(r["peak_memory_bytes"], int) and r["peak_memory_bytes"] >= 0
         )
         assert r["compile_seconds"] is None
+        assert r["gflops"] == pytest.approx(r["gflop_per_iteration"] / r["seconds_per_iteration"])
+        gemm = sum(quick_report["gemm_gflops"]) / 2
+        assert r["gemm_fraction"] == pytest.approx(r["gflops"] / gemm)
     assert results[-1]["speedup"] == 1.0
+    assert len(quick_report["gemm_gflops"]) == 2 and min(quick_report["gemm_gflops"]) > 0
+    # Every contender does the same products: MAML on the 1-40-40-1 MLP, meta-batch 5, K = 10.
+    assert len({round(r["gflop_per_iteration"], 12) for r in results}) == 1
 
 
 def test_table_lists_every_contender(quick_report):
     table = bench.format_table(quick_report)
     lines = table.splitlines()
-    assert "speed-up" in lines[1] and "peak MiB" in lines[1]
-    assert [line.split()[3] for line in lines[2:]] == ["func", "l2l", "higher", "learn2learn"]
+    assert "speed-up" in lines[2] and "peak MiB" in lines[2] and "% GEMM" in lines[2]
+    assert [line.split()[3] for line in lines[3:]] == ["func", "l2l", "higher", "learn2learn"]
     assert lines[-1].split()[6] == "1.0x"
 
 
@@ -106,3 +116,23 @@ def test_help_names_every_contender():
     assert result.exit_code == 0
     for name in bench.CONTENDERS + bench.BENCH_METHODS:
         assert name in result.output
+
+
+def test_flops_are_the_counted_products():
+    a, b = torch.randn(64, 32, requires_grad=True), torch.randn(32, 16)
+
+    def step():
+        (a @ b).sum().backward()  # forward 2·64·32·16, backward (grad of a only) the same again
+
+    assert bench.iteration_flops(step) == 2 * (2 * 64 * 32 * 16)
+    x, w = torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3)
+    conv = bench.iteration_flops(lambda: torch.nn.functional.conv2d(x, w))
+    assert conv == 2 * (2 * 4 * 6 * 6) * (3 * 3 * 3)  # outputs × multiply-adds per output
+
+
+def test_gemm_rate_is_products_per_second(monkeypatch):
+    clock = iter(range(100))
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock) * 0.1)
+    # A clock of 0.1 s a reading: the loop stops after 3 timed products (0.3 s), 2·64³ FLOP each.
+    rate = bench.gemm_rate(torch.device("cpu"), size=64, min_time=0.3)
+    assert rate == pytest.approx(3 * 2 * 64**3 / 0.3 / 1e9)

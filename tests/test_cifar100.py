@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from test_cli import invoke, snapshot
-from test_mini_imagenet import Trap
+from test_mini_imagenet import HELD_OUT_PER_CLASS, Trap
 
 from metakit.experiments.tasks import FAMILIES
 from metakit.experiments.tasks.vision import cifar100
@@ -54,14 +54,15 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("METAKIT_CACHE", str(tmp_path / "cache"))
 
 
-def make_cifar(root: Path, nested: bool = True) -> np.ndarray:
-    """A generated ``cifar-100-python`` (under ``root``, or ``root`` itself), rows interleaved
-    across classes; returns every class's images in file order, uint8 ``[100, 12, 3, 32, 32]``."""
+def make_cifar(root: Path, nested: bool = True, parts: dict = PARTS) -> np.ndarray:
+    """A generated ``cifar-100-python`` (under ``root``, or ``root`` itself) with ``parts``' images
+    per class in each pickle, rows interleaved across classes; returns every class's images in file
+    order, uint8 ``[100, 12, 3, 32, 32]`` by default."""
     folder = root / "cifar-100-python" if nested else root
     folder.mkdir(parents=True, exist_ok=True)
     g = np.random.default_rng(0)
     images = []
-    for part, count in PARTS.items():
+    for part, count in parts.items():
         labels = [c for _ in range(count) for c in range(len(FINE))]
         pictures = g.integers(0, 256, (len(labels), 32, 32, 3), dtype=np.uint8)  # height, width, RGB
         rows = np.concatenate([pictures[..., k].reshape(len(labels), -1) for k in range(3)], axis=1)
@@ -238,7 +239,7 @@ def test_the_protocol_is_miniimagenets_at_32_px(task):
 
 @pytest.mark.parametrize("task", ["cifar-fs", "fc100"])
 def test_train_two_iterations_and_eval_through_the_cli(tmp_path, task):
-    make_cifar(tmp_path / "data")
+    make_cifar(tmp_path / "data", parts={"train": HELD_OUT_PER_CLASS - 4, "test": 4})
     run = tmp_path / "run"
     args = ["--task", task, "--data-root", tmp_path / "data", "--ways", 3, "--shots", 1, "--query", 2]
     args += ["--inner-steps", 1, "--meta-batch", 2, "--iterations", 2, "--log-every", 1]

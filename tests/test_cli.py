@@ -82,13 +82,15 @@ def eval_json(run_dir: Path, *args) -> dict:
 def check_report(report: dict, run_dir: Path, method: str, shots, steps, tasks: int) -> None:
     """The documented schema of ``eval --json``: one row per (shots, steps) pair, in that order."""
     assert set(report) == {
-        "run", "method", "iteration", "iterations", "finished", "seed", "tasks", "horizon", "results"
+        "run", "method", "iteration", "iterations", "trained", "finished", "selected", "seed", "tasks",
+        "horizon", "results"
     }  # fmt: skip
     assert report["run"] == str(run_dir)
     assert report["method"] == method
     # What was evaluated: the checkpoint of a finished run (its last iteration), the held-out set.
     config = json.loads((run_dir / "config.json").read_text())
     assert report["iteration"] == report["iterations"] == config["iterations"] and report["finished"] is True
+    assert report["trained"] == report["iteration"] and report["selected"] is None  # --select-on last
     assert report["tasks"] == tasks and type(report["seed"]) is int
     # Methods whose inner rule is learned per step record the steps it was trained for.
     learned = METHODS.get(method).learned_inner_rule
@@ -487,6 +489,8 @@ def test_train_help_shows_every_option_with_its_default(flag):
         "data_root": "~/.cache/metakit for glyphs",
         "clip_grad": "10 for a learned inner rule over more than one step, else 0",
         "per_step_bn": "off",
+        "head": "linear for finetune",
+        "select_every": "--checkpoint-every",
     }
     for field in fields(TrainConfig):
         option = "--" + field.name.replace("_", "-")

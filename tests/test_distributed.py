@@ -168,6 +168,34 @@ def test_two_processes_record_the_running_statistics_of_the_whole_batch(tmp_path
         torch.testing.assert_close(a, expected, rtol=1e-6, atol=1e-7)
 
 
+def _writer_worker(rank: int, port: int, root: str) -> None:
+    """Train a 3-iteration run with a checkpoint every iteration as process ``rank`` of two, each
+    process given a run folder of its own (``root/rank<r>``: only rank 0's is used); the summary
+    goes to ``root``."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    config = TrainConfig(iterations=3, meta_batch=2, checkpoint_every=1, log_every=1, device="cpu")
+    summary = train(config, Path(root) / f"rank{rank}", progress=False)
+    (Path(root) / f"summary{rank}.json").write_text(json.dumps(summary))
+
+
+def test_a_process_other_than_rank_zero_never_writes_a_checkpoint(tmp_path, monkeypatch):
+    (tmp_path / "rank1").mkdir()  # rank 1's own folder exists, so a write there would succeed
+    port = free_port()
+    other = mp.get_context("spawn").Process(target=_writer_worker, args=(1, port, str(tmp_path)))
+    other.start()
+    for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.setenv(name, "")  # recorded, so that teardown removes what rank 0 below sets
+    _writer_worker(0, port, str(tmp_path))
+    other.join(timeout=120)
+    assert other.exitcode == 0
+    summaries = [json.loads((tmp_path / f"summary{rank}.json").read_text()) for rank in range(2)]
+    assert [s["iterations"] for s in summaries] == [3, 3] and summaries[0]["engine"] == summaries[1]["engine"]
+    assert (tmp_path / "rank0" / runs.CHECKPOINT).is_file() and (tmp_path / "rank0" / runs.METRICS).is_file()
+    assert list((tmp_path / "rank1").iterdir()) == []  # rank 1 trained alongside and wrote nothing
+
+
 def test_slices_cover_the_batch_and_too_small_a_batch_is_refused():
     for batch, size in [(5, 2), (25, 2), (7, 3), (4, 4)]:
         bounds = [distributed.slice_bounds(batch, r, size) for r in range(size)]

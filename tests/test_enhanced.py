@@ -13,6 +13,7 @@ from metakit.wrappers import (
     LayerwiseLR,
     MAMLEnhanced,
     MetaCurvatureTransform,
+    Reptile,
     VectorizedEngine,
     meta_backward,
 )
@@ -326,7 +327,7 @@ def test_evaluation_guards_the_steps_beyond_the_horizon_it_is_given():
     config = TrainConfig(method="enhanced", inner_steps=1)
     family = build_family(config)
     torch.manual_seed(0)
-    algo = build_algorithm(config, family.build_model())
+    algo = build_algorithm(config, family)
     with torch.no_grad():  # a one-step rule that overshoots when repeated (rates stored as log α)
         algo.lslr.log_rates.add_(math.log(30.0))
     rows = {
@@ -336,3 +337,149 @@ def test_evaluation_guards_the_steps_beyond_the_horizon_it_is_given():
     assert rows[None][0]["mse"] == rows[1][0]["mse"]  # step 1 lies within the horizon
     assert rows[None][1]["worse"] > 10  # unguarded, the repeated step climbs on many tasks
     assert rows[1][1]["diverged"] == 0 and rows[1][1]["mse"] < rows[1][0]["mse"]
+
+
+# --- learn2learn's allow_nograd / allow_unused: a frozen layer, an unused parameter ---------------
+
+
+def frozen_mlp():
+    """``mlp()`` with its first layer frozen (``requires_grad=False``), as in fine-tuning a head."""
+    torch.manual_seed(4)
+    model = mlp()
+    model[0].requires_grad_(False)
+    return model
+
+
+def clone_adapt_loss(algo, batch, steps, **options):
+    """The mean query loss of learn2learn's loop: per task, clone, adapt ``steps`` times, query."""
+    total = 0.0
+    for i in range(batch.x_support.shape[0]):
+        learner = algo.clone(**options)
+        for _ in range(steps):
+            learner.adapt(((learner(batch.x_support[i]) - batch.y_support[i]) ** 2).mean())
+        total = total + ((learner(batch.x_query[i]) - batch.y_query[i]) ** 2).mean()
+    return total / batch.x_support.shape[0]
+
+
+def test_a_frozen_layer_stays_as_learn2learns_maml_leaves_it():
+    batch = regression_batch(3, 5, seed=8)
+    ours_model, theirs_model = frozen_mlp(), frozen_mlp()
+    ours = MAMLEnhanced(ours_model, ALPHA, 2, curvature=False, layerwise_lr=False, allow_nograd=True)
+    theirs = l2l.algorithms.MAML(theirs_model, lr=ALPHA, allow_nograd=True)
+    ours_loss, theirs_loss = clone_adapt_loss(ours, batch, 2), clone_adapt_loss(theirs, batch, 2)
+    ours_loss.backward()
+    theirs_loss.backward()
+    torch.testing.assert_close(ours_loss, theirs_loss, rtol=1e-14, atol=0)
+    for mine, other in zip(ours_model.parameters(), theirs_model.parameters()):
+        assert (mine.grad is None) == (other.grad is None) == (not mine.requires_grad)
+        if mine.grad is not None:
+            torch.testing.assert_close(mine.grad, other.grad, rtol=1e-13, atol=1e-15)
+    learner = ours.clone()
+    learner.adapt(((learner(batch.x_support[0]) - batch.y_support[0]) ** 2).mean())
+    frozen, adapted = list(learner.module[0].parameters()), list(learner.module[2].parameters())
+    assert all(torch.equal(a, b) and not a.requires_grad for a, b in zip(frozen, ours_model[0].parameters()))
+    assert not any(torch.equal(a, b) for a, b in zip(adapted, ours_model[2].parameters()))
+
+
+def frozen_reference(algo, batch, steps):
+    """The meta-gradient of MAML Enhanced on :func:`frozen_mlp` written out: the first layer is a
+    constant, the head adapts by ``rate · M_o G M_i`` and ``rate · m ⊙ g``; float64 autograd."""
+    w0, b0 = (p.detach() for p in algo.module[0].parameters())
+    w1, b1 = (p.detach().clone().requires_grad_() for p in algo.module[2].parameters())
+    m_out, m_in = (
+        algo.curvature[2].get_parameter(n).detach().clone().requires_grad_() for n in ("m_out", "m_in")
+    )
+    scale = algo.curvature[3].scale.detach().clone().requires_grad_()
+    rates = algo.lslr.rates.detach().clone().requires_grad_()
+    total = 0.0
+    for i in range(batch.x_support.shape[0]):
+        w, b = w1, b1
+        head = lambda x: torch.tanh(x @ w0.T + b0) @ w.T + b  # noqa: E731
+        for s in range(steps):
+            loss = ((head(batch.x_support[i]) - batch.y_support[i]) ** 2).mean()
+            g_w, g_b = torch.autograd.grad(loss, (w, b), create_graph=True)
+            w, b = w - rates[2, s] * (m_out @ g_w @ m_in), b - rates[3, s] * (scale * g_b)
+        total = total + ((head(batch.x_query[i]) - batch.y_query[i]) ** 2).mean()
+    loss = total / batch.x_support.shape[0]
+    leaves = (w1, b1, m_out, m_in, scale, rates)
+    names = ("module.2.weight", "module.2.bias", "curvature.2.m_out", "curvature.2.m_in", "curvature.3.scale")
+    return loss, dict(zip((*names, "lslr.rates"), torch.autograd.grad(loss, leaves)))
+
+
+@pytest.mark.parametrize("where", ["constructor", "clone", "adapt"])
+def test_a_frozen_layer_under_enhanced_matches_an_unroll_of_the_head(where):
+    batch = regression_batch(3, 5, seed=9)
+    algo = MAMLEnhanced(frozen_mlp(), ALPHA, 2, allow_nograd=where == "constructor")
+    perturb(algo, seed=2)
+    with pytest.raises(RuntimeError, match=r"parameter 0.weight has requires_grad=False .*allow_nograd=True"):
+        clone_adapt_loss(algo, batch, 2, allow_nograd=False)  # learn2learn's default
+    if where == "adapt":
+        learner = algo.clone()
+        learner.adapt(((learner(batch.x_support[0]) - batch.y_support[0]) ** 2).mean(), allow_nograd=True)
+        assert torch.equal(learner.module[0].weight, algo.module[0].weight)
+        algo.allow_nograd = True  # the loop below then adapts with the learner's own setting
+    options = {"allow_nograd": True} if where == "clone" else {}
+    loss = clone_adapt_loss(algo, batch, 2, **options)
+    loss.backward()
+    expected_loss, expected = frozen_reference(algo, batch, 2)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-13, atol=0)
+    grads = named_grads(algo)
+    for name, value in expected.items():
+        torch.testing.assert_close(grads[name], value, rtol=1e-10, atol=1e-13, msg=name)
+    assert expected["lslr.rates"][:2].abs().max() == 0 < expected["lslr.rates"][2:].abs().min()
+    frozen = [n for n in grads if n.startswith(("module.0.", "curvature.0.", "curvature.1."))]
+    assert len(frozen) == 5 and all(grads[n] is None for n in frozen)  # no gradient: nothing adapted them
+
+
+class HalfUsed(torch.nn.Module):
+    """Two linear layers of which ``forward`` uses one."""
+
+    def __init__(self):
+        super().__init__()
+        self.used, self.unused = torch.nn.Linear(2, 1).double(), torch.nn.Linear(2, 1).double()
+
+    def forward(self, x):
+        return self.used(x)
+
+
+def test_an_unused_parameter_is_left_as_learn2learns_maml_leaves_it():
+    batch = regression_batch(2, 4, seed=10)
+    torch.manual_seed(5)
+    ours_model = HalfUsed()
+    theirs_model = copy.deepcopy(ours_model)
+    ours = MAMLEnhanced(ours_model, ALPHA, 1, curvature=False, layerwise_lr=False)
+    with pytest.raises(RuntimeError, match=r"parameter unused.weight is not used .*allow_unused=True"):
+        clone_adapt_loss(ours, batch, 1)
+    theirs = l2l.algorithms.MAML(theirs_model, lr=ALPHA, allow_unused=True)
+    ours_loss = clone_adapt_loss(ours, batch, 1, allow_unused=True)
+    theirs_loss = clone_adapt_loss(theirs, batch, 1)
+    ours_loss.backward()
+    theirs_loss.backward()
+    torch.testing.assert_close(ours_loss, theirs_loss, rtol=1e-14, atol=0)
+    assert ours_model.unused.weight.grad is None and theirs_model.unused.weight.grad is None
+    torch.testing.assert_close(ours_model.used.weight.grad, theirs_model.used.weight.grad, rtol=1e-13, atol=0)
+
+
+def test_a_frozen_layer_in_a_detached_clone_takes_sgd_on_the_rest():
+    batch = regression_batch(1, 5, seed=11)
+    reptile = Reptile(frozen_mlp(), ALPHA)
+    head = list(reptile.module[2].parameters())
+    loss_of = lambda m: ((m(batch.x_support[0]) - batch.y_support[0]) ** 2).mean()  # noqa: E731
+    expected = [p - ALPHA * g for p, g in zip(head, torch.autograd.grad(loss_of(reptile.module), head))]
+    with pytest.raises(RuntimeError, match="allow_nograd=True"):
+        reptile.clone().adapt(loss_of(reptile.module))
+    learner = reptile.clone(allow_nograd=True)
+    learner.adapt(loss_of(learner))
+    frozen = zip(learner.module[0].parameters(), reptile.module[0].parameters())
+    assert all(torch.equal(a, b) for a, b in frozen)
+    assert_close_lists(list(learner.module[2].parameters()), expected, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["func", "higher"])
+def test_engines_that_cannot_freeze_a_layer_refuse_it_by_name(backend):
+    from metakit.wrappers.engines import make_engine
+
+    algo = MAMLEnhanced(frozen_mlp(), ALPHA, 1, allow_nograd=True)
+    with pytest.raises(ValueError, match=r"frozen parameters \(0\.weight, 0\.bias\); use the l2l backend"):
+        make_engine(algo, backend=backend)
+    make_engine(algo, backend="l2l")  # l2l leaves them as they are

@@ -23,9 +23,11 @@ CUSTOM_TASK = EXAMPLES / "custom_task.py"
 KERNEL = "metakit-examples"
 
 
-def run_example(script: Path, *args: str, timeout: int = 120) -> str:
-    """Run ``script`` with this interpreter and one thread; its stdout (stderr on failure)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+def run_example(script: Path, *args: str, timeout: int = 120, threads: str = "1") -> str:
+    """Run ``script`` with this interpreter and ``OMP_NUM_THREADS=threads`` (unset if ``None``); its
+    stdout (stderr on failure)."""
+    env = {name: value for name, value in os.environ.items() if name != "OMP_NUM_THREADS"}
+    env.update(PYTHONHASHSEED="0", **({} if threads is None else {"OMP_NUM_THREADS": threads}))
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, str(script), *args], capture_output=True, text=True, env=env, timeout=timeout
@@ -87,7 +89,12 @@ def meta_losses(output: str):
 
 @pytest.mark.parametrize("algorithm", ["l2l", "metakit"])
 def test_drop_in_variant_lowers_the_meta_loss(algorithm):
-    output = run_example(DROP_IN, "--algorithm", algorithm, "--iterations", "15", "--meta-batch", "10")
+    # The metakit variant runs without OMP_NUM_THREADS: the script itself then takes one thread.
+    threads = "1" if algorithm == "l2l" else None
+    output = run_example(
+        DROP_IN, "--algorithm", algorithm, "--iterations", "15", "--meta-batch", "10", threads=threads
+    )
+    assert output.splitlines()[0] == "intra-op threads: 1", output
     start, end = meta_losses(output)
     print(f"meta-loss {start:.4f} -> {end:.4f}")
     assert end < start - 0.1, output

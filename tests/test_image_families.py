@@ -1,5 +1,7 @@
 """Few-shot image classification: episodes, the held-out set, data errors and conv-net meta-gradients."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,7 +9,7 @@ import torch.nn.functional as F
 from metakit.experiments.reports.evaluate import evaluate_algorithm
 from metakit.experiments.tasks import FAMILIES, build_family, register_family
 from metakit.experiments.tasks.vision.convnet import BatchStatNorm2d, conv_net
-from metakit.experiments.tasks.vision.episodes import EVAL_QUERY, ImageEpisodes
+from metakit.experiments.tasks.vision.episodes import ImageEpisodes
 from metakit.experiments.tasks.vision.image_sets import ClassImages, DataError
 from metakit.experiments.training.config import TrainConfig
 from metakit.experiments.training.runs import load_run
@@ -92,7 +94,7 @@ def test_held_out_episodes_are_fixed_and_independent_of_what_is_asked():
     batch = a.batch(5)
     assert batch.x_support.shape == (20, 15, 1, 28, 28) and batch.x_query.shape == (
         20,
-        3 * EVAL_QUERY,
+        3 * Tagged.eval_query,
         1,
         28,
         28,
@@ -104,6 +106,68 @@ def test_held_out_episodes_are_fixed_and_independent_of_what_is_asked():
         for k in range(3):
             support = set(s_drawing[t][batch.y_support[t] == k].tolist())
             assert not support & set(q_drawing[t][batch.y_query[t] == k].tolist())
+
+
+def label_orders(class_tags: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
+    """Per episode, the class tag of the images with label 0, 1, …, ways−1 (``[episodes, ways]``)."""
+    episodes = class_tags.shape[0]
+    return torch.stack([class_tags[labels == k].view(episodes, -1)[:, 0] for k in range(ways)], 1)
+
+
+def assert_labels_in_random_order(classes: torch.Tensor, tags: range) -> None:
+    """Over the episodes, every class of ``tags`` gets every label, and the chosen classes come in
+    each of the ``ways!`` orders about equally often (not sorted, nor in any fixed order)."""
+    episodes, ways = classes.shape
+    for k in range(ways):
+        assert set(classes[:, k].tolist()) == set(tags), k
+    orders = torch.unique(classes.argsort(1), dim=0, return_counts=True)[1]
+    expected = episodes / math.factorial(ways)
+    assert len(orders) == math.factorial(ways) and (orders - expected).abs().max() < 0.4 * expected, orders
+
+
+def test_every_training_and_held_out_episode_assigns_labels_in_random_order():
+    family = Tagged(ways=3, min_images=2)
+    batch = family.sample(600, 1, 1, torch.Generator().manual_seed(4))
+    train_classes = label_orders(tags(batch.x_support)[0], batch.y_support, 3)
+    assert torch.equal(train_classes, label_orders(tags(batch.x_query)[0], batch.y_query, 3))
+    assert_labels_in_random_order(train_classes, range(1, TRAIN_CLASSES + 1))
+    held_out = family.held_out(600, 1, seed=1).batch(1)
+    test_classes = label_orders(tags(held_out.x_support)[0], held_out.y_support, 3)
+    assert torch.equal(test_classes, label_orders(tags(held_out.x_query)[0], held_out.y_query, 3))
+    assert_labels_in_random_order(test_classes, range(101, 101 + TEST_CLASSES))
+
+
+def test_with_rotations_held_out_episodes_hold_only_unrotated_meta_test_classes():
+    family = Tagged(ways=3, rotations=True, min_images=2)
+    training = family.sample(200, 1, 1, torch.Generator().manual_seed(1))
+    assert (tags(training.x_support)[0] == 0).float().mean() > 0.5  # rotated classes: the tag moved
+    originals = tagged_images(TEST_CLASSES, 100).images.float().div(255).flatten(0, 1)
+    held_out = family.held_out(100, 5, seed=1).batch(5)
+    for images in (held_out.x_support, held_out.x_query):
+        images = images.flatten(0, 1)
+        classes, drawings = tags(images)
+        assert classes.min() > 100 and classes.max() <= 100 + TEST_CLASSES and drawings.min() >= 1
+        index = (classes - 101) * PER_CLASS + drawings - 1  # the unrotated original of each image
+        assert torch.equal(images, originals[index])
+
+
+def test_the_conv_nets_batch_norm_uses_eps_1e_5():
+    model = Tagged(ways=3).build_model().double()
+    norms = [m for m in model.modules() if isinstance(m, BatchStatNorm2d)]
+    assert len(norms) == Tagged.blocks
+    g = torch.Generator().manual_seed(6)
+    x = 1e-3 * torch.randn(6, Tagged.channels, 4, 4, generator=g, dtype=torch.float64)  # variance ~1e-6
+    for norm in norms:
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 2, generator=g)
+            norm.bias.uniform_(-1, 1, generator=g)
+        mean = x.mean((0, 2, 3), keepdim=True)
+        var = ((x - mean) ** 2).mean((0, 2, 3), keepdim=True)
+        scale, shift = norm.weight.view(1, -1, 1, 1), norm.bias.view(1, -1, 1, 1)
+        expected = (x - mean) / torch.sqrt(var + 1e-5) * scale + shift
+        torch.testing.assert_close(norm(x), expected, rtol=1e-12, atol=1e-12)
+        other = (x - mean) / torch.sqrt(var + 1e-3) * scale + shift  # eps matters at this variance
+        assert (norm(x) - other).abs().max() > 0.1
 
 
 @pytest.mark.parametrize(

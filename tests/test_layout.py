@@ -17,7 +17,7 @@ LAYERS = {
 for upper, lower in (("tasks", "methods"), ("training", "tasks"), ("reports", "training")):
     below = LAYERS[f"metakit.experiments.{lower}"]
     LAYERS[f"metakit.experiments.{upper}"] = {f"metakit.experiments.{lower}", *below}
-ALGORITHMS = {"MAML", "MAMLEnhanced", "MetaSGD", "ANIL", "Reptile", "Pretrain"}
+ALGORITHMS = {"MAML", "MAMLEnhanced", "MetaSGD", "ANIL", "Reptile", "Pretrain", "Finetune"}
 
 
 def modules():

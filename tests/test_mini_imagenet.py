@@ -13,13 +13,17 @@ import torch
 from PIL import Image
 from test_cli import invoke, snapshot
 
+from metakit.experiments.tasks import FAMILIES
 from metakit.experiments.tasks.vision import mini_imagenet_files
 from metakit.experiments.tasks.vision.image_sets import DataError
+from metakit.experiments.tasks.vision.mini_imagenet import MiniImageNet
 from metakit.experiments.tasks.vision.mini_imagenet_files import load_mini_imagenet
 from metakit.experiments.training.config import TrainConfig
 
 CLASSES = {"train": 4, "val": 3, "test": 3}
 PER_CLASS = 12
+HELD_OUT_PER_CLASS = 1 + MiniImageNet.eval_query
+"""Images per class that 1-shot held-out episodes need (1 support and 15 query images)."""
 
 
 @pytest.fixture(autouse=True)
@@ -48,22 +52,24 @@ def write_pickle(path: Path, classes: dict, protocol: int = pickle.HIGHEST_PROTO
     path.write_bytes(pickle.dumps({k: v for k, v in data.items() if v is not None}, protocol=protocol))
 
 
-def make_pickles(root: Path, middle: str = "val", protocol: int = pickle.HIGHEST_PROTOCOL) -> dict:
+def make_pickles(
+    root: Path, middle: str = "val", protocol: int = pickle.HIGHEST_PROTOCOL, per_class: int = PER_CLASS
+) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     images = {}
     for split, count in CLASSES.items():
-        images[split] = split_images(split, count)
+        images[split] = split_images(split, count, per_class)
         name = middle if split == "val" else split
         write_pickle(root / f"mini-imagenet-cache-{name}.pkl", images[split], protocol)
     return images
 
 
-def make_ravi(root: Path) -> dict:
+def make_ravi(root: Path, per_class: int = PER_CLASS) -> dict:
     """Ravi's layout with lossless PNG bytes under .jpg names (the reader decodes by content)."""
     (root / "images").mkdir(parents=True)
     images = {}
     for split, count in CLASSES.items():
-        images[split] = split_images(split, count)
+        images[split] = split_images(split, count, per_class)
         lines = ["filename,label"]
         for wnid, drawings in images[split].items():
             for i, image in enumerate(drawings):
@@ -206,10 +212,27 @@ def test_the_protocol_is_the_maml_papers():
     assert TrainConfig(task="glyphs").query == 1  # --shots elsewhere
 
 
+def test_held_out_episodes_have_the_protocols_15_query_images_per_class(tmp_path):
+    make_pickles(tmp_path / "data", per_class=HELD_OUT_PER_CLASS)
+    family = MiniImageNet(3, str(tmp_path / "data"))
+    batch = family.held_out(2, 1, seed=1).batch(1)
+    assert batch.x_support.shape[1] == 3 and batch.x_query.shape[1] == 3 * 15  # 3 ways
+    assert torch.equal(batch.y_query[0], torch.arange(3).repeat_interleave(15))
+    make_pickles(tmp_path / "few")  # 12 images per class
+    few = MiniImageNet(3, str(tmp_path / "few"))
+    with pytest.raises(DataError, match=r"held-out episodes use --shots \+ 15 query images per class; the meta-test"):
+        few.held_out(2, 1, seed=1)
+    tiered, cifar_fs, fc100, glyphs = (
+        FAMILIES.get(task) for task in ("tiered-imagenet", "cifar-fs", "fc100", "glyphs")
+    )
+    assert tiered.eval_query == cifar_fs.eval_query == fc100.eval_query == 15  # miniImageNet's protocol
+    assert glyphs.eval_query == FAMILIES.get("omniglot").eval_query == 10
+
+
 @pytest.mark.parametrize("layout", ["pickles", "ravi"])
 def test_train_two_iterations_and_eval_through_the_cli(tmp_path, layout):
     root = tmp_path / "data"
-    (make_pickles if layout == "pickles" else make_ravi)(root)
+    (make_pickles if layout == "pickles" else make_ravi)(root, per_class=HELD_OUT_PER_CLASS)
     run = tmp_path / "run"
     args = ["--task", "mini-imagenet", "--data-root", root, "--ways", 3, "--shots", 1, "--query", 2]
     args += ["--inner-steps", 1, "--meta-batch", 2, "--iterations", 2, "--log-every", 1]

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 from test_cli import invoke
 
+from metakit.experiments.tasks import build_family
 from metakit.experiments.tasks.vision import omniglot_folder
 from metakit.experiments.tasks.vision.image_sets import DataError, save_atomic
 from metakit.experiments.tasks.vision.omniglot import Omniglot
@@ -72,6 +73,12 @@ def make_split(base: Path, split: str) -> Path:
                 )
             klass += 1
     return folder
+
+
+FILE_INDEX = {
+    f"{100 * klass + 1:04d}_{d + 1:02d}.png": (klass, d) for klass in range(6) for d in range(DRAWINGS)
+}
+"""A drawing's file name (as :func:`make_split` writes it) → (class index in its split, drawing)."""
 
 
 def make_root(base: Path) -> Path:
@@ -138,18 +145,31 @@ def test_resizes_with_antialiasing(tmp_path):
     assert ((images > 0) & (images < 255)).any()  # grey edges: antialiased, not nearest-neighbour
 
 
-def test_every_class_keeps_the_smallest_count_in_name_order(tmp_path):
+def test_every_class_keeps_the_smallest_count_in_name_order_and_a_warning_names_it(tmp_path):
     root = make_root(tmp_path / "data")
     extra = root / "images_background" / "Alpha" / "character01" / "0000_00.png"
-    write_png(extra, (0, 0, 104, 104))  # sorts first, so it is kept and the last drawing dropped
-    (root / "images_evaluation" / "Gamma" / "character02" / "0101_04.png").unlink()
-    data = load_omniglot(root, size=SIDE)
+    write_png(extra, (0, 0, 30, 30))  # sorts first, so it is kept and the last drawing dropped
+    short = root / "images_evaluation" / "Gamma" / "character02"
+    (short / "0101_04.png").unlink()
+    with pytest.warns(UserWarning) as caught:
+        data = load_omniglot(root, size=SIDE)
+    messages = [str(w.message) for w in caught]
+    assert messages == [
+        "the classes of images_background hold 4 to 5 images (5 of 6 fewer than 5): every class keeps "
+        f"only its first 4, as many as {root / 'images_background' / 'Alpha' / 'character02'}",
+        f"the classes of images_evaluation hold 3 to 4 images (1 of 2 fewer than 4): every class keeps "
+        f"only its first 3, as many as {short}",
+    ]
     assert data["background"].images.shape[1] == DRAWINGS
-    assert data["background"].images[0, 0].min() == 255
+    assert data["background"].images[0, 0, 0, :31, :31].min() == 255
     np.testing.assert_array_equal(
         data["background"].images[0, 1:].numpy(), expected_images("background")[0, : DRAWINGS - 1]
     )
     assert data["evaluation"].images.shape == (2, DRAWINGS - 1, 1, SIDE, SIDE)
+    assert data["evaluation"].fewest == str(short)
+    with pytest.warns(UserWarning, match="as many as"):
+        again = load_omniglot(root, size=SIDE)  # from the cache: the folder comes from the listing
+    assert again["evaluation"].fewest == str(short)
 
 
 def test_the_cache_is_reused_and_invalidated_by_a_new_listing(tmp_path, monkeypatch):
@@ -263,12 +283,161 @@ def test_a_character_folder_without_pngs(tmp_path):
     assert str(empty) in message and ".png" in message
 
 
+def test_a_zip_made_from_an_absolute_path_is_read(tmp_path):
+    staging, root = tmp_path / "staging", tmp_path / "data"
+    root.mkdir()
+    make_split(root, "evaluation")
+    folder = make_split(staging, "background")
+    with zipfile.ZipFile(root / "images_background.zip", "w") as archive:  # as `zip -r` of /home/u/...
+        for path in sorted(folder.rglob("*")):
+            name = "/home/u/" + path.relative_to(folder.parent).as_posix() + ("/" if path.is_dir() else "")
+            archive.writestr(zipfile.ZipInfo(name), b"" if path.is_dir() else path.read_bytes())
+    check(load_omniglot(root, size=SIDE))
+    with zipfile.ZipFile(root / "images_background.zip", "w") as archive:  # a prefix, no images_ folder
+        for path in sorted(folder.rglob("*.png")):
+            archive.write(path, "omniglot/" + path.relative_to(folder).as_posix())
+    check(load_omniglot(root, size=SIDE))
+
+
+def test_a_zip_with_images_at_several_depths_or_none_says_so(tmp_path):
+    staging, root = tmp_path / "staging", tmp_path / "data"
+    root.mkdir()
+    make_split(root, "evaluation")
+    folder = make_split(staging, "background")
+    target = root / "images_background.zip"
+    zip_split(folder, target)
+    with zipfile.ZipFile(target, "a") as archive:
+        archive.write(next(folder.rglob("*.png")), "images_background/stray.png")
+    message = data_error(root)
+    assert "images_background/Alpha/character01/0001_01.png and images_background/stray.png" in message
+    assert "outside <alphabet>/<character>/ folders of one common folder" in message
+    with zipfile.ZipFile(target, "w") as archive:
+        archive.writestr("images_background/Alpha/character01/notes.txt", "no images")
+    message = data_error(root)
+    assert f"the zip {target} holds no .png images" in message and "holds no character" not in message
+
+
+def test_a_data_root_at_one_split_asks_for_its_parent(tmp_path):
+    root = make_root(tmp_path / "data")
+    message = data_error(root / "images_background")
+    assert message.endswith(f"did you mean its parent {root}?")
+    zip_split(root / "images_evaluation", tmp_path / "images_evaluation.zip")
+    message = data_error(tmp_path / "images_evaluation.zip")
+    assert "is not a folder" in message and message.endswith(f"did you mean its parent {tmp_path}?")
+    assert "did you mean" not in data_error(tmp_path / "data" / "images_background" / "Alpha")
+
+
+def alpha_png(path: Path, box, mode: str) -> None:
+    """A drawing whose background is transparent black and whose ink is opaque black (RGBA or LA)."""
+    image = Image.new(mode, (SIDE, SIDE), (0,) * len(mode))
+    ImageDraw.Draw(image).rectangle(box, fill=(0,) * (len(mode) - 1) + (255,))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_a_transparent_background_counts_as_white(tmp_path, mode):
+    root = make_root(tmp_path / "data")
+    for png in sorted((root / "images_background").rglob("*.png")):
+        split, klass, drawing = "background", *FILE_INDEX[png.name]
+        alpha_png(png, ink_box(split, klass, drawing), mode)
+    assert Image.open(next((root / "images_background").rglob("*.png"))).mode == mode
+    check(load_omniglot(root, size=SIDE))
+
+
+def test_light_strokes_on_dark_are_refused_naming_the_image(tmp_path):
+    root = make_root(tmp_path / "data")
+    inverted = root / "images_evaluation" / "Gamma" / "character02" / "0101_03.png"
+    ImageOps.invert(Image.open(inverted).convert("L")).save(inverted)
+    message = data_error(root)
+    assert message.startswith(f"image {inverted} is 96% ink") and "light-on-dark" in message
+    assert "ImageOps.invert" in message
+
+
 def test_the_cache_lives_outside_the_data(tmp_path):
     root = make_root(tmp_path / "data")
     before = sorted(os.listdir(root))
     load_omniglot(root, size=SIDE)
     assert sorted(os.listdir(root)) == before
     assert omniglot_folder.cache_path(Path(os.path.abspath(root)), SIDE).is_file()
+
+
+def make_counts(base: Path, counts: dict) -> Path:
+    """``base/images_<split>/<alphabet>/<character>/`` holding ``counts[split][alphabet/character]``
+    drawings (the squares of :func:`ink_box`, repeated where there are more than :data:`DRAWINGS`)."""
+    for split, classes in counts.items():
+        for klass, (name, count) in enumerate(classes.items()):
+            for d in range(count):
+                box = ink_box(split, klass, d % DRAWINGS)
+                write_png(base / f"images_{split}" / name / f"{d:04d}.png", box)
+    return base
+
+
+def test_a_short_training_class_is_named_with_what_is_needed(tmp_path):
+    background = {"Alpha/character01": 6, "Alpha/character02": 3, "Beta/character01": 6}
+    evaluation = {"Gamma/c1": 12, "Gamma/c2": 12}
+    root = make_counts(tmp_path / "data", {"background": background, "evaluation": evaluation})
+    args = ["--task", "omniglot", "--omniglot-split", "background", "--data-root", root, "--ways", 2]
+    args += ["--shots", 2, "--query", 2, "--iterations", 1, "--out", tmp_path / "run"]
+    with pytest.warns(UserWarning) as caught:  # the CLI prints it as one "Warning: ..." line
+        result = invoke("train", *args)
+    assert result.exit_code == 2, result.output
+    short = root / "images_background" / "Alpha" / "character02"
+    assert [str(w.message) for w in caught] == [
+        "the classes of images_background hold 3 to 6 images (1 of 3 fewer than 6): every class keeps only "
+        f"its first 3, as many as {short}"
+    ]
+    assert result.stderr == (
+        "Error: --shots + --query = 4 images per class; the meta-train classes have 3 images "
+        f"(the fewest of any class, in {short})\n"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_short_evaluation_class_is_named_with_what_is_needed(tmp_path):
+    counts = {"background": {"Alpha/c1": 12, "Alpha/c2": 12}, "evaluation": {"Gamma/c1": 12, "Gamma/c2": 12}}
+    root, run = make_counts(tmp_path / "data", counts), tmp_path / "run"
+    args = ["--task", "omniglot", "--omniglot-split", "background", "--data-root", root, "--ways", 2]
+    trained = invoke("train", *args, "--iterations", 1, "--meta-batch", 1, "--quiet", "--out", run)
+    assert trained.exit_code == 0, trained.output
+    short = root / "images_evaluation" / "Gamma" / "c2"
+    for drawing in range(5, 12):
+        (short / f"{drawing:04d}.png").unlink()
+    with pytest.warns(UserWarning, match=f"every class keeps only its first 5, as many as {short}$"):
+        result = invoke("eval", run, "--shots", 1, "--steps", 0, "--tasks", 2)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (
+        "Error: held-out episodes use --shots + 10 query images per class; the meta-test classes have 5 "
+        f"images (the fewest of any class, in {short}), too few for any --shots (at least 11 are "
+        "needed)"
+    )
+    for drawing in range(5, 12):  # 12 images again, but still too few for 5 shots
+        write_png(short / f"{drawing:04d}.png", ink_box("evaluation", 1, drawing % DRAWINGS))
+    result = invoke("eval", run, "--shots", 5, "--steps", 0, "--tasks", 2)
+    assert result.exit_code == 2 and result.stderr.strip() == (
+        "Error: held-out episodes use --shots + 10 query images per class; the meta-test classes have 12 "
+        f"images (the fewest of any class, in {root / 'images_evaluation' / 'Gamma' / 'c1'}), so "
+        "--shots can be at most 2"
+    ), result.output
+
+
+def test_the_background_split_meta_trains_on_images_background_only(tmp_path):
+    counts = {
+        "background": {"Alpha/c1": 12, "Alpha/c2": 12, "Beta/c1": 12},
+        "evaluation": {"Gamma/c1": 12, "Gamma/c2": 12},
+    }
+    root = make_counts(tmp_path / "data", counts)
+    options = dict(task="omniglot", omniglot_split="background", data_root=str(root), ways=2, query=2)
+    family = build_family(TrainConfig(**options, rotations=False))
+    data = load_omniglot(root)
+    as_bytes = lambda images: {image.numpy().tobytes() for image in images.flatten(0, 1)}  # noqa: E731
+    background, evaluation = as_bytes(data["background"].images), as_bytes(data["evaluation"].images)
+    assert not background & evaluation
+    batch = family.sample(50, 1, 2, torch.Generator().manual_seed(0))
+    drawn = torch.cat([batch.x_support, batch.x_query], 1).mul(255).round().to(torch.uint8)
+    assert as_bytes(drawn) == background  # every meta-train drawing, and only those, in 50 episodes
+    held_out = family.held_out(4, 1, seed=1)
+    assert as_bytes(torch.cat([held_out.support, held_out.query], 2).flatten(0, 1)) <= evaluation
 
 
 # --- the Vinyals et al. split ---------------------------------------------------------------------

@@ -6,6 +6,8 @@ import math
 import torch
 
 from metakit.experiments.tasks.rl.nav2d_env import AUTHORS_ACTION_SCALE, Nav2D, Nav2DEnv, sample_goals, step
+from metakit.experiments.training.config import TrainConfig
+from metakit.experiments.training.trainer import build_training
 
 F64 = torch.float64
 
@@ -118,3 +120,11 @@ def test_authors_action_units_match_the_python_environment():
     for t in range(int(out.episode_lengths().item())):
         obs, reward, _ = env.step(actions[t, 0, 0].tolist())
         assert math.isclose(out.rewards[0, 0, t].item(), reward, rel_tol=1e-12)
+
+
+def test_the_familys_training_goals_reach_both_ends_of_the_square():
+    setup = build_training(TrainConfig(task="nav2d", device="cpu"))  # what `metakit train` samples from
+    goals = torch.cat([setup.sample().goals for _ in range(100)])
+    assert goals.shape == (100 * setup.config.meta_batch, 2)
+    assert goals.min() >= -0.5 and goals.max() < 0.5
+    assert (goals.min(0).values < -0.495).all() and (goals.max(0).values > 0.495).all()

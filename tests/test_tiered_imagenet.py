@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 from test_cli import invoke, snapshot
-from test_mini_imagenet import Trap
+from test_mini_imagenet import HELD_OUT_PER_CLASS, Trap
 
 from metakit.experiments.tasks.vision import tiered_imagenet
 from metakit.experiments.tasks.vision.tiered_imagenet import load_tiered_imagenet
@@ -58,11 +58,11 @@ def write_split(root: Path, split: str, classes: list, labels=None, items=None, 
     (root / f"{split}_labels.pkl").write_bytes(pickle.dumps({k: v for k, v in data.items() if v is not None}))
 
 
-def make_root(root: Path) -> dict:
+def make_root(root: Path, per_class: int = PER_CLASS) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     images = {}
     for split, count in CLASSES.items():
-        images[split] = split_images(split, count)
+        images[split] = split_images(split, count, per_class)
         write_split(root, split, images[split])
     return images
 
@@ -181,7 +181,7 @@ def test_the_protocol_is_miniimagenets():
 
 
 def test_train_two_iterations_and_eval_through_the_cli(tmp_path):
-    make_root(tmp_path / "data")
+    make_root(tmp_path / "data", per_class=HELD_OUT_PER_CLASS)
     run = tmp_path / "run"
     args = [*ARGS, "--data-root", tmp_path / "data", "--query", 2, "--inner-steps", 1, "--meta-batch", 2]
     result = invoke("train", *args, "--iterations", 2, "--log-every", 1, "--quiet", "--out", run)

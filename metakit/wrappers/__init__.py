@@ -5,6 +5,7 @@ from metakit.wrappers.base import Learner, MetaLearner, Objective
 from metakit.wrappers.curvature import MetaCurvatureTransform
 from metakit.wrappers.engines import LoopEngine, TaskBatch, VectorizedEngine, make_engine, meta_backward
 from metakit.wrappers.enhanced import MAMLEnhanced
+from metakit.wrappers.finetune import Finetune
 from metakit.wrappers.lslr import LayerwiseLR
 from metakit.wrappers.maml import MAML
 from metakit.wrappers.metasgd import MetaSGD
@@ -14,6 +15,7 @@ from metakit.wrappers.reptile import Reptile
 
 __all__ = [
     "ANIL",
+    "Finetune",
     "Learner",
     "LoopEngine",
     "MAML",

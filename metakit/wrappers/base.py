@@ -45,12 +45,19 @@ class Objective(enum.Enum):
     * ``METRIC``: the learner maps a task's support set to query predictions without gradient
       steps, ``predict(forward, x_support, y_support, x_query)`` with ``forward`` the model as a
       function (e.g. class prototypes); the meta-loss is the task loss of those predictions.
+    * ``TRANSFER``: trained like ``JOINT``, but the batch labels every example by its meta-train
+      class (the family samples it with ``global_labels=True``) and the model's head has one output
+      per meta-train class; at test time that head is dropped and the learner fits a fresh one to
+      each task's support set on the frozen features, ``head_curves(x_support, y_support, x_query,
+      steps)``: the query logits after 0, 1, …, ``steps`` steps of fitting (the fine-tuning
+      baselines).
     """
 
     UNROLLED = "unrolled"
     INTERPOLATION = "interpolation"
     JOINT = "joint"
     METRIC = "metric"
+    TRANSFER = "transfer"
 
     @property
     def differentiates_inner_loop(self) -> bool:
@@ -113,6 +120,41 @@ def step_kwargs(module: nn.Module, step: int) -> dict:
     return {"step": step} if getattr(module, "takes_step", False) else {}
 
 
+def inner_gradients(
+    loss: torch.Tensor,
+    params: dict,
+    differentiable: bool,
+    allow_unused: bool = False,
+    allow_nograd: bool = False,
+) -> list:
+    """The gradients of ``loss`` with respect to ``params`` (name → tensor), in order, as learn2learn's
+    ``MAML.adapt`` takes them: with ``allow_nograd`` a parameter with ``requires_grad=False`` gets
+    ``None`` (it is not adapted), with ``allow_unused`` so does one that ``loss`` does not use;
+    otherwise either is a ``RuntimeError`` that names the parameter and the option."""
+    frozen = [name for name, p in params.items() if not p.requires_grad]
+    if frozen and not allow_nograd:
+        raise RuntimeError(
+            f"parameter {frozen[0]} has requires_grad=False ({len(frozen)} such); pass allow_nograd=True "
+            "(as to learn2learn's MAML) to leave frozen parameters unadapted"
+        )
+    chosen = [name for name in params if name not in frozen]
+    found = torch.autograd.grad(
+        loss,
+        [params[name] for name in chosen],
+        create_graph=differentiable,
+        retain_graph=differentiable,
+        allow_unused=True,
+    )
+    unused = [name for name, g in zip(chosen, found) if g is None]
+    if unused and not allow_unused:
+        raise RuntimeError(
+            f"parameter {unused[0]} is not used by the loss ({len(unused)} such); pass allow_unused=True "
+            "(as to learn2learn's MAML) to leave unused parameters unadapted"
+        )
+    grads = dict(zip(chosen, found))
+    return [grads.get(name) for name in params]
+
+
 def adapt_module(
     module: nn.Module,
     loss: torch.Tensor,
@@ -120,20 +162,24 @@ def adapt_module(
     step: int,
     first_order: bool,
     adapted: Optional[Sequence[str]] = None,
+    allow_unused: bool = False,
+    allow_nograd: bool = False,
 ) -> None:
     """One inner step of ``module`` on ``loss``, in place (learn2learn's ``update_module``).
 
     The gradients of the parameters named ``adapted`` (default: all) go through
     ``inner_updates(grads, step)``, whose steps are subtracted; the other parameters are left as
-    they are. Unless ``first_order``, the step stays differentiable (second order).
+    they are, and so are those without a gradient under ``allow_nograd`` / ``allow_unused`` (see
+    :func:`inner_gradients`; ``inner_updates`` sees zeros for them, so that its rates and curvature
+    stay aligned with the parameters). Unless ``first_order``, the step stays differentiable.
     """
     names = parameter_names(module)
     adapted = names if adapted is None else tuple(adapted)
     params = dict(module.named_parameters())
-    grads = torch.autograd.grad(
-        loss, [params[n] for n in adapted], create_graph=not first_order, retain_graph=not first_order
-    )
-    steps = dict(zip(adapted, inner_updates(grads, step)))
+    wanted = {n: params[n] for n in adapted}
+    grads = inner_gradients(loss, wanted, not first_order, allow_unused, allow_nograd)
+    filled = [torch.zeros_like(wanted[n]) if g is None else g for n, g in zip(adapted, grads)]
+    steps = {n: u for n, g, u in zip(adapted, grads, inner_updates(filled, step)) if g is not None}
     l2l.update_module(module, updates=[None if n not in steps else -steps[n] for n in names])
 
 
@@ -150,6 +196,10 @@ class Learner(nn.Module):
         model: any ``nn.Module``.
         lr: inner learning rate α.
         first_order: do not differentiate through the inner gradients.
+        allow_unused: leave parameters that the loss does not use unadapted (default:
+            ``allow_nograd``), as in learn2learn's ``MAML``.
+        allow_nograd: leave parameters with ``requires_grad=False`` (a frozen layer) unadapted, as
+            in learn2learn's ``MAML``; without it they are an error.
 
     Example::
 
@@ -160,7 +210,14 @@ class Learner(nn.Module):
 
     objective = Objective.UNROLLED
 
-    def __init__(self, model: nn.Module, lr: float, first_order: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float,
+        first_order: bool = False,
+        allow_unused: Optional[bool] = None,
+        allow_nograd: bool = False,
+    ):
         super().__init__()
         if next(model.parameters(), None) is None:
             raise ValueError(
@@ -170,6 +227,8 @@ class Learner(nn.Module):
         self.module = model
         self.lr = lr
         self.first_order = first_order
+        self.allow_nograd = allow_nograd
+        self.allow_unused = allow_nograd if allow_unused is None else allow_unused
         self.step = 0
         """Inner steps this learner has taken (``adapt`` advances it; a clone starts at 0)."""
 
@@ -191,10 +250,15 @@ class Learner(nn.Module):
         """Nothing is learned besides the model."""
         return ""
 
-    def clone(self, first_order: Optional[bool] = None) -> "Learner":
+    def clone(
+        self,
+        first_order: Optional[bool] = None,
+        allow_unused: Optional[bool] = None,
+        allow_nograd: Optional[bool] = None,
+    ) -> "Learner":
         """A copy of the model (learn2learn's ``clone_module``) ready for ``adapt``, sharing this
         learner's inner-rule meta-parameters; detached from the initialisation where the objective
-        does not differentiate through adaptation."""
+        does not differentiate through adaptation. ``None`` keeps this learner's settings."""
         learner = copy.copy(self)
         for attribute in ("_modules", "_parameters", "_buffers"):
             setattr(learner, attribute, dict(getattr(self, attribute)))
@@ -202,20 +266,43 @@ class Learner(nn.Module):
         if not self.objective.differentiates_inner_loop:
             l2l.detach_module(module, keep_requires_grad=True)
         learner.module = module
-        learner.first_order = self.first_order if first_order is None else first_order
+        pick = lambda value, default: default if value is None else value  # noqa: E731
+        learner.first_order = pick(first_order, self.first_order)
+        learner.allow_unused = pick(allow_unused, self.allow_unused)
+        learner.allow_nograd = pick(allow_nograd, self.allow_nograd)
         learner.step = 0
         return learner
 
-    def adapt(self, loss: torch.Tensor, first_order: Optional[bool] = None) -> None:
-        """One inner step on ``loss``, in place on this learner; advances :attr:`step`."""
+    def adapt(
+        self,
+        loss: torch.Tensor,
+        first_order: Optional[bool] = None,
+        allow_unused: Optional[bool] = None,
+        allow_nograd: Optional[bool] = None,
+    ) -> None:
+        """One inner step on ``loss``, in place on this learner; advances :attr:`step`. ``None``
+        keeps this learner's settings (see the class's arguments)."""
+        allow_unused = self.allow_unused if allow_unused is None else allow_unused
+        allow_nograd = self.allow_nograd if allow_nograd is None else allow_nograd
         if self.objective.differentiates_inner_loop:
             first_order = self.first_order if first_order is None else first_order
-            adapt_module(self.module, loss, self.inner_updates, self.step, first_order, self.adapted_names)
+            adapt_module(
+                self.module,
+                loss,
+                self.inner_updates,
+                self.step,
+                first_order,
+                self.adapted_names,
+                allow_unused,
+                allow_nograd,
+            )
         else:  # a detached copy: a plain SGD step, no graph
             params = dict(self.module.named_parameters())
-            chosen = [params[n] for n in self.adapted_names]
-            grads = torch.autograd.grad(loss, chosen)
+            chosen = {n: params[n] for n in self.adapted_names}
+            grads = inner_gradients(loss, chosen, False, allow_unused, allow_nograd)
+            filled = [torch.zeros_like(p) if g is None else g for p, g in zip(chosen.values(), grads)]
             with torch.no_grad():
-                for param, update in zip(chosen, self.inner_updates(grads, self.step)):
-                    param.sub_(update)
+                for param, g, update in zip(chosen.values(), grads, self.inner_updates(filled, self.step)):
+                    if g is not None:
+                        param.sub_(update)
         self.step += 1

@@ -1,6 +1,6 @@
 """MAML Enhanced: MAML with Meta-Curvature and layer-specific, per-step learning rates."""
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -37,6 +37,10 @@ class MAMLEnhanced(Learner):
         first_order: do not differentiate through the inner gradients.
         rate_form: how :class:`LayerwiseLR` stores its rates: ``"signed"`` (the default, MAML++'s)
             or ``"log"`` (α = exp ρ; see :data:`~metakit.wrappers.lslr.RATE_FORMS`).
+        allow_unused, allow_nograd: as in learn2learn's ``MAML`` (see
+            :class:`~metakit.wrappers.base.Learner`): parameters that the support loss does not
+            use, or that do not require a gradient (a frozen layer), are left unadapted; their
+            curvature and rates then get no gradient. ``clone`` and ``adapt`` take them too.
 
     Example::
 
@@ -55,8 +59,10 @@ class MAMLEnhanced(Learner):
         layerwise_lr: bool = True,
         first_order: bool = False,
         rate_form: str = "signed",
+        allow_unused: Optional[bool] = None,
+        allow_nograd: bool = False,
     ):
-        super().__init__(model, lr, first_order)
+        super().__init__(model, lr, first_order, allow_unused, allow_nograd)
         self.inner_steps = inner_steps
         named = dict(model.named_parameters())
         params = [named[name] for name in adaptable_names(model)]  # those the inner loop steps

@@ -59,8 +59,17 @@ class MAML(l2l.algorithms.MAML):
         if len(self.adapted_names) == len(parameter_names(self.module)):
             super().adapt(loss, first_order, allow_unused, allow_nograd)
         else:
-            first_order = self.first_order if first_order is None else first_order
-            adapt_module(self.module, loss, self.inner_updates, self.step, first_order, self.adapted_names)
+            pick = lambda value, default: default if value is None else value  # noqa: E731
+            adapt_module(
+                self.module,
+                loss,
+                self.inner_updates,
+                self.step,
+                pick(first_order, self.first_order),
+                self.adapted_names,
+                pick(allow_unused, self.allow_unused),
+                pick(allow_nograd, self.allow_nograd),
+            )
         self.step += 1
 
     def clone(self, first_order=None, allow_unused=None, allow_nograd=None) -> "MAML":

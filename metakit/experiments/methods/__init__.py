@@ -8,6 +8,7 @@ one). Specs import the wrappers inside ``build``, so listing and checking method
 from dataclasses import dataclass
 from typing import Callable
 
+from metakit.experiments.util.errors import MetakitError, flag
 from metakit.experiments.util.registry import Registry
 
 BACKENDS = ("func", "l2l", "higher")
@@ -30,6 +31,9 @@ class MethodSpec:
         rl: it runs on reinforcement-learning families (its inner rule is ``inner_updates`` on a
             policy gradient, or it is the ``JOINT`` pretraining baseline).
         classification: it runs on classification families only (its build reads ``config.ways``).
+        transfer: it trains a classifier over every meta-train class (``--head``): its batches label
+            each example by its meta-train class (``family.sample(..., global_labels=True)``) and its
+            model's head has one output per meta-train class (``family.train_classes()``).
     """
 
     build: Callable
@@ -41,6 +45,7 @@ class MethodSpec:
     all_points: bool = False
     rl: bool = False
     classification: bool = False
+    transfer: bool = False
 
 
 METHODS = Registry(
@@ -56,13 +61,25 @@ METHODS = Registry(
         "anil": "metakit.experiments.methods.builtin:ANIL_SPEC",
         "pretrain": "metakit.experiments.methods.builtin:PRETRAIN_SPEC",
         "protonet": "metakit.experiments.methods.builtin:PROTONET_SPEC",
+        "finetune": "metakit.experiments.methods.builtin:FINETUNE_SPEC",
     },
 )
 
 
-def build_algorithm(config, model):
-    """The algorithm of ``config.method`` wrapped around ``model``."""
-    return METHODS.get(config.method).build(config, model)
+def build_algorithm(config, family, device="cpu"):
+    """The algorithm of ``config.method`` around a freshly initialised model of ``family`` on
+    ``device`` (the seed is the caller's); a ``transfer`` method's model has a head over the
+    family's meta-train classes."""
+    spec = METHODS.get(config.method)
+    if not spec.transfer:
+        return spec.build(config, family.build_model().to(device))
+    classes = family.train_classes()
+    if classes is None:
+        raise MetakitError(
+            f"{flag('method')} {config.method} trains on every meta-train class, but the batches of "
+            f"{flag('task')} {config.task} are labelled within each task only"
+        )
+    return spec.build(config, family.build_model(classes).to(device))
 
 
 def register_method(name: str, spec: MethodSpec, replace: bool = False) -> None:

@@ -55,6 +55,12 @@ def _protonet(config, model):
     return ProtoNet(model, ways=config.ways, lr=config.inner_lr)
 
 
+def _finetune(config, model):
+    from metakit.wrappers import Finetune
+
+    return Finetune(model, head=config.head)
+
+
 def _pretrain(config, model):
     from metakit.wrappers import Pretrain
 
@@ -93,4 +99,13 @@ PRETRAIN_SPEC = MethodSpec(_pretrain, "joint pretraining baseline", maml_plus_pl
 # the conv net without its head is the embedding.
 PROTONET_SPEC = MethodSpec(
     _protonet, "Prototypical Networks: nearest class prototype", maml_plus_plus=False, classification=True
+)
+# Chen et al. 2019's Baseline and Baseline++: a classifier over every meta-train class, then a fresh
+# head per task fit to its support set on the frozen body; not a meta-learner.
+FINETUNE_SPEC = MethodSpec(
+    _finetune,
+    "Baseline / Baseline++: a classifier over all meta-train classes, a fresh head per task",
+    maml_plus_plus=False,
+    classification=True,
+    transfer=True,
 )

@@ -177,6 +177,36 @@ def _proc_status(key: str) -> int:
         return int(re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.M).group(1)) * 1024
 
 
+def iteration_flops(fn: Callable[[], None]) -> Optional[int]:
+    """Floating-point operations of one call of ``fn``, as ``torch.utils.flop_counter`` counts
+    them (matrix products and convolutions, forward and backward; element-wise work is not
+    counted), or ``None`` where counting fails (e.g. inside compiled code)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+    except Exception:  # noqa: BLE001 (a contender the counter cannot trace simply has no count)
+        return None
+    return counter.get_total_flops()
+
+
+def gemm_rate(device: torch.device, size: int = 2048, min_time: float = 0.3) -> float:
+    """The float32 matrix-product rate of this machine now, in GFLOP/s: ``size × size`` products
+    on ``device`` with the current thread count, for at least ``min_time`` seconds (after one
+    warm-up product). The ceiling the contenders' achieved rates are compared with."""
+    a, b = (torch.randn(size, size, device=device) for _ in range(2))
+    run = _synchronised(lambda: torch.mm(a, b), device)
+    run()
+    count, start = 0, time.perf_counter()
+    while True:
+        run()
+        count += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_time:
+            return 2 * size**3 * count / elapsed / 1e9
+
+
 def _synchronised(fn: Callable[[], None], device: torch.device) -> Callable[[], None]:
     """``fn`` followed by a wait for the device's queued work (a no-op on the CPU)."""
     if device.type != "cuda":
@@ -230,6 +260,12 @@ def bench_setting(plan: BenchPlan, method: str, meta_batch: int, steps: int) -> 
                 fn()
             seconds[name].append((time.perf_counter() - start) / n)
     median = {name: statistics.median(times) for name, times in seconds.items()}
+    # Counted on the eager code: the compiled engine runs the same products (its graph hides them).
+    flops = {name: iteration_flops(fn) for name, fn in iterations.items() if name != "func-compiled"}
+    if "func-compiled" in iterations:
+        flops["func-compiled"] = flops.get("func") or iteration_flops(
+            metakit_iteration(config, family, "func")
+        )
     return [
         {
             "method": method,
@@ -239,6 +275,8 @@ def bench_setting(plan: BenchPlan, method: str, meta_batch: int, steps: int) -> 
             "seconds_per_iteration": median[name],
             "tasks_per_second": meta_batch / median[name],
             "speedup": median[BASELINE] / median[name] if BASELINE in median else None,
+            "gflop_per_iteration": None if flops[name] is None else flops[name] / 1e9,
+            "gflops": None if flops[name] is None else flops[name] / 1e9 / median[name],
             "peak_memory_bytes": peak_memory_growth(iterations[name]),
             "compile_seconds": first_call[name] if name == "func-compiled" else None,
         }
@@ -254,19 +292,25 @@ def run_bench(plan: BenchPlan, echo: Callable[[str], None] = lambda _: None) -> 
     threads = torch.get_num_threads()
     torch.set_num_threads(plan.threads)
     try:
+        device = resolve_device(plan.device)
+        gemm = [gemm_rate(device)]
         results = []
         for method in plan.methods:
             for meta_batch in plan.meta_batch:
                 for steps in plan.inner_steps:
                     echo(f"bench: {method}, meta-batch {meta_batch}, {steps} inner step(s)")
                     results += bench_setting(plan, method, meta_batch, steps)
+        gemm.append(gemm_rate(device))  # before and after: a machine whose load changed shows it
     finally:
         torch.set_num_threads(threads)
+    for r in results:
+        r["gemm_fraction"] = None if r["gflops"] is None else r["gflops"] / statistics.fmean(gemm)
     return {
         "task": plan.task,
         "torch": torch.__version__,
         "baseline": BASELINE,
         "memory_metric": MEMORY_METRIC,
+        "gemm_gflops": gemm,
         "plan": asdict(plan),
         "shots": shape.shots,
         "query": shape.query,
@@ -285,17 +329,23 @@ def format_table(report: dict) -> str:
         f"{plan['task']}, {shape}; {plan['device']}, {plan['threads']} thread(s), median of "
         f"{plan['repeats']} rounds; speed-up against the plain {report['baseline']} loop; peak = RSS "
         "growth in one iteration",
+        "GFLOP = matrix products and convolutions of one iteration (torch.utils.flop_counter); "
+        f"GEMM = float32 2048x2048 products, {' then '.join(f'{g:.1f}' for g in report['gemm_gflops'])} "
+        "GFLOP/s (before and after)",
         f"{'method':<9} {'batch':>5} {'steps':>5}  {'contender':<13} {'ms/iter':>9} {'tasks/s':>9} "
-        f"{'speed-up':>8} {'peak MiB':>8} {'compile s':>9}",
+        f"{'speed-up':>8} {'GFLOP':>7} {'GFLOP/s':>7} {'% GEMM':>6} {'peak MiB':>8} {'compile s':>9}",
     ]
     for r in report["results"]:
         speedup = "" if r["speedup"] is None else f"{r['speedup']:.1f}x"
         peak = "" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**20:.1f}"
         compiled = "" if r["compile_seconds"] is None else f"{r['compile_seconds']:.1f}"
+        gflop = "" if r["gflop_per_iteration"] is None else f"{r['gflop_per_iteration']:.3g}"
+        rate = "" if r["gflops"] is None else f"{r['gflops']:.1f}"
+        share = "" if r["gemm_fraction"] is None else f"{100 * r['gemm_fraction']:.0f}"
         lines.append(
             f"{r['method']:<9} {r['meta_batch']:>5} {r['inner_steps']:>5}  {r['contender']:<13} "
-            f"{r['seconds_per_iteration'] * 1e3:>9.2f} {r['tasks_per_second']:>9.0f} {speedup:>8} {peak:>8} "
-            f"{compiled:>9}"
+            f"{r['seconds_per_iteration'] * 1e3:>9.2f} {r['tasks_per_second']:>9.0f} {speedup:>8} "
+            f"{gflop:>7} {rate:>7} {share:>6} {peak:>8} {compiled:>9}"
         )
     return "\n".join(lines)
 

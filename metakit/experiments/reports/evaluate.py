@@ -50,14 +50,23 @@ def horizon_note(horizons) -> str:
     return f"* beyond the {steps} the run was trained for{guarded}"
 
 
-def provenance(report: dict) -> str:
+def provenance(report: dict, metric: Metric) -> str:
     """What was evaluated, in one line: the checkpoint's iteration of the run's planned
-    ``iterations``, whether training finished, and the held-out ``tasks`` and ``seed``."""
+    ``iterations`` and whether training finished, or for a model selected on validation its
+    iteration and validation score (by ``metric``) and how far the run has trained; then the
+    held-out ``tasks`` and ``seed``."""
     done, planned = report["iteration"], report["iterations"]
-    state = "training finished" if done >= planned else "training not finished"
+    selected = report.get("selected")
+    trained = report.get("trained", done)
+    state = "training finished" if trained >= planned else "training not finished"
+    held_out = f"{report['tasks']} held-out tasks, seed {report['seed']}"
+    if not selected:
+        return f"checkpoint of iteration {done} of {planned} ({state}); {held_out}"
+    steps = f"{selected['steps']} inner step{'s' * (selected['steps'] != 1)}"
     return (
-        f"checkpoint of iteration {done} of {planned} ({state}); "
-        f"{report['tasks']} held-out tasks, seed {report['seed']}"
+        f"model selected on validation: iteration {done} (validation {metric.label} "
+        f"{metric.format(selected['score'])} on {selected['tasks']} episodes, {selected['shots']}-shot, "
+        f"{steps}) of a run at {trained} of {planned} iterations ({state}); {held_out}"
     )
 
 
@@ -76,7 +85,8 @@ def format_table(report: dict, metric: Optional[Metric] = None) -> str:
     tasks that got worse or diverged, and the task count. Steps beyond the trained horizon are
     marked ``*``, with a footnote. The first line names the method and the run; for a report with
     the checkpoint's ``iteration`` (as ``metakit eval`` makes) it also says which checkpoint was
-    evaluated, whether the run finished its ``iterations``, and the held-out ``tasks`` and ``seed``.
+    evaluated (or which model was selected on validation), whether the run finished its
+    ``iterations``, and the held-out ``tasks`` and ``seed`` (:func:`provenance`).
     """
     rows = report["results"]
     metric = metric or metric_of(rows)
@@ -92,7 +102,7 @@ def format_table(report: dict, metric: Optional[Metric] = None) -> str:
     header += [f"{'median':>8}", f"{'worse':>5}", f"{'diverged':>8}"] * extra + [f"{'tasks':>5}"]
     title = f"{report['method']} — {report['run']}"
     if "iteration" in report:
-        title += f", {provenance(report)}"
+        title += f", {provenance(report, metric)}"
     lines = [title, "  ".join(header)]
     for r in rows:
         cells = [f"{r[key]:>{4 if key == 'ways' else 5}}" for key in lead]

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from metakit.experiments.util import progress
+from metakit.experiments.util.errors import flag
 from metakit.experiments.util.statistics import task_statistics
 from metakit.wrappers.base import Objective
 from metakit.wrappers.engines import VectorizedEngine, make_engine
@@ -194,19 +195,38 @@ class TaskFamily:
         Called for every :class:`~metakit.experiments.training.config.TrainConfig`; must not load data.
         """
 
+    @classmethod
+    def missing_validation(cls, config) -> Optional[str]:
+        """Why ``config``'s data has no validation split to select a model on (one phrase), or
+        ``None`` where it has one (``--select-on validation``; the family's ``held_out`` then takes
+        ``split="validation"``). Must not load data."""
+        return f"{flag('task')} {config.task} has none"
+
     def prepare(self) -> None:
         """Load and check whatever data the family needs (a one-line ``DataError`` if it is bad).
 
         Called before a run writes anything.
         """
 
-    def sample(self, tasks: int, shots: int, query: int, generator: torch.Generator):
+    def sample(self, tasks: int, shots: int, query: int, generator: torch.Generator, global_labels=False):
         """A meta-training batch of ``tasks`` tasks (tensors on the CPU; a :class:`TaskBatch` for
-        supervised families)."""
+        supervised families).
+
+        ``global_labels`` is asked only of families with :meth:`train_classes` (by methods that
+        train a classifier over all meta-train classes): the same examples, each labelled by its
+        meta-train class, ``0 … train_classes() − 1``, instead of by its class's place in its task.
+        """
         raise NotImplementedError
 
-    def build_model(self) -> nn.Module:
-        """A freshly initialised model for this family."""
+    def train_classes(self) -> Optional[int]:
+        """How many meta-train classes ``sample(..., global_labels=True)`` labels and
+        ``build_model(outputs)`` can classify, or ``None`` (the default) for a family whose batches
+        are labelled within each task only (may load the data, see :meth:`prepare`)."""
+        return None
+
+    def build_model(self, outputs: Optional[int] = None) -> nn.Module:
+        """A freshly initialised model for this family; ``outputs`` (asked only of families with
+        :meth:`train_classes`) is the size of a classifier's head instead of the task's ways."""
         raise NotImplementedError
 
     def meta_engine(self, algo, backend: str, compile: bool):
@@ -286,7 +306,11 @@ class SupervisedFamily(TaskFamily):
         it), on the device of the algorithm's parameters.
         """
         self.prepare()
-        held_out = self.held_out(tasks, max(shots), seed)
+        return self.score_held_out(algo, self.held_out(tasks, max(shots), seed), tasks, shots, steps, horizon)
+
+    def score_held_out(self, algo, held_out, tasks: int, shots, steps, horizon=None) -> list:
+        """The rows of :meth:`evaluate` for a given ``held_out`` set of ``tasks`` tasks (the meta-test
+        set, or a validation set)."""
         engine = VectorizedEngine(algo, self.loss)
         device = next(algo.parameters()).device
         chunk = self.eval_chunk

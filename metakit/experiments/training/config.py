@@ -22,9 +22,15 @@ to zero over the run (Reptile's outer rule, Nichol et al. 2018)."""
 RATE_FORMS = ("log", "signed")
 """``rates``: learned inner rates stored as log α (positive, moved by ratios) or as α itself, signed
 (the published form); see :data:`metakit.wrappers.lslr.RATE_FORMS`."""
+HEADS = ("linear", "cosine")
+"""``head``: the classifier of a fine-tuning baseline, Baseline's linear one or Baseline++'s scaled
+cosine similarity; see :data:`metakit.wrappers.finetune.HEADS`."""
 COMPILE_MODES = ("auto", "on", "off")
 """``compile``: ``auto`` compiles a func run long enough to repay the compilation (see
 :func:`metakit.experiments.training.trainer.choose_compile`), ``on`` always, ``off`` never."""
+SELECT_ON = ("last", "validation")
+"""``select_on``: the model a run's evaluation uses: its last meta-parameters, or those that scored
+best on the family's validation episodes (see :mod:`metakit.experiments.training.trainer`)."""
 OMNIGLOT_SPLITS = ("vinyals", "background")
 """``omniglot_split``: the class split of Vinyals et al. 2016, or the official background/evaluation one."""
 PLACEMENT = ("device", "compile")
@@ -183,6 +189,27 @@ class TrainConfig:
         help="Iterations between checkpoints (also written at the end and on Ctrl-C/SIGTERM).",
         minimum=1,
     )
+    select_on: str = option(
+        "last",
+        help="The model that eval uses: the last one, or the one with the best validation score (image "
+        f"families with a validation split), measured every {flag('select_every')} iterations and at "
+        "the end.",
+        choices=SELECT_ON,
+        noun=flag("select_on"),
+    )
+    select_every: Optional[int] = option(
+        help=f"{flag('select_on')} validation: iterations between validations.",
+        minimum=1,
+        maximum=MAX_ITERATIONS,
+        default_text=flag("checkpoint_every"),
+    )
+    select_tasks: int = option(
+        100,
+        help=f"{flag('select_on')} validation: the fixed validation episodes scored each time, at the "
+        "training ways, shots and inner steps.",
+        minimum=2,
+        maximum=2**24,
+    )
     multi_step_loss: bool = option(
         False, help="MAML++ multi-step loss (query loss after every inner step, annealed weights)."
     )
@@ -226,6 +253,14 @@ class TrainConfig:
         "outer step) before training stops as diverged.",
         minimum=1,
     )
+    head: Optional[str] = option(
+        help="finetune: the classifier over the meta-train classes and, fresh, over each task's "
+        "classes at test time: linear (Chen et al.'s Baseline) or cosine (Baseline++: scaled cosine "
+        "similarity of the normalised features and class weights).",
+        choices=HEADS,
+        default_text="linear for finetune",
+        noun=flag("head"),
+    )
     inner_all_points: bool = option(
         False,
         help="Reptile: inner steps train on support + query points, in mini-batches of the support size.",
@@ -245,6 +280,8 @@ class TrainConfig:
         if self.clip_grad is None:
             _check_choice(self, "method")
             self.clip_grad = default_clip_grad(self.method, self.inner_steps)
+        if self.head is None and self.method in METHODS and METHODS.get(self.method).transfer:
+            self.head = "linear"
         if isinstance(self.data_root, str) and self.data_root:  # usable from any working directory
             self.data_root = os.path.abspath(os.path.expanduser(self.data_root))
         _check(self, family)
@@ -391,6 +428,9 @@ def _check(config: TrainConfig, family) -> None:
         raise ConfigError(
             f"{_setting(config, 'method')} needs a classification task, not {_setting(config, 'task')}"
         )
+    if config.head is not None and not spec.transfer:
+        takers = ", ".join(m for m in METHODS.names() if METHODS.get(m).transfer)
+        raise ConfigError(f"{flag('head')} applies to {takers}, not {config.method}")
     if spec.always_first_order and config.first_order_until:
         raise ConfigError(
             f"{flag('first_order_until')} has no effect with {_setting(config, 'method')} "
@@ -408,6 +448,13 @@ def _check(config: TrainConfig, family) -> None:
         )
     if config.multi_step_loss and config.inner_steps < 2:
         raise ConfigError(f"{flag('multi_step_loss')} needs {flag('inner_steps')} of at least 2")
+    if config.select_on == "validation":
+        missing = family.missing_validation(config)
+        if missing:
+            raise ConfigError(f"{flag('select_on')} validation needs a validation split; {missing}")
+    elif config.select_every is not None or config.select_tasks != OPTIONS["select_tasks"].default:
+        given = flag("select_every") if config.select_every is not None else flag("select_tasks")
+        raise ConfigError(f"{given} applies to {flag('select_on')} validation")
     if config.compile == "on" and config.backend != "func":
         raise ConfigError(f"{flag('compile')} on applies to {flag('backend')} func only")
     try:

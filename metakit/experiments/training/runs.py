@@ -1,4 +1,5 @@
-"""A run directory: ``config.json``, ``metrics.jsonl``, ``checkpoint.pt`` and the lock ``.lock``."""
+"""A run directory: ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``, the lock ``.lock`` and,
+for ``--select-on validation``, ``selected.pt``."""
 
 import contextlib
 import fcntl
@@ -23,6 +24,9 @@ CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
+SELECTED = "selected.pt"
+"""``--select-on validation``: the meta-parameters with the best validation score so far, their
+iteration and score (see :func:`save_selected`)."""
 LOCK = ".lock"
 """Locked (``flock``) by the process training the run; records its pid, host and torchrun job."""
 FORMAT_VERSION = 1
@@ -211,6 +215,16 @@ def save_checkpoint(run_dir: Path, state: dict) -> None:
     )
 
 
+def save_selected(run_dir: Path, selection: Optional[dict]) -> None:
+    """Write ``selection`` (``{"iteration", "metric", "score", "algorithm"}``: the best model on the
+    validation episodes so far) as the run's ``selected.pt``, crash-safely (written and fsynced under
+    a temporary name, then renamed over the old one); ``None`` removes it (nothing selected yet)."""
+    if selection is None:
+        (run_dir / SELECTED).unlink(missing_ok=True)
+        return
+    _atomic(run_dir / SELECTED, lambda f: torch.save({"format": FORMAT_VERSION, **selection}, f))
+
+
 def _atomic(path: Path, write, before_replace=None) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -233,7 +247,7 @@ def _fsync_dir(path: Path) -> None:
 
 def clear_run(run_dir: Path) -> None:
     """Remove the files a previous run left in ``run_dir`` (used with ``--force``)."""
-    for name in (CONFIG, METRICS, CHECKPOINT, PREVIOUS, CHECKPOINT + ".tmp"):
+    for name in (CONFIG, METRICS, CHECKPOINT, PREVIOUS, CHECKPOINT + ".tmp", SELECTED, SELECTED + ".tmp"):
         (run_dir / name).unlink(missing_ok=True)
 
 
@@ -333,26 +347,63 @@ class LoadedRun(NamedTuple):
     note: Optional[str]
     """Why an older checkpoint was used, or ``None``."""
     iteration: int
-    """The iteration of the checkpoint whose meta-parameters ``algo`` holds (of ``config.iterations``)."""
+    """The iteration whose meta-parameters ``algo`` holds (of ``config.iterations``)."""
+    trained: int
+    """The iteration of the run's newest loadable checkpoint: how far it has trained."""
+    selected: Optional[dict]
+    """``{"iteration", "metric", "score"}`` of the model ``algo`` holds where it was selected on the
+    validation episodes (``--select-on validation``), else ``None``."""
 
 
 def load_run(run_dir: Path, data_root: Optional[str] = None):
-    """``(config, algorithm, note)`` of a run: :func:`open_run` without the checkpoint's iteration."""
+    """``(config, algorithm, note)`` of a run: :func:`open_run` without the iterations."""
     return tuple(open_run(run_dir, data_root))[:3]
 
 
 def open_run(run_dir: Path, data_root: Optional[str] = None) -> LoadedRun:
-    """A run with its newest loadable checkpoint's meta-parameters (on the CPU) and that
-    checkpoint's iteration; ``data_root`` replaces the run's data folder (data that has moved)."""
+    """A run with the meta-parameters it is evaluated with (on the CPU): its newest loadable
+    checkpoint's, or for a run trained with ``--select-on validation`` the selected ones
+    (:func:`selected_state`); ``data_root`` replaces the run's data folder (data that has moved)."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     if data_root is not None:
         config = replace(config, data_root=str(data_root))
     state, note = load_latest_checkpoint(run_dir)
-    algo = build_algorithm(config, build_family(config).build_model())
+    chosen, selected = state, None
+    if config.select_on == "validation":
+        chosen, why = selected_state(run_dir, state)
+        note = "; ".join(n for n in (note, why) if n) or None
+        if chosen is not state:
+            selected = {key: chosen[key] for key in ("iteration", "metric", "score")}
+    algo = build_algorithm(config, build_family(config))
     try:
-        algo.load_state_dict(state["algorithm"])
+        algo.load_state_dict(chosen["algorithm"])
     except (KeyError, RuntimeError) as err:
         first_line = str(err).strip().splitlines()[0]
         raise RunError(f"the checkpoint in {run_dir} does not match its {CONFIG}: {first_line}") from None
-    return LoadedRun(config, algo, note, int(state["iteration"]))
+    return LoadedRun(config, algo, note, int(chosen["iteration"]), int(state["iteration"]), selected)
+
+
+def selected_state(run_dir: Path, checkpoint: dict) -> tuple:
+    """``(state, note)``: the model a run trained with ``--select-on validation`` selected:
+    ``selected.pt``; where that is missing or does not load, the copy of the selection that
+    ``checkpoint`` (the newest loadable one) holds; where nothing was selected yet, ``checkpoint``
+    itself. ``note`` says why where it is not ``selected.pt``, else it is ``None``."""
+    path = Path(run_dir) / SELECTED
+    problem = f"{path} is missing"
+    if path.exists():
+        try:
+            return load_checkpoint(path), None
+        except RunError as err:
+            problem = str(err)
+    kept = checkpoint.get("selection")
+    if kept is not None:
+        return (
+            kept,
+            f"{problem}; using the model selected at iteration {kept['iteration']}, saved in the checkpoint",
+        )
+    unreadable = f"{problem}; " if path.exists() else ""
+    return checkpoint, (
+        f"{unreadable}no model was selected on validation yet; evaluating the checkpoint of iteration "
+        f"{checkpoint['iteration']}"
+    )

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
-from metakit.experiments.methods import build_algorithm
+from metakit.experiments.methods import METHODS, build_algorithm
 from metakit.experiments.tasks import build_family
 from metakit.experiments.training import distributed, runs
 from metakit.experiments.training.config import ConfigError, TrainConfig
@@ -35,6 +35,11 @@ class Divergence(RuntimeError):
 
 class Interrupted(RuntimeError):
     """Training was stopped by SIGINT or SIGTERM after a checkpoint was written."""
+
+
+VALIDATION_SEED = 0
+"""Seed of the fixed validation episodes of ``--select-on validation``, the same for every run (so
+runs of different seeds are selected on the same episodes)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -117,12 +122,16 @@ class Training:
     generator: torch.Generator
     meta_step: MetaStep
     world: World = World()
+    validation: Optional[object] = None
+    """``--select-on validation``: the fixed validation episodes (the family's ``held_out`` set of
+    its validation split), else ``None``."""
 
     def sample(self):
         """This process's slice of the next meta-training batch of the task stream, on the run's
-        device (the whole batch in a single process)."""
+        device (the whole batch in a single process); labelled globally for a ``transfer`` method."""
         c = self.config
-        batch = self.family.sample(c.meta_batch, c.shots, c.query, self.generator)
+        labels = {"global_labels": True} if METHODS.get(c.method).transfer else {}
+        batch = self.family.sample(c.meta_batch, c.shots, c.query, self.generator, **labels)
         start, stop = distributed.slice_bounds(c.meta_batch, self.world.rank, self.world.size)
         return type(batch)(*(t[start:stop].to(self.device, non_blocking=True) for t in batch))
 
@@ -203,7 +212,7 @@ def build_training(config: TrainConfig, family=None, world: World = World()) -> 
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     torch.manual_seed(config.seed)
-    algo = build_algorithm(config, family.build_model().to(device))
+    algo = build_algorithm(config, family, device)
     if config.outer_optimizer == "sgd-annealed":  # Reptile's: ε_i = ε·(1 − i/N) at iteration i
         optimizer = torch.optim.SGD(algo.parameters(), lr=config.meta_lr)
         anneal = lambda i: 1 - i / config.iterations  # noqa: E731 (its state is last_epoch alone)
@@ -220,7 +229,53 @@ def build_training(config: TrainConfig, family=None, world: World = World()) -> 
     if compile:  # a fresh in-memory cache per run: earlier runs' entries count toward dynamo's
         torch.compiler.reset()  # recompile limit (the on-disk caches keep recompiling cheap)
     meta_step = MetaStep(config, family.meta_engine(algo, config.backend, compile))
-    return Training(config, family, device, algo, optimizer, scheduler, generator, meta_step, world)
+    validation = None
+    if config.select_on == "validation":  # built by every process, so a data error stops them all
+        validation = family.held_out(config.select_tasks, config.shots, VALIDATION_SEED, split="validation")
+    return Training(
+        config, family, device, algo, optimizer, scheduler, generator, meta_step, world, validation
+    )
+
+
+def validation_score(setup: Training) -> Optional[float]:
+    """The family's metric (mean over the fixed validation episodes) of the meta-parameters now,
+    adapted as in training: the training shots and inner steps. ``None`` where adaptation diverged
+    on some episode."""
+    config = setup.config
+    with silenced():  # no bar of its own inside the training's
+        rows = setup.family.score_held_out(
+            setup.algo, setup.validation, config.select_tasks, [config.shots], [config.inner_steps]
+        )
+    return rows[0][setup.family.metric.key]
+
+
+@dataclass
+class Selection:
+    """``--select-on validation``: the best model on the validation episodes so far, ``best``
+    (``{"iteration", "metric", "score", "algorithm"}``, the meta-parameters copied onto the CPU;
+    ``None`` before the first validation). Part of a checkpoint, so that a resumed run selects on."""
+
+    best: Optional[dict] = None
+
+    def consider(self, iteration: int, score: Optional[float], metric, algo: torch.nn.Module) -> bool:
+        """Keep ``algo``'s meta-parameters of ``iteration`` if their ``score`` beats the best so far
+        (by ``metric``; a tie keeps the earlier model, a diverged score, ``None``, never wins);
+        returns whether they were kept."""
+        if score is None or not math.isfinite(score):
+            return False
+        if self.best is not None:
+            best = self.best["score"]
+            if not (score > best if metric.higher_is_better else score < best):
+                return False
+        copy = {name: t.detach().to("cpu", copy=True) for name, t in algo.state_dict().items()}
+        self.best = {"iteration": iteration, "metric": metric.key, "score": score, "algorithm": copy}
+        return True
+
+
+def selection_interval(config: TrainConfig) -> int:
+    """Iterations between validations of ``--select-on validation``: ``--select-every``, by
+    default ``--checkpoint-every``."""
+    return config.select_every or config.checkpoint_every
 
 
 @contextlib.contextmanager
@@ -279,7 +334,7 @@ class Skips:
         self.in_row = self.in_row + 1 if skipped else 0
 
 
-def _state(setup: Training, done: int, window: list, skips: Skips) -> dict:
+def _state(setup: Training, done: int, window: list, skips: Skips, selection: Selection) -> dict:
     """The global training state after ``done`` iterations: what a checkpoint holds."""
     return {
         "config": setup.config.to_dict(),
@@ -290,6 +345,7 @@ def _state(setup: Training, done: int, window: list, skips: Skips) -> dict:
         "iteration": done,
         "window": list(window),
         "skips": asdict(skips),
+        "selection": selection.best,
     }
 
 
@@ -331,6 +387,8 @@ def _open_run(config: TrainConfig, run_dir: Path, resume: bool, held: contextlib
     if runs.read_config(run_dir) != config:  # extended (or shortened), or moved to another device
         runs.write_json_atomic(run_dir / runs.CONFIG, config.to_dict())
     repaired = runs.truncate_metrics(run_dir, state["iteration"])
+    if config.select_on == "validation":  # the selection as of the checkpoint: not one a crash left after it
+        runs.save_selected(run_dir, state.get("selection"))
     return {"state": state, "note": "; ".join(n for n in (note, repaired) if n) or None}
 
 
@@ -364,6 +422,10 @@ def train(
     one does. The run is locked while it trains (:func:`~metakit.experiments.training.runs.lock_run`).
     The summary's ``meta_loss`` is that of the last line of ``metrics.jsonl`` (the mean over its
     ``meta_batches`` kept meta-batches; ``None`` where all were skipped or nothing was trained).
+    With ``config.select_on == "validation"`` the model is scored on fixed validation episodes
+    every :func:`selection_interval` iterations and the best is kept in ``selected.pt`` (the
+    summary's ``selected``: its ``iteration``, ``metric`` and ``score``); a resume continues the
+    selection from the checkpoint's.
 
     Without ``progress`` nothing is drawn on stderr, not even the progress of preparing data.
 
@@ -400,21 +462,24 @@ def train(
                         runs.write_json_atomic(run_dir / runs.CONFIG, config.to_dict())
             done = {
                 "resumed_from": resume_from,
-                **dict.fromkeys(("device", "engine", "note", "skipped", "meta_loss", "meta_batches")),
+                **dict.fromkeys(
+                    ("device", "engine", "note", "skipped", "meta_loss", "meta_batches", "selected")
+                ),
                 "seconds": 0.0,
             }
             return {**summary, **done}
         setup = build_training(config, world=world)
         opened = distributed.share(world, lambda: _open_run(config, run_dir, resume_from is not None, held))
-        start, window, skips = 0, [], Skips()
+        start, window, skips, selection = 0, [], Skips(), Selection()
         if opened["state"] is not None:
             _restore(setup, opened["state"])
             start, window = opened["state"]["iteration"], list(opened["state"]["window"])
             skips = Skips(**opened["state"].get("skips", {}))  # none in checkpoints written before skipping
+            selection = Selection(opened["state"].get("selection"))
         if world.size > 1:
             distributed.broadcast_parameters(setup.algo.parameters())
         clock = time.perf_counter()
-        last = _loop(setup, run_dir, start, window, skips, progress and world.writer)
+        last = _loop(setup, run_dir, start, window, skips, selection, progress and world.writer)
         return {
             **summary,
             "resumed_from": start if opened["state"] is not None else None,
@@ -425,13 +490,42 @@ def train(
             "skipped": skips.total,
             "meta_loss": last["meta_loss"],
             "meta_batches": last["meta_batches"],
+            "selected": None if selection.best is None else _selected(selection.best),
         }
 
 
-def _loop(setup: Training, run_dir: Path, start: int, window: list, skips: Skips, progress: bool) -> dict:
+def _selected(best: dict) -> dict:
+    """The selected model's iteration, metric and score (its meta-parameters left out)."""
+    return {key: best[key] for key in ("iteration", "metric", "score")}
+
+
+def _validate(setup: Training, run_dir: Path, done: int, selection: Selection, board) -> dict:
+    """Score the model of iteration ``done`` on the validation episodes, keep it in ``selection``
+    and ``selected.pt`` if it is the best so far, and return what ``metrics.jsonl`` records:
+    ``{"validation_<metric>": score, "selected_iteration": the best one's iteration}``."""
+    score, metric = validation_score(setup), setup.family.metric
+    if selection.consider(done, score, metric, setup.algo):
+        runs.save_selected(run_dir, selection.best)
+    if board is not None and score is not None:
+        board.add_scalar(f"validation_{metric.key}", score, done)
+    best = None if selection.best is None else selection.best["iteration"]
+    return {f"validation_{metric.key}": score, "selected_iteration": best}
+
+
+def _loop(
+    setup: Training,
+    run_dir: Path,
+    start: int,
+    window: list,
+    skips: Skips,
+    selection: Selection,
+    progress: bool,
+) -> dict:
     """Iterations ``start + 1 … config.iterations``; the writer logs and checkpoints them, and
-    ``skips`` counts the skipped ones. Returns the last logged ``meta_loss`` and the number of
-    ``meta_batches`` it averages.
+    ``skips`` counts the skipped ones. With ``--select-on validation`` the writer also scores the
+    model on the validation episodes every :func:`selection_interval` iterations and at the last,
+    before that iteration's checkpoint, and keeps the best in ``selection`` and ``selected.pt``.
+    Returns the last logged ``meta_loss`` and the number of ``meta_batches`` it averages.
 
     With ``progress``, a bar on stderr where stderr is a terminal; elsewhere (a log file) one line
     per logged iteration instead of the bar's carriage-return frames."""
@@ -477,6 +571,10 @@ def _loop(setup: Training, run_dir: Path, start: int, window: list, skips: Skips
                 raise Divergence(f"{config.method}: {what}; {kept}")
             if not skipped:
                 window.append(loss)
+            validated = {}  # the metrics of a validation at this iteration
+            due = done % selection_interval(config) == 0 or done == config.iterations
+            if writer and setup.validation is not None and due:
+                validated = _validate(setup, run_dir, done, selection, board)
             if done % config.log_every == 0 or done == config.iterations:
                 record = {
                     "iteration": done,
@@ -485,6 +583,7 @@ def _loop(setup: Training, run_dir: Path, start: int, window: list, skips: Skips
                     "meta_lr": optimizer.param_groups[0]["lr"],
                     "seconds": round(time.perf_counter() - clock, 3),
                     "engine": setup.meta_step.engine,
+                    **validated,
                 }
                 if writer:
                     runs.append_metrics(run_dir, record)
@@ -494,16 +593,23 @@ def _loop(setup: Training, run_dir: Path, start: int, window: list, skips: Skips
                     board.add_scalar("meta_lr", record["meta_lr"], done)
                 bar.set_postfix(meta_loss=f"{shown:.3f}", skipped=skips.total)
                 if lines:
+                    measured = ""
+                    if validated:
+                        metric = setup.family.metric
+                        score = validated[f"validation_{metric.key}"]
+                        measured = f", validation {metric.label} {metric.format(score)}"
                     print(
                         f"{config.method}: iteration {done}/{config.iterations}, meta-loss {shown:.4f}, "
-                        f"{skips.total} skipped, {record['seconds']:.1f}s",
+                        f"{skips.total} skipped{measured}, {record['seconds']:.1f}s",
                         file=sys.stderr,
                         flush=True,
                     )
                 last = {"meta_loss": record["meta_loss"], "meta_batches": len(window)}
                 window, skips.logged = [], 0
+            elif validated:  # measured between two logged iterations: a line of its own
+                runs.append_metrics(run_dir, {"iteration": done, **validated})
             if writer and checkpoint:
-                runs.save_checkpoint(run_dir, _state(setup, done, window, skips))
+                runs.save_checkpoint(run_dir, _state(setup, done, window, skips, selection))
                 saved = done
             if stopping and done < config.iterations:
                 raise Interrupted(f"stopped by signal at iteration {done}; checkpoint saved in {run_dir}")

@@ -30,10 +30,23 @@ def accumulate_grad(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor
 
 
 def joint_backward(algo, batch: TaskBatch, loss_fn: Callable) -> float:
-    """The ``JOINT`` objective: back-propagate the loss of the un-adapted model on all points of all
-    tasks; return it."""
+    """The ``JOINT`` and ``TRANSFER`` objectives: back-propagate the loss of the un-adapted model on
+    all points of all tasks against the batch's labels (a ``TRANSFER`` batch's are global); return
+    it."""
     x = torch.cat([batch.x_support, batch.x_query], 1).flatten(0, 1)
     y = torch.cat([batch.y_support, batch.y_query], 1).flatten(0, 1)
     loss = loss_fn(algo(x), y)
     loss.backward()
     return loss.item()
+
+
+def refuse_frozen(algo, backend: str) -> None:
+    """A :class:`ValueError` naming the model's frozen parameters (``requires_grad=False``), which
+    ``backend`` would adapt anyway (func) or cannot handle (higher); the l2l backend leaves them
+    as they are with ``allow_nograd=True``, as learn2learn does."""
+    frozen = [name for name, p in algo.module.named_parameters() if not p.requires_grad]
+    if frozen:
+        raise ValueError(
+            f"the {backend} backend does not support frozen parameters ({', '.join(frozen)}); use the "
+            "l2l backend with allow_nograd=True"
+        )

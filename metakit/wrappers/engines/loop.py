@@ -11,7 +11,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from metakit.wrappers.base import Objective, parameter_names, step_kwargs
-from metakit.wrappers.engines.batch import TaskBatch, accumulate_grad, joint_backward
+from metakit.wrappers.engines.batch import TaskBatch, accumulate_grad, joint_backward, refuse_frozen
 from metakit.wrappers.rules import reptile_gradient
 
 BACKENDS = ("l2l", "higher")
@@ -31,6 +31,8 @@ class LoopEngine:
             raise ValueError(f"unknown backend {backend!r}: the loop engine serves {' and '.join(BACKENDS)}")
         if backend == "higher" and algo.objective is Objective.INTERPOLATION:
             raise ValueError("reptile does not differentiate through the inner loop; use backend l2l or func")
+        if backend == "higher":
+            refuse_frozen(algo, backend)
         self.algo = algo
         self.loss_fn = loss_fn
         self.name = backend
@@ -52,7 +54,7 @@ class LoopEngine:
         after the last step, for logging.
         """
         algo, objective = self.algo, self.algo.objective
-        if objective is Objective.JOINT:
+        if objective in (Objective.JOINT, Objective.TRANSFER):
             return joint_backward(algo, batch, self.loss_fn)
         if objective is Objective.INTERPOLATION:
             return self._interpolation_backward(batch, steps)

@@ -24,7 +24,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from metakit.wrappers.base import MetaLearner, Objective, meta_only_names, step_kwargs
-from metakit.wrappers.engines.batch import TaskBatch, accumulate_grad, joint_backward
+from metakit.wrappers.engines.batch import TaskBatch, accumulate_grad, joint_backward, refuse_frozen
 from metakit.wrappers.engines.inner_step import Params, functional_inner_step
 from metakit.wrappers.rules import reptile_gradient
 
@@ -80,6 +80,7 @@ class VectorizedEngine:
                 f"adapted_names, inner_updates, describe), e.g. metakit.wrappers.MAML(model, lr); got "
                 f"{type(algo).__module__}.{type(algo).__name__}"
             )
+        refuse_frozen(algo, "func")
         read_only = meta_only_names(algo.module, "buffers")
         buffers = [name for name, _ in algo.module.named_buffers() if name not in read_only]
         if buffers:
@@ -204,7 +205,7 @@ class VectorizedEngine:
     ) -> float:
         """Same contract as :meth:`metakit.wrappers.engines.loop.LoopEngine.meta_backward`."""
         objective = self.algo.objective
-        if objective is Objective.JOINT:
+        if objective in (Objective.JOINT, Objective.TRANSFER):
             return joint_backward(self.algo, batch, self.loss_fn)
         if objective is Objective.INTERPOLATION:
             return self._interpolation_backward(batch, steps)
@@ -280,7 +281,8 @@ class VectorizedEngine:
         Adapts with the algorithm's own inner rule (first-order, no meta graph), for evaluation:
         the model runs in evaluation mode (``eval()``; e.g. per-step batch norm then normalises
         with its running statistics); steps from ``guard_from`` on (a learned rule's horizon) are
-        :meth:`guarded_step` s.
+        :meth:`guarded_step` s. A ``TRANSFER`` learner fits a fresh head per task instead (its
+        ``head_curves``), a step being one of its own.
         """
         training = self.algo.training
         self.algo.eval()
@@ -297,6 +299,11 @@ class VectorizedEngine:
             if score is not None:
                 values.append(score(prediction, y).to(values[0].dtype))
             return torch.stack(values)
+
+        if self.algo.objective is Objective.TRANSFER:  # a fresh head per task, the body frozen
+            logits = self.algo.head_curves(batch.x_support, batch.y_support, batch.x_query, max_steps)
+            values = vmap(vmap(measure), in_dims=(0, None))(logits, batch.y_query)  # [steps + 1, tasks, 1|2]
+            return {"loss": values[..., 0], "score": values[..., 1] if score is not None else None}
 
         if self.algo.objective is Objective.METRIC:  # no gradient steps: the same at every count
 

@@ -59,12 +59,13 @@ class Cifar100Split(ImageEpisodes):
     (Bertinetto et al. 2019; Oreshkin et al. 2018) and MetaOptNet (Lee et al. 2019), which used other
     backbones. The protocol is miniImageNet's from the MAML paper (Finn et al. 2017, §5.2): 4 conv
     blocks of 32 filters with max-pool (32 → 16 → 8 → 4 → 2 px, a 128-feature head), α = 0.01, 5
-    inner steps in training, meta-batch 4, 15 query images per class, 60,000 iterations; evaluation
-    reports up to 10 inner steps.
+    inner steps in training, meta-batch 4, 15 query images per class (in training and in held-out
+    episodes), 60,000 iterations; evaluation reports up to 10 inner steps.
     """
 
     protocol = MiniImageNet.protocol
     eval_protocol = MiniImageNet.eval_protocol
+    eval_query = MiniImageNet.eval_query
     channels = MiniImageNet.channels
     image_size = SIZE
     bench_plan = MiniImageNet.bench_plan

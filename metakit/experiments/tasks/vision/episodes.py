@@ -12,9 +12,6 @@ from metakit.experiments.tasks.vision.image_sets import ClassImages, DataError
 from metakit.experiments.util.errors import flag
 from metakit.wrappers.engines.batch import TaskBatch
 
-EVAL_QUERY = 10
-"""Query images per class in held-out episodes (fixed, so every K sees the same query set)."""
-
 
 class ImageEpisodes(SupervisedFamily):
     """Few-shot classification: each task picks ``ways`` classes and ``shots`` + ``query`` images
@@ -40,6 +37,9 @@ class ImageEpisodes(SupervisedFamily):
     """Filters of every conv block."""
     blocks = 4
     """Conv blocks of the model."""
+    eval_query = 10
+    """Query images per class in held-out (and validation) episodes: fixed, so that every K sees the
+    same query set; a family whose protocol tests on more (miniImageNet's 15) sets its own."""
     image_size = 28
     """Side that the glyph set is rendered at and Omniglot resized to (the model is sized from the data)."""
     eval_chunk = 20  # 20 episodes of 5-way 5-shot: ~1,500 images through the conv net at once
@@ -68,6 +68,7 @@ class ImageEpisodes(SupervisedFamily):
         self.min_images = min_images
         self.per_step_bn = per_step_bn
         self._train: Optional[torch.Tensor] = None
+        self._validation: Optional[ClassImages] = None
         self._test: Optional[ClassImages] = None
 
     @classmethod
@@ -120,31 +121,60 @@ class ImageEpisodes(SupervisedFamily):
         if self.min_images > train.images.shape[1]:
             raise DataError(
                 f"{flag('shots')} + {flag('query')} = {self.min_images} images per class; the meta-train "
-                "classes have "
-                f"{train.images.shape[1]}"
+                f"classes have {train.images.shape[1]} images{_set_by(train)}"
             )
-        self._train, self._test = images, test
+        self._train, self._validation, self._test = images, validation, test
 
-    def sample(self, tasks, shots, query, generator):
+    def sample(self, tasks, shots, query, generator, global_labels=False):
         """``tasks`` episodes from the meta-train classes: support ``[tasks, ways·shots, C, H, W]``,
-        labels ``[tasks, ways·shots]`` (class-major), and the same for the query set."""
+        labels ``[tasks, ways·shots]`` (class-major), and the same for the query set. With
+        ``global_labels`` an image's label is its meta-train class, ``0 … train_classes() − 1``
+        (rotation ``k`` of class ``c`` is class ``c + k·C`` of the ``C`` unrotated ones)."""
         self.prepare()
         classes, per_class = self._train.shape[:2]
         chosen = torch.rand(tasks, classes, generator=generator).argsort(1)[:, : self.ways]
         picks = torch.rand(tasks, self.ways, per_class, generator=generator).argsort(2)[..., : shots + query]
         images = self._train[chosen[..., None], picks]  # [tasks, ways, shots + query, C, H, W]
-        return _episodes(images, shots)
+        batch = _episodes(images, shots)
+        if not global_labels:
+            return batch
+        label = lambda n: chosen[..., None].expand(-1, -1, n).flatten(1)  # noqa: E731
+        return batch._replace(y_support=label(shots), y_query=label(query))
 
-    def held_out(self, tasks: int, max_shots: int, seed: int) -> "EpisodeHeldOut":
-        """``tasks`` fixed episodes from the meta-test classes with up to ``max_shots`` support and
-        :data:`EVAL_QUERY` query images per class; each episode has its own random stream."""
+    def train_classes(self) -> int:
+        """The meta-train classes, rotated ones included (loads the data first)."""
         self.prepare()
-        data = self._test.images
+        return self._train.shape[0]
+
+    @classmethod
+    def missing_validation(cls, config) -> Optional[str]:
+        """Image families have a validation split (:meth:`load` says where the data has none)."""
+        return None
+
+    def held_out(self, tasks: int, max_shots: int, seed: int, split: str = "test") -> "EpisodeHeldOut":
+        """``tasks`` fixed episodes from the meta-test classes (or, with ``split="validation"``, the
+        validation classes) with up to ``max_shots`` support and :attr:`eval_query` query images per
+        class; each episode has its own random stream."""
+        self.prepare()
+        episodes, classes, split_data = {
+            "test": ("held-out", "meta-test", self._test),
+            "validation": ("validation", "validation", self._validation),
+        }[split]
+        if split_data is None:
+            where = f" in {self.data_root}" if self.data_root else ""
+            raise DataError(f"the data{where} has no {classes} split")
+        data, count = split_data.images, self.eval_query
         per_class = data.shape[1]
-        if max_shots + EVAL_QUERY > per_class:
+        if max_shots + count > per_class:
+            most = per_class - count
+            limit = (
+                f"so {flag('shots')} can be at most {most}"
+                if most >= 1
+                else f"too few for any {flag('shots')} (at least {count + 1} are needed)"
+            )
             raise DataError(
-                f"held-out episodes use {EVAL_QUERY} query images per class; the meta-test classes have "
-                f"{per_class} images, so {flag('shots')} can be at most {per_class - EVAL_QUERY}"
+                f"{episodes} episodes use {flag('shots')} + {count} query images per class; the {classes} "
+                f"classes have {per_class} images{_set_by(split_data)}, {limit}"
             )
         support, query = [], []
         for t in range(tasks):
@@ -153,15 +183,17 @@ class ImageEpisodes(SupervisedFamily):
             order = torch.stack([torch.randperm(per_class, generator=generator) for _ in range(self.ways)])
             images = data[chosen[:, None], order]  # [ways, per_class, C, H, W]
             support.append(images[:, :max_shots])
-            query.append(images[:, per_class - EVAL_QUERY :])
+            query.append(images[:, per_class - count :])
         return EpisodeHeldOut(torch.stack(support), torch.stack(query))
 
-    def build_model(self):
-        """The conv net for the data's channels and size, with a ``ways``-way head (loads the data
-        first, see :meth:`prepare`)."""
+    def build_model(self, outputs=None):
+        """The conv net for the data's channels and size, with a ``ways``-way head (``outputs``-way
+        if given; loads the data first, see :meth:`prepare`)."""
         self.prepare()
         in_channels, height, width = self._test.image_shape
-        return conv_net(self.ways, in_channels, (height, width), self.channels, self.blocks, self.per_step_bn)
+        return conv_net(
+            outputs or self.ways, in_channels, (height, width), self.channels, self.blocks, self.per_step_bn
+        )
 
     def loss(self, prediction, target):
         """Cross-entropy."""
@@ -180,6 +212,11 @@ def per_step_bn_steps(config) -> int:
     """The inner steps the conv net's per-step batch norm has entries for: the config's
     ``inner_steps`` with ``--per-step-bn``, else 0 (none)."""
     return config.inner_steps if config.per_step_bn else 0
+
+
+def _set_by(data: ClassImages) -> str:
+    """`` (the fewest of any class, in FOLDER)`` where the data says which class that is, else ''."""
+    return f" (the fewest of any class, in {data.fewest})" if data.fewest else ""
 
 
 def _shape(data: ClassImages) -> str:
@@ -212,7 +249,7 @@ def _episodes(images: torch.Tensor, shots: int) -> TaskBatch:
 @dataclass(frozen=True)
 class EpisodeHeldOut:
     """Held-out episodes: ``support`` ``[tasks, ways, max_shots, C, H, W]`` and ``query``
-    ``[tasks, ways, EVAL_QUERY, C, H, W]`` (uint8); ``batch(K)`` uses the first K support images."""
+    ``[tasks, ways, eval_query, C, H, W]`` (uint8); ``batch(K)`` uses the first K support images."""
 
     support: torch.Tensor
     query: torch.Tensor

@@ -70,11 +70,14 @@ class ClassImages:
     ``images`` is uint8 ``[classes, per_class, channels, height, width]``, any number of channels
     and any size (the glyph set and Omniglot: one channel, 255 for ink and 0 for background);
     ``names`` and ``alphabets`` hold one string per class (its name and its alphabet or script).
+    Every class has ``per_class`` images; where a reader cut the classes to the count of the one
+    with the fewest, ``fewest`` says where that class is (its folder), for messages ('' if unknown).
     """
 
     images: torch.Tensor
     names: tuple
     alphabets: tuple
+    fewest: str = ""
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.dim() != 5:
@@ -106,6 +109,7 @@ class ClassImages:
             self.images[keep],
             tuple(self.names[i] for i in keep),
             tuple(self.alphabets[i] for i in keep),
+            self.fewest,
         )
 
     def alphabet_names(self) -> list:

@@ -14,8 +14,8 @@ class MiniImageNet(ImageEpisodes):
     (:func:`~metakit.experiments.tasks.vision.mini_imagenet_files.load_mini_imagenet`).
 
     The MAML paper's protocol (Finn et al. 2017, §5.2): 4 conv blocks of 32 filters with max-pool,
-    α = 0.01, 5 inner steps in training, meta-batch 4 (at 1-shot), 15 query images per class,
-    60,000 iterations; evaluation reports up to 10 inner steps.
+    α = 0.01, 5 inner steps in training, meta-batch 4 (at 1-shot), 15 query images per class (in
+    training and in held-out episodes), 60,000 iterations; evaluation reports up to 10 inner steps.
     """
 
     protocol = {
@@ -28,6 +28,8 @@ class MiniImageNet(ImageEpisodes):
         "query": 15,
     }
     eval_protocol = {"shots": (1, 5), "steps": (0, 1, 5, 10)}
+    eval_query = 15
+    """The MAML paper's 15 query images per class, at test as in training."""
     channels = 32
     image_size = 84
     eval_chunk = 4  # 4 episodes of 5-way 5-shot: 300 images of 84×84 through the conv net at once

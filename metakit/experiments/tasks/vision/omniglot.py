@@ -1,6 +1,7 @@
 """Omniglot (Lake et al. 2015), read from the official extracted folders or zips in ``--data-root``."""
 
 from pathlib import Path
+from typing import Optional
 
 from metakit.experiments.tasks.vision.episodes import ImageEpisodes, per_step_bn_steps
 from metakit.experiments.tasks.vision.omniglot_folder import load_omniglot, vinyals_splits
@@ -53,6 +54,13 @@ class Omniglot(ImageEpisodes):
                 f"{flag('task')} omniglot needs {flag('data_root')} DIR: a folder with images_background/ "
                 "and images_evaluation/ (or their zips), optionally under omniglot-py/"
             )
+
+    @classmethod
+    def missing_validation(cls, config) -> Optional[str]:
+        """``--omniglot-split background`` has no validation split."""
+        if config.omniglot_split == "background":
+            return f"{flag('omniglot_split')} background has none (use {flag('omniglot_split')} vinyals)"
+        return None
 
     def load(self):
         """The meta-train, validation and meta-test characters of the chosen split (``"validation"``

@@ -49,7 +49,8 @@ class TieredImageNet(MiniImageNet):
 
     The protocol is miniImageNet's, the MAML paper's (Finn et al. 2017, §5.2): 4 conv blocks of 32
     filters with max-pool, α = 0.01, 5 inner steps in training, meta-batch 4, 15 query images per
-    class, 60,000 iterations; evaluation reports up to 10 inner steps.
+    class (in training and in held-out episodes), 60,000 iterations; evaluation reports up to 10
+    inner steps.
     """
 
     @classmethod
