@@ -201,7 +201,7 @@ def test_metric_vs_steps_marks_steps_beyond_the_horizon_and_says_what_was_evalua
     stars = [line for line in ax.get_lines() if line.get_marker() == "*" and len(line.get_xdata())]
     assert [list(line.get_xdata()) for line in stars] == [[2, 3]]  # lslr's steps 2 and 3 only
     legend = [t.get_text().replace("\n", " ") for t in ax.get_legend().get_texts()]
-    assert any(t.startswith("beyond the 1 inner step the learned rates were trained for") for t in legend)
+    assert any(t.startswith("beyond the 1 inner step the run was trained for") for t in legend)
     assert ax.get_title() == "5-shot, 30 held-out tasks, seed 1"
     labels = [t.get_text() for t in ax.get_yticklabels() + ax.get_yticklabels(minor=True) if t.get_text()]
     assert labels and all(float(label) > 0 for label in labels), labels  # plain numbers, not 10^x

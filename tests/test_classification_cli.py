@@ -276,3 +276,23 @@ def test_bench_takes_the_data_root_it_asks_for(omniglot_root, tmp_path, monkeypa
     assert json.loads(result.stdout)["plan"]["data_root"] == str(root)
     wrong = invoke("bench", "--task", "sinusoid", "--quick", "--data-root", tmp_path)
     assert wrong.exit_code == 2 and "--data-root does not apply to --task sinusoid" in wrong.stderr
+
+
+def test_a_glyph_run_with_per_step_batch_norm_trains_and_evaluates(glyph_root, tmp_path):
+    run = tmp_path / "run"
+    args = ["--task", "glyphs", "--data-root", glyph_root, "--per-step-bn", "--inner-steps", 2]
+    result = invoke("train", *args, "--meta-batch", 2, "--iterations", 3, "--quiet", "--out", run)
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "config.json").read_text())["per_step_bn"] is True
+    state = torch.load(run / "checkpoint.pt", weights_only=True)["algorithm"]
+    assert state["module.1.weight"].shape == (3, 64)  # entries for steps 0, 1 and 2
+    for key in ("module.1.running_mean", "module.13.running_var"):  # first and last batch norm
+        initial = 0.0 if key.endswith("mean") else 1.0
+        assert (state[key] != initial).all(), key  # every entry recorded from the meta-batches
+    report = invoke("eval", run, "--tasks", 4, "--shots", 1, "--steps", "0,2,3", "--json")
+    assert report.exit_code == 0, report.output
+    rows = json.loads(report.stdout)["results"]
+    assert [(r["steps"], r.get("beyond_horizon", False)) for r in rows] == [(0, False), (2, False), (3, True)]
+    assert all(0 <= r["accuracy"] <= 1 for r in rows) and json.loads(report.stdout)["horizon"] == 2
+    table = invoke("eval", run, "--tasks", 4, "--shots", 1, "--steps", "0,3")
+    assert table.exit_code == 0 and "* beyond the 2 inner steps the run was trained for" in table.stdout

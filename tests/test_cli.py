@@ -215,7 +215,7 @@ def test_train_then_eval_round_trip(tmp_path, method, backend):
     if method in ("mc", "lslr", "enhanced"):  # steps 3 lie beyond the 2 trained inner steps
         assert re.search(r"^\s*5\s+3\*\s", table.stdout, re.M) and not re.search(r"\s1\*", table.stdout)
         assert footnote == [
-            "* beyond the 2 inner steps the learned rates were trained for"
+            "* beyond the 2 inner steps the run was trained for"
             "; there a step is taken only where it lowers the task's support loss"
         ], other
     else:
@@ -488,6 +488,7 @@ def test_train_help_shows_every_option_with_its_default(flag):
         "query": "--shots",
         "data_root": "~/.cache/metakit for glyphs",
         "clip_grad": "10 for a learned inner rule over more than one step, else 0",
+        "per_step_bn": "off",
         "head": "linear for finetune",
         "select_every": "--checkpoint-every",
     }

@@ -9,6 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from helpers import StopAfter
+from test_per_step_bn import check_meta_gradient
 
 from metakit.cli import cli
 from metakit.experiments.tasks import build_family
@@ -124,3 +125,7 @@ def test_compiled_run_resumes_bit_for_bit(tmp_path, monkeypatch, compiled_run):
     resumed, reference = final_parameters(tmp_path), final_parameters(compiled_run)
     for key in reference:
         assert torch.equal(resumed[key], reference[key]), key
+
+
+def test_compiled_meta_gradient_with_per_step_batch_norm_equals_a_float64_unroll():
+    check_meta_gradient(3, "func-compiled")  # steps 0..3 each with their own batch norm

@@ -17,6 +17,7 @@ import torch
 from helpers import grads_of
 from test_cli import RUN_FILES, invoke, option_args
 
+from metakit.experiments.tasks import FAMILIES, register_family
 from metakit.experiments.training import distributed, runs
 from metakit.experiments.training.config import ConfigError, TrainConfig
 from metakit.experiments.training.distributed import World
@@ -126,6 +127,45 @@ def test_a_task_exploding_on_one_process_makes_every_process_skip_the_batch(tmp_
         assert all(torch.equal(a, b) for a, b in zip(first, start))  # the skipped step changed nothing
         assert not all(torch.equal(a, b) for a, b in zip(second, start))
     assert all(torch.equal(a, b) for a, b in zip(ranks[0][2][1], ranks[1][2][1]))  # stepped alike
+
+
+def per_step_statistics(world: World) -> list:
+    """The running statistics of a ``--per-step-bn`` run after its first meta-batch (3 tasks:
+    slices of 2 and 1)."""
+    from test_per_step_bn import Tiny
+
+    register_family("test-per-step-bn", Tiny)
+    try:
+        config = TrainConfig(task="test-per-step-bn", per_step_bn=True, meta_batch=3, seed=2, compile="off")
+        setup = build_training(config, world=world)
+        setup.step(0)
+    finally:
+        FAMILIES.unregister("test-per-step-bn")
+    return [b.clone() for name, b in setup.algo.named_buffers() if "running" in name]
+
+
+def _moments_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    world = World(rank, 2, rank)
+    with distributed.process_group(world):
+        torch.save(per_step_statistics(world), f"{out}.{rank}")
+
+
+def test_two_processes_record_the_running_statistics_of_the_whole_batch(tmp_path, monkeypatch):
+    port, out = free_port(), str(tmp_path / "moments")
+    other = mp.get_context("spawn").Process(target=_moments_worker, args=(1, port, out))
+    other.start()
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    _moments_worker(0, port, out)
+    other.join(timeout=120)
+    assert other.exitcode == 0
+    reference = per_step_statistics(World())
+    ranks = [torch.load(f"{out}.{rank}", weights_only=True) for rank in range(2)]
+    assert len(reference) == 4  # mean and variance of two batch norm layers
+    for a, b, expected in zip(*ranks, reference):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a, expected, rtol=1e-6, atol=1e-7)
 
 
 def _writer_worker(rank: int, port: int, root: str) -> None:

@@ -158,9 +158,9 @@ def test_results_tables_mark_cells_beyond_the_trained_horizon():
     assert [c.endswith("\\*") for c in cells["lslr"]] == [False, False, True]
     assert [c.endswith("\\*") for c in cells["mc"]] == [False, False, True]
     assert not any("*" in c for c in cells["maml"])
-    assert "\\* beyond the inner steps the learned rates were trained for (lslr 2, mc 1)" + GUARDED in lines
+    assert "\\* beyond the inner steps the runs were trained for (lslr 2, mc 1)" + GUARDED in lines
     one = results_markdown(rows[:6], reproduction, MSE, 1, 6, 3, {"": {"lslr": 2, "mc": 1}})
-    assert "\\* beyond the 2 inner steps the learned rates were trained for" + GUARDED in one.splitlines()
+    assert "\\* beyond the 2 inner steps the run was trained for" + GUARDED in one.splitlines()
 
 
 def test_a_run_whose_training_diverges_is_listed_and_the_others_go_on(tmp_path, monkeypatch):

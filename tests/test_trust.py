@@ -126,7 +126,7 @@ def test_clean_tables_stay_narrow_and_marks_steps_beyond_the_horizon():
     table = format_table({"method": "lslr", "run": "r", "horizon": 2, "results": rows}).splitlines()
     assert "median" not in table[1] and "worse" not in table[1]
     assert table[2].split()[:2] == ["5", "1"] and table[3].split()[:2] == ["5", "3*"]
-    assert table[-1] == "* beyond the 2 inner steps the learned rates were trained for" + GUARDED
+    assert table[-1] == "* beyond the 2 inner steps the run was trained for" + GUARDED
     plain = format_table({"method": "maml", "run": "r", "results": rows[:1]}).splitlines()
     assert len(plain) == 3 and "*" not in "".join(plain)
 

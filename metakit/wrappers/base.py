@@ -9,6 +9,13 @@ asks an algorithm four things and never tests its class:
   gradients to the steps subtracted from them;
 * ``describe()``: one line on what the algorithm learned besides the model, for reports.
 
+Two things an engine may ask of the model: a model whose forward takes the inner step
+(``takes_step = True``: ``forward(x, step)``) is called with the number of inner steps its
+parameters have taken (0 before adapting; the query forward after k steps gets k), so that it can
+keep per-step state (:func:`step_kwargs`); and a submodule that is a :class:`MetaOnly` holds
+meta-learned parameters that no inner loop adapts (:func:`adaptable_names`) and buffers that its
+forward never writes (e.g. MAML++'s per-step batch norm).
+
 :class:`MetaLearner` names that contract as a ``typing.Protocol``; :class:`Learner` implements it
 once, with learn2learn's ``clone()`` / ``adapt(loss)`` surface, for every metakit algorithm except
 :class:`~metakit.wrappers.maml.MAML`, which stays a subclass of learn2learn's own ``MAML``.
@@ -80,6 +87,37 @@ class MetaLearner(Protocol):
 def parameter_names(module: nn.Module) -> tuple:
     """Names of ``module``'s parameters, in ``parameters()`` order."""
     return tuple(name for name, _ in module.named_parameters())
+
+
+class MetaOnly(nn.Module):
+    """A part of a model that the inner loop leaves alone: its parameters are learned by the outer
+    loop only (no engine adapts them, see :func:`adaptable_names`), and its forward reads its
+    buffers without writing them (they change between meta-batches, so that tasks can be
+    vectorised), e.g. MAML++'s per-step batch-norm weights and running statistics."""
+
+
+def meta_only_names(module: nn.Module, kind: str = "parameters") -> set:
+    """Names (as in ``module.named_parameters()`` or, for ``kind="buffers"``, ``named_buffers()``)
+    of the parameters or buffers of ``module``'s :class:`MetaOnly` parts."""
+    return {
+        f"{prefix}.{name}" if prefix else name
+        for prefix, part in module.named_modules()
+        if isinstance(part, MetaOnly)
+        for name, _ in getattr(part, f"named_{kind}")()
+    }
+
+
+def adaptable_names(module: nn.Module) -> tuple:
+    """Names of ``module``'s parameters that an inner loop may adapt, in ``parameters()`` order:
+    every one outside the :class:`MetaOnly` submodules."""
+    fixed = meta_only_names(module)
+    return tuple(name for name in parameter_names(module) if name not in fixed)
+
+
+def step_kwargs(module: nn.Module, step: int) -> dict:
+    """The keyword arguments that tell ``module``'s forward the inner step: ``{"step": step}`` for a
+    model that takes it (``takes_step = True``), else none."""
+    return {"step": step} if getattr(module, "takes_step", False) else {}
 
 
 def inner_gradients(
@@ -195,13 +233,14 @@ class Learner(nn.Module):
         """Inner steps this learner has taken (``adapt`` advances it; a clone starts at 0)."""
 
     def forward(self, *args, **kwargs):
-        """Run the wrapped model."""
-        return self.module(*args, **kwargs)
+        """Run the wrapped model (telling a model that takes it the inner :attr:`step`)."""
+        return self.module(*args, **{**step_kwargs(self.module, self.step), **kwargs})
 
     @property
     def adapted_names(self) -> tuple:
-        """Every parameter of the model adapts (subclasses may choose fewer)."""
-        return parameter_names(self.module)
+        """Every parameter of the model adapts (but :class:`MetaOnly` parts; subclasses may choose
+        fewer)."""
+        return adaptable_names(self.module)
 
     def inner_updates(self, grads: Sequence[torch.Tensor], step: int) -> list:
         """The inner-loop step ``α·g`` for each gradient."""

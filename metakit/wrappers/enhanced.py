@@ -5,7 +5,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from metakit.wrappers.base import Learner
+from metakit.wrappers.base import Learner, adaptable_names
 from metakit.wrappers.curvature import MetaCurvatureTransform
 from metakit.wrappers.lslr import LayerwiseLR
 from metakit.wrappers.rules import scaled_updates
@@ -31,8 +31,9 @@ class MAMLEnhanced(Learner):
         model: any ``nn.Module``.
         lr: inner learning rate α (the initial value of every layerwise rate).
         inner_steps: number of inner steps that get their own learned rates.
-        curvature: learn a :class:`MetaCurvatureTransform` per parameter tensor.
-        layerwise_lr: learn a :class:`LayerwiseLR` rate per parameter tensor and step.
+        curvature: learn a :class:`MetaCurvatureTransform` per adapted parameter tensor (all but
+            :class:`~metakit.wrappers.base.MetaOnly` parts).
+        layerwise_lr: learn a :class:`LayerwiseLR` rate per adapted parameter tensor and step.
         first_order: do not differentiate through the inner gradients.
         rate_form: how :class:`LayerwiseLR` stores its rates: ``"signed"`` (the default, MAML++'s)
             or ``"log"`` (α = exp ρ; see :data:`~metakit.wrappers.lslr.RATE_FORMS`).
@@ -63,7 +64,8 @@ class MAMLEnhanced(Learner):
     ):
         super().__init__(model, lr, first_order, allow_unused, allow_nograd)
         self.inner_steps = inner_steps
-        params = list(model.parameters())
+        named = dict(model.named_parameters())
+        params = [named[name] for name in adaptable_names(model)]  # those the inner loop steps
         self.curvature = nn.ModuleList(MetaCurvatureTransform(p) for p in params) if curvature else None
         self.lslr = (
             LayerwiseLR(len(params), inner_steps, lr, dtype=params[0].dtype, rate_form=rate_form)

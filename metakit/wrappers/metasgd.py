@@ -5,14 +5,15 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from metakit.wrappers.base import Learner
+from metakit.wrappers.base import Learner, adaptable_names
 from metakit.wrappers.lslr import initial_rates
 from metakit.wrappers.rules import scaled_updates
 
 
 class MetaSGD(Learner):
     """Meta-SGD: the inner step is ``α_i ⊙ ∇_i L_support(θ)``, with a learned rate tensor ``α_i`` of
-    the same shape as each parameter tensor ``θ_i``.
+    the same shape as each adapted parameter tensor ``θ_i`` (all but
+    :class:`~metakit.wrappers.base.MetaOnly` parts).
 
     The meta-parameters (``parameters()``) are the model initialisation and the rates; one outer
     optimizer trains them together. The rates start at ``lr``. With ``rate_form="signed"`` they are
@@ -45,7 +46,9 @@ class MetaSGD(Learner):
     def __init__(self, model: nn.Module, lr: float, first_order: bool = False, rate_form: str = "signed"):
         super().__init__(model, lr, first_order)
         self.rate_form = rate_form
-        rates = nn.ParameterList(initial_rates(p.detach(), lr, rate_form) for p in model.parameters())
+        named = dict(model.named_parameters())
+        adapted = [named[name] for name in adaptable_names(model)]  # those the inner loop steps
+        rates = nn.ParameterList(initial_rates(p.detach(), lr, rate_form) for p in adapted)
         setattr(self, "log_lrs" if rate_form == "log" else "lrs", rates)
 
     def rates(self) -> list:

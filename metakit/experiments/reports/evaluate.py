@@ -7,9 +7,11 @@ from metakit.experiments.tasks.family import METRICS, Metric, format_number
 
 
 def training_horizon(config) -> Optional[int]:
-    """The inner steps a run's learned per-step inner rule was trained for (``config.inner_steps``),
-    or ``None`` for a method without one (see ``MethodSpec.learned_inner_rule``)."""
-    return config.inner_steps if METHODS.get(config.method).learned_inner_rule else None
+    """The inner steps a run's learned per-step inner rule (see ``MethodSpec.learned_inner_rule``)
+    or per-step batch norm (``--per-step-bn``) was trained for (``config.inner_steps``), or
+    ``None`` for a run with neither."""
+    per_step = METHODS.get(config.method).learned_inner_rule or config.per_step_bn
+    return config.inner_steps if per_step else None
 
 
 def evaluate_algorithm(
@@ -31,19 +33,21 @@ def evaluate_algorithm(
 
 
 def horizon_note(horizons) -> str:
-    """The footnote of cells marked ``*``: ``horizons`` is one number of inner steps or a
-    ``{method: steps}`` dict (one line, naming each method's where they differ)."""
+    """The footnote of cells marked ``*`` (steps beyond those a learned per-step rule or per-step
+    batch norm was trained for, where the last trained step's are reused): ``horizons`` is one
+    number of inner steps or a ``{method: steps}`` dict (one line, naming each method's where they
+    differ)."""
     guarded = "; there a step is taken only where it lowers the task's support loss"
     if isinstance(horizons, dict):
         distinct = set(horizons.values())
         if len(distinct) > 1:
             listed = ", ".join(f"{method} {steps}" for method, steps in horizons.items())
-            return f"* beyond the inner steps the learned rates were trained for ({listed}){guarded}"
+            return f"* beyond the inner steps the runs were trained for ({listed}){guarded}"
         horizons = distinct.pop() if distinct else None
     if horizons is None:
-        return f"* beyond the inner steps the learned rates were trained for{guarded}"
+        return f"* beyond the inner steps the runs were trained for{guarded}"
     steps = f"{horizons} inner step{'s' * (horizons != 1)}"
-    return f"* beyond the {steps} the learned rates were trained for{guarded}"
+    return f"* beyond the {steps} the run was trained for{guarded}"
 
 
 def provenance(report: dict, metric: Metric) -> str:

@@ -220,6 +220,12 @@ class TrainConfig:
         0, help="MAML++ derivative-order annealing: first-order for the first N iterations.", minimum=0
     )
     cosine_lr: bool = option(False, help="MAML++ cosine annealing of the meta learning rate to zero.")
+    per_step_bn: Optional[bool] = option(
+        help="Image families: MAML++ per-step batch norm, a meta-learned weight, bias and running "
+        "statistics per inner step (not adapted in the inner loop).",
+        family_option=True,
+        default_text="off",
+    )
     tensorboard: bool = option(
         False, help="Also log metrics to RUN/tensorboard (needs `pip install tensorboard`)."
     )
@@ -412,6 +418,11 @@ def _check(config: TrainConfig, family) -> None:
         raise ConfigError(
             f"{flag('multi_step_loss')} and {flag('first_order_until')} apply to MAML-family methods, "
             f"not {config.method}"
+        )
+    if not spec.maml_plus_plus and config.per_step_bn:
+        raise ConfigError(
+            f"{flag('per_step_bn')} applies to MAML-family methods, whose meta-gradient reaches every "
+            f"inner step, not {config.method}"
         )
     if spec.classification and config.ways is None:
         raise ConfigError(

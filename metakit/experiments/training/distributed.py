@@ -119,3 +119,12 @@ def all_reduce_grads(
     for p, value, has_grad in zip(params, values, shared[1:].tolist()):
         p.grad = value.view_as(p).to(p.dtype) if has_grad else None
     return total.item(), shared[0].item() > 0
+
+
+@torch.no_grad()
+def all_reduce_mean(value: torch.Tensor, local_size: int, global_size: int) -> torch.Tensor:
+    """The mean over all ``global_size`` tasks of a value that is, on every rank, the mean over its
+    ``local_size`` tasks (the same on every rank)."""
+    total = value * (local_size / global_size)
+    dist.all_reduce(total)
+    return total

@@ -24,6 +24,7 @@ from metakit.experiments.training.config import ConfigError, TrainConfig
 from metakit.experiments.training.distributed import World
 from metakit.experiments.util.errors import flag
 from metakit.experiments.util.progress import on_terminal, silenced
+from metakit.wrappers.engines import VectorizedEngine
 from metakit.wrappers.rules import multi_step_weights
 
 
@@ -140,12 +141,32 @@ class Training:
         ~30 µs of a ~0.8 ms sinusoid iteration)."""
         return list(self.algo.parameters())
 
+    @functools.cached_property
+    def moments_engine(self) -> Optional[VectorizedEngine]:
+        """The engine that measures the batch moments a model with per-step running statistics
+        records (``record_moments``, e.g. ``--per-step-bn``), whatever engine computes the
+        meta-gradients; ``None`` for other models."""
+        if not hasattr(self.algo.module, "record_moments"):
+            return None
+        return VectorizedEngine(self.algo, self.family.loss)
+
+    def record_moments(self, batch) -> None:
+        """Move a model's per-step running statistics towards this meta-batch's moments (the mean
+        over the tasks of all processes), before the outer step; nothing for other models."""
+        if self.moments_engine is None:
+            return
+        moments = self.moments_engine.step_moments(batch, self.config.inner_steps)
+        if self.world.size > 1:
+            moments = distributed.all_reduce_mean(moments, batch.num_tasks, self.config.meta_batch)
+        self.algo.module.record_moments(moments)
+
     def step(self, iteration: int, stop: bool = False) -> tuple:
         """Meta-training iteration ``iteration``: sample the next batch, zero the gradients, fill
-        ``.grad`` with the meta-gradient over all processes of the run, clip it, then step the
-        optimizer and the scheduler. A batch whose meta-loss or gradient is non-finite is skipped:
-        no optimizer step (the scheduler still steps, so its rate stays a function of the
-        iteration). ``.grad`` keeps the gradient that was stepped on, or skipped.
+        ``.grad`` with the meta-gradient over all processes of the run, clip it, record per-step
+        running statistics (:meth:`record_moments`), then step the optimizer and the scheduler. A
+        batch whose meta-loss or gradient is non-finite is skipped: no optimizer step and no
+        statistics (the scheduler still steps, so its rate stays a function of the iteration).
+        ``.grad`` keeps the gradient that was stepped on, or skipped.
 
         Returns ``(meta-loss, stop, skipped)``; with several processes all three are agreed by all
         of them: the loss of the whole batch, whether any process was asked to ``stop``, and
@@ -160,6 +181,7 @@ class Training:
             )
         skipped = not (math.isfinite(loss) and _all_finite([p.grad for p in self.meta_parameters]))
         if not skipped:
+            self.record_moments(batch)
             if self.config.clip_grad:  # after the all-reduce: every process clips alike
                 torch.nn.utils.clip_grad_norm_(self.meta_parameters, self.config.clip_grad)
             self.optimizer.step()

@@ -10,7 +10,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from metakit.wrappers.base import Objective, parameter_names
+from metakit.wrappers.base import Objective, parameter_names, step_kwargs
 from metakit.wrappers.engines.batch import TaskBatch, accumulate_grad, joint_backward, refuse_frozen
 from metakit.wrappers.rules import reptile_gradient
 
@@ -107,9 +107,11 @@ class LoopEngine:
                         full[i] = update
                     return full
 
-                diffopt.step(loss_fn(fmodel(task.x_support), task.y_support), grad_callback=transform)
+                support = fmodel(task.x_support, **step_kwargs(algo.module, s))
+                diffopt.step(loss_fn(support, task.y_support), grad_callback=transform)
                 if want_all or s == steps - 1:
-                    losses.append(loss_fn(fmodel(task.x_query), task.y_query))
+                    query = fmodel(task.x_query, **step_kwargs(algo.module, s + 1))
+                    losses.append(loss_fn(query, task.y_query))
         return losses
 
     def _interpolation_backward(self, batch, steps):

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from metakit.wrappers.base import MetaLearner, Objective
+from metakit.wrappers.base import MetaLearner, Objective, meta_only_names, step_kwargs
 from metakit.wrappers.engines.batch import TaskBatch, accumulate_grad, joint_backward, refuse_frozen
 from metakit.wrappers.engines.inner_step import Params, functional_inner_step
 from metakit.wrappers.rules import reptile_gradient
@@ -66,8 +66,11 @@ class VectorizedEngine:
             dynamo's recompile limit is hit, the engine warns once and stays eager. Objectives other
             than ``UNROLLED``, and :meth:`query_curves`, always run eagerly.
 
-    Models with buffers (e.g. batch-norm running statistics) are refused: their in-place
-    updates cannot be vectorised over tasks.
+    Models with buffers (e.g. batch-norm running statistics) are refused, their in-place
+    updates cannot be vectorised over tasks, except those of
+    :class:`~metakit.wrappers.base.MetaOnly` parts, which their forward only reads. A model that
+    takes the inner step (``takes_step``) gets it in every forward: the number of inner steps its
+    parameters have taken.
     """
 
     def __init__(self, algo: torch.nn.Module, loss_fn: Callable = F.mse_loss, compile: bool = False):
@@ -78,7 +81,8 @@ class VectorizedEngine:
                 f"{type(algo).__module__}.{type(algo).__name__}"
             )
         refuse_frozen(algo, "func")
-        buffers = [name for name, _ in algo.module.named_buffers()]
+        read_only = meta_only_names(algo.module, "buffers")
+        buffers = [name for name, _ in algo.module.named_buffers() if name not in read_only]
         if buffers:
             raise ValueError(
                 f"the func backend does not support models with buffers ({', '.join(buffers)}); "
@@ -107,23 +111,26 @@ class VectorizedEngine:
         objectives other than ``UNROLLED``, and after a failed compilation)."""
         return self._compiled is not None
 
-    def forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        """The model's output on ``x`` with the name → tensor ``params``."""
-        return functional_call(self.algo.module, params, (x,))
+    def forward(self, params: Params, x: torch.Tensor, step: int = 0) -> torch.Tensor:
+        """The model's output on ``x`` with the name → tensor ``params``, which have taken ``step``
+        inner steps."""
+        module = self.algo.module
+        return functional_call(module, params, (x,), step_kwargs(module, step))
 
     @property
     def name(self) -> str:
         """``func-compiled`` or ``func``."""
         return "func-compiled" if self.compiled else "func"
 
-    def task_loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Loss of the model with ``params`` on one task's points."""
-        return self.loss_fn(self.forward(params, x), y)
+    def task_loss(self, params: Params, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> torch.Tensor:
+        """Loss of the model with ``params`` (after ``step`` inner steps) on one task's points."""
+        return self.loss_fn(self.forward(params, x, step), y)
 
     def inner_step(self, params: Params, x, y, step: int, first_order: bool) -> Params:
-        """One step of the algorithm's inner rule on one task's points ``x, y``
+        """Inner step ``step`` of the algorithm's rule on one task's points ``x, y``
         (:func:`~metakit.wrappers.engines.inner_step.functional_inner_step`)."""
-        return functional_inner_step(self.algo, lambda p: self.task_loss(p, x, y), params, step, first_order)
+        loss_of = lambda p: self.task_loss(p, x, y, step)  # noqa: E731
+        return functional_inner_step(self.algo, loss_of, params, step, first_order)
 
     def unroll(
         self,
@@ -137,8 +144,8 @@ class VectorizedEngine:
     ):
         """Adapt ``params`` to one task for ``steps`` inner steps.
 
-        Returns the adapted parameters and the stacked ``measure(params, x_query, y_query)`` (by
-        default the query loss) after each step count in ``record`` (0: before adapting). From
+        Returns the adapted parameters and the stacked ``measure(params, x_query, y_query, s)`` (by
+        default the query loss) after each step count ``s`` in ``record`` (0: before adapting). From
         step ``guard_from`` on, a step is kept only where it lowers the support loss
         (:meth:`guarded_step`).
         """
@@ -146,7 +153,7 @@ class VectorizedEngine:
         values = []
         for s in range(steps + 1):
             if s in record:
-                values.append(measure(params, task.x_query, task.y_query))
+                values.append(measure(params, task.x_query, task.y_query, s))
             if s < steps:
                 step = self.inner_step if guard_from is None or s < guard_from else self.guarded_step
                 params = step(params, task.x_support, task.y_support, s, first_order)
@@ -162,7 +169,7 @@ class VectorizedEngine:
         set is not looked at.
         """
         stepped = self.inner_step(params, x, y, step, first_order)
-        keep = self.task_loss(stepped, x, y) <= self.task_loss(params, x, y)
+        keep = self.task_loss(stepped, x, y, step + 1) <= self.task_loss(params, x, y, step)
         return {n: torch.where(keep, stepped[n], params[n]) for n in params}
 
     def meta_losses(self, batch: TaskBatch, steps: int, first_order: bool, every_step: bool) -> torch.Tensor:
@@ -241,7 +248,7 @@ class VectorizedEngine:
             task, params = TaskBatch(*task), start
             for s in range(steps):
                 params = self.inner_step(params, *self.algo.inner_points(task, s), s, True)
-            return params, self.task_loss(params, task.x_query, task.y_query)
+            return params, self.task_loss(params, task.x_query, task.y_query, steps)
 
         with torch.no_grad():
             adapted, query = vmap(adapt)(*batch)
@@ -271,11 +278,20 @@ class VectorizedEngine:
         """Query loss (and ``score(prediction, target)``) of every task after 0, 1, …, ``max_steps``
         inner steps: ``{"loss": [max_steps + 1, tasks], "score": same shape or None}``.
 
-        Adapts with the algorithm's own inner rule (first-order, no meta graph), for evaluation;
-        steps from ``guard_from`` on (a learned rule's horizon) are :meth:`guarded_step` s. A
-        ``TRANSFER`` learner fits a fresh head per task instead (its ``head_curves``), a step being
-        one of its own.
+        Adapts with the algorithm's own inner rule (first-order, no meta graph), for evaluation:
+        the model runs in evaluation mode (``eval()``; e.g. per-step batch norm then normalises
+        with its running statistics); steps from ``guard_from`` on (a learned rule's horizon) are
+        :meth:`guarded_step` s. A ``TRANSFER`` learner fits a fresh head per task instead (its
+        ``head_curves``), a step being one of its own.
         """
+        training = self.algo.training
+        self.algo.eval()
+        try:
+            return self._query_curves(batch, max_steps, score, guard_from)
+        finally:
+            self.algo.train(training)
+
+    def _query_curves(self, batch, max_steps, score, guard_from) -> dict:
         start = {name: p.detach() for name, p in self.algo.module.named_parameters()}
 
         def measure(prediction, y):
@@ -300,8 +316,30 @@ class VectorizedEngine:
 
             def curve(*task):
                 record = range(max_steps + 1)
-                at = lambda params, x, y: measure(self.forward(params, x), y)  # noqa: E731
+                at = lambda params, x, y, s: measure(self.forward(params, x, s), y)  # noqa: E731
                 return self.unroll(start, TaskBatch(*task), max_steps, True, record, at, guard_from)[1]
 
         values = vmap(curve)(*batch)  # [tasks, max_steps + 1, 1 or 2]
         return {"loss": values[..., 0].T, "score": values[..., 1].T if score is not None else None}
+
+    @torch.no_grad()
+    def step_moments(self, batch: TaskBatch, steps: int) -> torch.Tensor:
+        """What a model with per-step running statistics records from a meta-batch: the mean over
+        tasks of ``model(x, step=s, moments=True)`` on each task's support and query images
+        together, with the parameters adapted to the task for ``s`` = 0, 1, …, ``steps`` inner
+        steps (the algorithm's own rule, first order, no meta graph): ``[steps + 1, ...]``.
+
+        The model's ``record_moments`` takes the result (see
+        :class:`~metakit.experiments.tasks.vision.convnet.PerStepConvNet`); the forward values,
+        hence the moments, are the same whichever engine computed the meta-gradient.
+        """
+        start = {name: p.detach() for name, p in self.algo.module.named_parameters()}
+        module = self.algo.module
+
+        def curve(*task):
+            task = TaskBatch(*task)
+            images = torch.cat([task.x_support, task.x_query])
+            at = lambda params, x, y, s: functional_call(module, params, (images, s, True))  # noqa: E731
+            return self.unroll(start, task, steps, True, range(steps + 1), at)[1]
+
+        return vmap(curve)(*batch).mean(0)

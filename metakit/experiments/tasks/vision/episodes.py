@@ -21,8 +21,10 @@ class ImageEpisodes(SupervisedFamily):
     images of any number of channels and any size, the same in every split. The model is the
     standard conv net (:func:`~metakit.experiments.tasks.vision.convnet.conv_net`: :attr:`blocks`
     blocks of :attr:`channels` filters) sized for them; with ``rotations`` every meta-train class
-    also appears rotated by 90°, 180° and 270° as three new classes (square images only). Images
-    are scaled from uint8 to [0, 1].
+    also appears rotated by 90°, 180° and 270° as three new classes (square images only); with
+    ``per_step_bn`` inner steps its batch norm is MAML++'s per-step one
+    (:class:`~metakit.experiments.tasks.vision.convnet.PerStepBatchNorm2d`). Images are scaled
+    from uint8 to [0, 1].
     """
 
     metric = ACCURACY
@@ -30,7 +32,7 @@ class ImageEpisodes(SupervisedFamily):
     protocol = dict(ways=5, shots=1, inner_steps=1, inner_lr=0.4, meta_batch=32, meta_lr=1e-3)
     """The MAML paper's Omniglot settings; subclasses add ``iterations`` and ``rotations``."""
     eval_protocol = {"shots": (1, 5), "steps": (0, 1, 5)}
-    options = ("shots", "query", "ways", "data_root", "rotations")
+    options = ("shots", "query", "ways", "data_root", "rotations", "per_step_bn")
     channels = 64
     """Filters of every conv block."""
     blocks = 4
@@ -53,20 +55,33 @@ class ImageEpisodes(SupervisedFamily):
     """``metakit bench``: the conv net at 5-way 1-shot, meta-batch 32, one inner step."""
 
     def __init__(
-        self, ways: int, data_root: Optional[str] = None, rotations: bool = False, min_images: int = 2
+        self,
+        ways: int,
+        data_root: Optional[str] = None,
+        rotations: bool = False,
+        min_images: int = 2,
+        per_step_bn: int = 0,
     ):
         self.ways = ways
         self.data_root = data_root
         self.rotations = rotations
         self.min_images = min_images
+        self.per_step_bn = per_step_bn
         self._train: Optional[torch.Tensor] = None
         self._validation: Optional[ClassImages] = None
         self._test: Optional[ClassImages] = None
 
     @classmethod
     def from_config(cls, config) -> "ImageEpisodes":
-        """The family for the config's ways, data root, rotations and shots + query (no data loaded)."""
-        return cls(config.ways, config.data_root, bool(config.rotations), config.shots + config.query)
+        """The family for the config's ways, data root, rotations, shots + query and per-step batch
+        norm (no data loaded)."""
+        return cls(
+            config.ways,
+            config.data_root,
+            bool(config.rotations),
+            config.shots + config.query,
+            per_step_bn=per_step_bn_steps(config),
+        )
 
     def load(self) -> dict:
         """``{"train", "validation", "test"}`` :class:`ClassImages` with images of one shape;
@@ -176,7 +191,9 @@ class ImageEpisodes(SupervisedFamily):
         if given; loads the data first, see :meth:`prepare`)."""
         self.prepare()
         in_channels, height, width = self._test.image_shape
-        return conv_net(outputs or self.ways, in_channels, (height, width), self.channels, self.blocks)
+        return conv_net(
+            outputs or self.ways, in_channels, (height, width), self.channels, self.blocks, self.per_step_bn
+        )
 
     def loss(self, prediction, target):
         """Cross-entropy."""
@@ -189,6 +206,12 @@ class ImageEpisodes(SupervisedFamily):
     def score(self, prediction, target):
         """Accuracy."""
         return accuracy(prediction, target)
+
+
+def per_step_bn_steps(config) -> int:
+    """The inner steps the conv net's per-step batch norm has entries for: the config's
+    ``inner_steps`` with ``--per-step-bn``, else 0 (none)."""
+    return config.inner_steps if config.per_step_bn else 0
 
 
 def _set_by(data: ClassImages) -> str:
