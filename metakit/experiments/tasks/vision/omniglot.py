@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Optional
 
-from metakit.experiments.tasks.vision.episodes import ImageEpisodes, per_step_bn_steps
+from metakit.experiments.tasks.vision.episodes import ImageEpisodes
 from metakit.experiments.tasks.vision.omniglot_folder import load_omniglot, vinyals_splits
 from metakit.experiments.util.errors import flag
 
@@ -35,16 +35,10 @@ class Omniglot(ImageEpisodes):
 
     @classmethod
     def from_config(cls, config) -> "Omniglot":
-        """The family for the config's ways, data root, rotations, shots + query, per-step batch
-        norm and split."""
-        return cls(
-            config.ways,
-            config.data_root,
-            bool(config.rotations),
-            config.shots + config.query,
-            per_step_bn=per_step_bn_steps(config),
-            split=config.omniglot_split,
-        )
+        """:meth:`ImageEpisodes.from_config`, with the config's split."""
+        family = super().from_config(config)
+        family.split = config.omniglot_split
+        return family
 
     @classmethod
     def check_config(cls, config) -> None:
