@@ -60,24 +60,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _gradient_worker(rank: int, port: int, out: str) -> None:
+def _computing_worker(rank: int, port: int, out: str, compute) -> None:
+    """Process ``rank`` of two: save ``compute(world)`` to ``out.<rank>``."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     world = World(rank, 2, rank)
     with distributed.process_group(world):
-        torch.save(float64_gradients(world), f"{out}.{rank}")
+        torch.save(compute(world), f"{out}.{rank}")
+
+
+def in_two_processes(compute, out: str, monkeypatch) -> list:
+    """``compute(world)`` of rank 0 (this process) and rank 1 (a spawned one), in rank order."""
+    port = free_port()
+    other = mp.get_context("spawn").Process(target=_computing_worker, args=(1, port, out, compute))
+    other.start()
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    _computing_worker(0, port, out, compute)
+    other.join(timeout=120)
+    assert other.exitcode == 0
+    return [torch.load(f"{out}.{rank}", weights_only=True) for rank in range(2)]
 
 
 def test_two_processes_compute_the_meta_gradient_of_the_whole_batch(tmp_path, monkeypatch):
-    port, out = free_port(), str(tmp_path / "grads")
-    other = mp.get_context("spawn").Process(target=_gradient_worker, args=(1, port, out))
-    other.start()  # rank 1; this process is rank 0
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    _gradient_worker(0, port, out)
-    other.join(timeout=120)
-    assert other.exitcode == 0
+    ranks = in_two_processes(float64_gradients, str(tmp_path / "grads"), monkeypatch)
     reference = float64_gradients(World())
-    ranks = [torch.load(f"{out}.{rank}", weights_only=True) for rank in range(2)]
     for name, (loss, grads, missing) in reference.items():
         for rank in ranks:
             other_loss, other_grads, other_missing = rank[name]
@@ -144,24 +150,9 @@ def per_step_statistics(world: World) -> list:
     return [b.clone() for name, b in setup.algo.named_buffers() if "running" in name]
 
 
-def _moments_worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    world = World(rank, 2, rank)
-    with distributed.process_group(world):
-        torch.save(per_step_statistics(world), f"{out}.{rank}")
-
-
 def test_two_processes_record_the_running_statistics_of_the_whole_batch(tmp_path, monkeypatch):
-    port, out = free_port(), str(tmp_path / "moments")
-    other = mp.get_context("spawn").Process(target=_moments_worker, args=(1, port, out))
-    other.start()
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    _moments_worker(0, port, out)
-    other.join(timeout=120)
-    assert other.exitcode == 0
+    ranks = in_two_processes(per_step_statistics, str(tmp_path / "moments"), monkeypatch)
     reference = per_step_statistics(World())
-    ranks = [torch.load(f"{out}.{rank}", weights_only=True) for rank in range(2)]
     assert len(reference) == 4  # mean and variance of two batch norm layers
     for a, b, expected in zip(*ranks, reference):
         assert torch.equal(a, b)
