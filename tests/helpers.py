@@ -81,3 +81,8 @@ class StopAfter:
 
 GUARDED = "; there a step is taken only where it lowers the task's support loss"
 """The end of the beyond-horizon footnote (``evaluate.horizon_note``)."""
+
+
+def protocol_settings(config) -> tuple:
+    """``(ways, shots, query, inner_lr, inner_steps, meta_batch)`` of a config, for the protocol tests."""
+    return (config.ways, config.shots, config.query, config.inner_lr, config.inner_steps, config.meta_batch)

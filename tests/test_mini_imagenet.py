@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import protocol_settings
 from PIL import Image
 from test_cli import invoke, snapshot
 
@@ -199,15 +200,7 @@ def test_the_reader_refuses_other_globals_directly(tmp_path):
 
 def test_the_protocol_is_the_maml_papers():
     config = TrainConfig(task="mini-imagenet", data_root="x")
-    settings = (
-        config.ways,
-        config.shots,
-        config.query,
-        config.inner_lr,
-        config.inner_steps,
-        config.meta_batch,
-    )
-    assert settings == (5, 1, 15, 0.01, 5, 4)
+    assert protocol_settings(config) == (5, 1, 15, 0.01, 5, 4)
     assert TrainConfig(task="mini-imagenet", data_root="x", shots=5, query=3).query == 3
     assert TrainConfig(task="glyphs").query == 1  # --shots elsewhere
 

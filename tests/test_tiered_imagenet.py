@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import protocol_settings
 from PIL import Image
 from test_cli import invoke, snapshot
 from test_mini_imagenet import HELD_OUT_PER_CLASS, Trap
@@ -168,15 +169,7 @@ def test_a_bad_file_is_a_one_line_error_naming_it_and_nothing_is_written(tmp_pat
 
 def test_the_protocol_is_miniimagenets():
     config = TrainConfig(task="tiered-imagenet", data_root="x")
-    settings = (
-        config.ways,
-        config.shots,
-        config.query,
-        config.inner_lr,
-        config.inner_steps,
-        config.meta_batch,
-    )
-    assert settings == (5, 1, 15, 0.01, 5, 4)
+    assert protocol_settings(config) == (5, 1, 15, 0.01, 5, 4)
     assert (config.iterations, config.rotations) == (60_000, False)
 
 
