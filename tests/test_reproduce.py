@@ -74,7 +74,13 @@ def test_reproduce_and_plot_end_to_end(tmp_path):
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     columns = ["method", "variant", "seed", "shots", "steps", "mse", "ci95", "median", "worse", "diverged"]
-    assert list(rows[0])[: len(columns)] == columns and set(rows[0]) <= {*columns, "tasks", "beyond_horizon"}
+    assert list(rows[0])[: len(columns)] == columns and set(rows[0]) <= {
+        *columns,
+        "tasks",
+        "beyond_horizon",
+        "iterations",
+        "train_seconds",
+    }
     # Rows past the steps a run's learned rule was trained for are marked, and no others.
     for r in rows:
         name = "-".join(part for part in (r["method"], r["variant"]) if part)
@@ -88,12 +94,18 @@ def test_reproduce_and_plot_end_to_end(tmp_path):
     assert {r["method"] for r in rows} == {"maml", "reptile", "enhanced", "pretrain"}
     assert {r["method"] for r in rows if r["variant"] == "10-step"} == {"maml", "enhanced"}
     assert all(float(r["mse"]) > 0 and float(r["ci95"]) >= 0 and r["tasks"] == "6" for r in rows)
+    # Each row has its run's iterations and training wall time (metrics.jsonl's seconds).
+    for r in rows:
+        name = "-".join(part for part in (r["method"], r["variant"]) if part)
+        run_dir = out / "runs" / f"{name}-it3-seed{r['seed']}"
+        assert r["iterations"] == "3" and float(r["train_seconds"]) == runs.training_seconds(run_dir) > 0
     markdown = (out / "results.md").read_text()
-    assert "| maml (published) | — | 0.67 | 0.38 | 0.35 |" in markdown
+    assert "| method | 0 steps | 1 step | 5 steps | 10 steps | iterations | train time |" in markdown
+    assert "| maml (published) | — | 0.67 | 0.38 | 0.35 | — | — |" in markdown
     five, ten = markdown.split("### 10-shot")[0], markdown.split("### 10-shot")[1].split("###")[0]
-    assert "| mc, Park & Oliva 2019 (published) | — | 0.41 ± 0.05 | — | — |" in five
-    assert "| metasgd, Park & Oliva 2019 (published) | — | 0.26 ± 0.03 | — | — |" in ten
-    assert "| maml, Park & Oliva 2019 (published) | — | 0.44 ± 0.04 | — | — |" in ten
+    assert "| mc, Park & Oliva 2019 (published) | — | 0.41 ± 0.05 | — | — | — | — |" in five
+    assert "| metasgd, Park & Oliva 2019 (published) | — | 0.26 ± 0.03 | — | — | — | — |" in ten
+    assert "| maml, Park & Oliva 2019 (published) | — | 0.44 ± 0.04 | — | — | — | — |" in ten
     for name in ("adaptation.png", "mse_vs_steps.png", "training_curves.png"):
         fmt, (width, height) = png_size(out / name)
         assert fmt == "PNG" and 400 <= width <= 1600 and 300 <= height <= 1000
@@ -154,7 +166,7 @@ def test_results_tables_mark_cells_beyond_the_trained_horizon():
     )
     lines = results_markdown(rows, reproduction, MSE, 1, 6, 3, {"": {"lslr": 2, "mc": 1}}).splitlines()
     table = [line.strip("| ").split(" | ") for line in lines if line.startswith("| ")]
-    cells = {name: values for name, *values in table}
+    cells = {name: values[:3] for name, *values in table}  # the step columns
     assert [c.endswith("\\*") for c in cells["lslr"]] == [False, False, True]
     assert [c.endswith("\\*") for c in cells["mc"]] == [False, False, True]
     assert not any("*" in c for c in cells["maml"])

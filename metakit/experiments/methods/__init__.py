@@ -6,7 +6,7 @@ one). Specs import the wrappers inside ``build``, so listing and checking method
 """
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 from metakit.experiments.util.errors import MetakitError, flag
 from metakit.experiments.util.registry import Registry
@@ -34,6 +34,8 @@ class MethodSpec:
         transfer: it trains a classifier over every meta-train class (``--head``): its batches label
             each example by its meta-train class (``family.sample(..., global_labels=True)``) and its
             model's head has one output per meta-train class (``family.train_classes()``).
+        test_steps: the adaptation its own paper tests with, where the family's reported steps
+            leave it out (``metakit reproduce`` evaluates and tables it too), or ``None``.
     """
 
     build: Callable
@@ -46,6 +48,7 @@ class MethodSpec:
     rl: bool = False
     classification: bool = False
     transfer: bool = False
+    test_steps: Optional[int] = None
 
 
 METHODS = Registry(

@@ -101,11 +101,13 @@ PROTONET_SPEC = MethodSpec(
     _protonet, "Prototypical Networks: nearest class prototype", maml_plus_plus=False, classification=True
 )
 # Chen et al. 2019's Baseline and Baseline++: a classifier over every meta-train class, then a fresh
-# head per task fit to its support set on the frozen body; not a meta-learner.
+# head per task fit to its support set on the frozen body; not a meta-learner. Chen et al. fit
+# the head for 100 iterations on the support set: its steps are passes.
 FINETUNE_SPEC = MethodSpec(
     _finetune,
     "Baseline / Baseline++: a classifier over all meta-train classes, a fresh head per task",
     maml_plus_plus=False,
     classification=True,
     transfer=True,
+    test_steps=100,
 )

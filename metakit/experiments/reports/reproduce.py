@@ -105,7 +105,9 @@ def _reproduce(task, out, seeds, iterations, tasks, eval_seed, methods, compile,
                     echo(f"[{name} seed {seed}] training diverged: {err}")
                     continue
                 shots = reproduction.eval_shots or (config.shots,)
-                results = _evaluate_cached(run_dir, shots, reproduction.eval_steps, tasks, eval_seed)
+                results = _evaluate_cached(
+                    run_dir, shots, evaluated_steps(reproduction, method), tasks, eval_seed
+                )
                 first = {
                     r["steps"]: metric.format(r[metric.key], 1 if metric.percent else 3)
                     for r in results
@@ -118,7 +120,8 @@ def _reproduce(task, out, seeds, iterations, tasks, eval_seed, methods, compile,
                     f"{shot}{metric.key} after {'/'.join(map(str, steps))} steps: "
                     + " / ".join(first[s] for s in steps)
                 )
-                rows += [{"method": method, "variant": label, "seed": seed, **r} for r in results]
+                trained = {"iterations": config.iterations, "train_seconds": runs.training_seconds(run_dir)}
+                rows += [{"method": method, "variant": label, "seed": seed, **r, **trained} for r in results]
                 if label == plan[0][0]:
                     run_dirs.setdefault(method, run_dir)
     paths = {"csv": out / "results.csv", "markdown": out / "results.md"}
@@ -131,6 +134,13 @@ def _reproduce(task, out, seeds, iterations, tasks, eval_seed, methods, compile,
     if rows:  # nothing to plot when every run's training diverged
         paths.update(_plots(out, family_class, rows, run_dirs))
     return paths
+
+
+def evaluated_steps(reproduction, method: str) -> tuple:
+    """The step counts a method's runs are evaluated at: the reproduction's, and the method's own
+    test protocol (``test_steps``, e.g. fine-tuning's 100 passes) where those leave it out."""
+    extra = METHODS.get(method).test_steps
+    return tuple(sorted({*reproduction.eval_steps, *([extra] if extra is not None else [])}))
 
 
 def _write_csv(path: Path, rows: List[dict], with_variant: bool) -> None:
@@ -169,7 +179,9 @@ def results_markdown(
     rows: List[dict], reproduction, metric: Metric, seeds: int, tasks: int, iterations: int, horizons=None
 ) -> str:
     """The results tables: metric ± 95% CI over tasks (mean over seeds), and ± std across seeds
-    (where there are several).
+    (where there are several), after each reported step count and each method's own test steps
+    (``test_steps``, "—" for the other methods), then the runs' iterations and mean training wall
+    time.
 
     Cells beyond the trained horizon are marked ``*``; ``horizons`` (``{variant: {method: steps}}``)
     words the footnote.
@@ -194,14 +206,21 @@ def results_markdown(
         label = "policy-gradient steps" if shots is None else f"{shots}-shot"
         title = f"{variant}: {label}" if variant and variant != label else label
         lines += [f"### {title}", ""]
-        header = "| method | " + " | ".join(_count(s, "step") for s in reproduction.reported_steps) + " |"
-        lines += [header, "|---" * (len(reproduction.reported_steps) + 1) + "|"]
+        methods = list(dict.fromkeys(r["method"] for r in rows if r["variant"] == variant))
+        own = {METHODS.get(m).test_steps for m in methods} - {None, *reproduction.reported_steps}
+        columns = [*reproduction.reported_steps, *sorted(own)]
+        header = (
+            "| method | " + " | ".join(_count(s, "step") for s in columns) + " | iterations | train time |"
+        )
+        lines += [header, "|---" * (len(columns) + 3) + "|"]
         marked = {}
-        for method in dict.fromkeys(r["method"] for r in rows if r["variant"] == variant):
+        for method in methods:
             cells = []
-            for steps in reproduction.reported_steps:
-                s = summary[(variant, method, shots, steps)]
-                if s["value"] is None:
+            for steps in columns:
+                s = summary.get((variant, method, shots, steps))
+                if s is None:  # another method's own test protocol
+                    cells.append("—")
+                elif s["value"] is None:
                     cells.append("diverged")
                 else:
                     value, ci, std = (
@@ -211,14 +230,29 @@ def results_markdown(
                 if s["beyond"]:
                     cells[-1] += "\\*"
                     marked[method] = (horizons or {}).get(variant, {}).get(method)
+            cells += _training_cells([r for r in rows if (r["variant"], r["method"]) == (variant, method)])
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         for label, published in reproduction.published.get(shots, {}).items():
-            cells = [_published(published[s]) if s in published else "—" for s in reproduction.reported_steps]
-            lines.append(f"| {label} (published) | " + " | ".join(cells) + " |")
+            cells = [_published(published[s]) if s in published else "—" for s in columns]
+            lines.append(f"| {label} (published) | " + " | ".join(cells) + " | — | — |")
         if marked:
             lines += ["", "\\" + horizon_note(marked if None not in marked.values() else None)]
         lines.append("")
     return "\n".join(lines)
+
+
+def _training_cells(rows: List[dict]) -> list:
+    """The iterations and the mean training wall time over seeds of one method's runs ("—" where
+    the rows do not say, e.g. a table rebuilt from an older results.csv)."""
+    per_seed = {r["seed"]: r for r in rows}.values()
+    iterations = {r.get("iterations") for r in per_seed}
+    seconds = [r.get("train_seconds") for r in per_seed]
+    if None in seconds:
+        time = "—"
+    else:
+        mean = statistics.fmean(seconds)
+        time = f"{mean:.0f} s" if mean < 600 else f"{mean / 60:.0f} min"
+    return [f"{iterations.pop():,}" if len(iterations) == 1 and None not in iterations else "—", time]
 
 
 def _published(value) -> str:

@@ -275,6 +275,25 @@ def truncate_metrics(run_dir: Path, iteration: int) -> Optional[str]:
     return f"{path} was repaired: removed unreadable {lines} {', '.join(garbled)}"
 
 
+def training_seconds(run_dir: Path) -> Optional[float]:
+    """The run's training wall time from ``metrics.jsonl``: each line's ``seconds`` counts from the
+    start of its session, so the total adds the last value of every session (a resumed run starts
+    again from 0); ``None`` without readable records."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return None
+    sessions, last = [], None
+    for line in path.read_bytes().decode(errors="replace").splitlines():
+        try:
+            seconds = float(json.loads(line)["seconds"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if last is not None and seconds < last:  # a new session
+            sessions.append(last)
+        last = seconds
+    return None if last is None else sum(sessions) + last
+
+
 def append_metrics(run_dir: Path, record: dict) -> None:
     """Append one line to ``metrics.jsonl``."""
     with open(run_dir / METRICS, "a") as f:
