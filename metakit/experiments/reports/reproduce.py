@@ -227,7 +227,7 @@ def results_markdown(
                         format_number(scale * s[key], digits) for key in ("value", "ci95", "seed_std")
                     )
                     cells.append(f"{value} ± {ci}" + (f" [± {std}]" if across else ""))
-                if s["beyond"]:
+                if s is not None and s["beyond"]:
                     cells[-1] += "\\*"
                     marked[method] = (horizons or {}).get(variant, {}).get(method)
             cells += _training_cells([r for r in rows if (r["variant"], r["method"]) == (variant, method)])
@@ -235,6 +235,8 @@ def results_markdown(
         for label, published in reproduction.published.get(shots, {}).items():
             cells = [_published(published[s]) if s in published else "—" for s in columns]
             lines.append(f"| {label} (published) | " + " | ".join(cells) + " | — | — |")
+        if shots in reproduction.published_elsewhere:
+            lines += ["", reproduction.published_elsewhere[shots]]
         if marked:
             lines += ["", "\\" + horizon_note(marked if None not in marked.values() else None)]
         lines.append("")

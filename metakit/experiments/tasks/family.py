@@ -132,6 +132,8 @@ class Reproduction:
         methods: the methods run when ``--methods`` is not given (``None``: every method).
         published: ``{shots: {label: {steps: value}}}`` rows shown under that shots table; a value
             is a number or a ``(value, ± as printed)`` pair.
+        published_elsewhere: ``{shots: text}``, published numbers printed under that shots table
+            where they cannot be rows of it (e.g. another data set's, after the paper's own steps).
     """
 
     description: str
@@ -141,6 +143,7 @@ class Reproduction:
     reported_steps: tuple = (0, 1, 5, 10)
     method_overrides: dict = field(default_factory=dict)
     published: dict = field(default_factory=dict)
+    published_elsewhere: dict = field(default_factory=dict)
     methods: Optional[tuple] = None
 
 
