@@ -696,6 +696,18 @@ def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, quiet)
     help="Seconds per contender per round.  [default: 0.3; image families 1; --quick 0]",
 )
 @click.option(
+    "--shots",
+    type=int,
+    default=None,
+    help="Support examples per task (per class for classification).  [default: the family's protocol]",
+)
+@click.option(
+    "--ways",
+    type=int,
+    default=None,
+    help="Classification families: classes per task.  [default: the family's protocol]",
+)
+@click.option(
     "--seed", type=TRAIN_SEED, default=None, help="Seed of the models and task streams.  [default: 0]"
 )
 @click.option("--data-root", default=None, help=DATA_ROOT_HELP)

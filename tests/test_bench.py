@@ -105,6 +105,9 @@ def test_plan_overrides_and_name_checks():
         (["--threads", "0"], "--threads"),
         (["--paper-protocol", "--quick", "--repeats", "2"], "drop --quick, --repeats"),
         (["--protocol-iterations", "5"], "--paper-protocol only"),
+        (["--ways", "5"], "--ways does not apply to --task sinusoid"),
+        (["--task", "glyphs", "--ways", "1"], "--ways must be at least 2, got 1"),
+        (["--task", "glyphs", "--shots", "0"], "--shots must be at least 1, got 0"),
     ],
 )
 def test_bad_options_are_usage_errors(args, message):
@@ -165,3 +168,20 @@ def test_metakit_contenders_report_the_counted_products(monkeypatch):
     assert result.exit_code == 0, result.output
     rows = {r["contender"]: r["gflop_per_iteration"] for r in json.loads(result.stdout)["results"]}
     assert rows.pop("learn2learn") < 1 and set(rows.values()) == {7.0}
+
+
+def test_shots_and_ways_shape_the_timed_tasks(monkeypatch):
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def capture(config):
+        seen.append(config)
+        raise Stop
+
+    monkeypatch.setattr(bench, "build_family", capture)
+    plan = bench.make_plan(task="glyphs", ways=20, shots=2, meta_batch=[16])
+    with pytest.raises(Stop):
+        bench.bench_setting(plan, "maml", 16, 1)
+    assert (seen[0].ways, seen[0].shots, seen[0].query, seen[0].meta_batch) == (20, 2, 2, 16)

@@ -60,6 +60,8 @@ class BenchPlan:
     """``torch.set_num_threads`` for the whole benchmark."""
     shots: Optional[int] = None
     """Support examples per task (per class for classification); default: the family's protocol."""
+    ways: Optional[int] = None
+    """Classes per task (classification families); default: the family's protocol."""
     seed: int = 0
     data_root: Optional[str] = None
     """Image families: the data folder (``--data-root`` of ``metakit train``)."""
@@ -93,6 +95,7 @@ def make_plan(quick: bool = False, task: str = "sinusoid", **options) -> BenchPl
     else:
         base = replace(BenchPlan(), **FAMILIES.get(task).bench_plan)
     plan = replace(base, task=task, **options)
+    TrainConfig(task=task, shots=plan.shots, ways=plan.ways)  # the task shape, checked as train checks it
     for method in plan.methods:
         backends = METHODS.get(method).backends
         unfit = [c for c in plan.contenders if c != BASELINE and c.split("-")[0] not in backends]
@@ -240,6 +243,7 @@ def bench_setting(plan: BenchPlan, method: str, meta_batch: int, steps: int) -> 
         meta_batch=meta_batch,
         inner_steps=steps,
         shots=plan.shots,
+        ways=plan.ways,
         seed=plan.seed,
         data_root=plan.data_root,
         device=plan.device,
@@ -299,7 +303,9 @@ def run_bench(plan: BenchPlan, echo: Callable[[str], None] = lambda _: None) -> 
     """Run ``plan``; returns a JSON-ready report (``results``: one dict per setting × contender;
     ``shots``, ``query`` and ``ways``: the task shape every setting used, the family's protocol
     where the plan leaves it open)."""
-    shape = TrainConfig(task=plan.task, shots=plan.shots, seed=plan.seed, data_root=plan.data_root)
+    shape = TrainConfig(
+        task=plan.task, shots=plan.shots, ways=plan.ways, seed=plan.seed, data_root=plan.data_root
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(plan.threads)
     try:
