@@ -1,6 +1,7 @@
 """Few-shot classification through the command line: Omniglot folders, glyphs, eval rows, plots,
 reproduce, and one-line errors for bad data."""
 
+import csv
 import json
 import math
 import shutil
@@ -224,22 +225,26 @@ def test_reproduce_glyphs_end_to_end(glyph_root, tmp_path, monkeypatch):
     ]
     result = invoke(*args, "--quiet", "--out", out)
     assert result.exit_code == 0, result.output
-    assert result.stdout.count("trained") == 4  # 2 methods × (1-shot, 5-shot)
+    assert result.stdout.count("trained") == 6  # 2 methods × (5-way 1-shot, 5-shot, 20-way 1-shot)
     lines = (out / "results.csv").read_text().splitlines()
     assert lines[0] == (
         "method,variant,seed,ways,shots,steps,accuracy,ci95,median,loss,worse,diverged,tasks,iterations,train_seconds"
     )
     # variants × (maml's eval steps + finetune's and its own 100 passes)
-    assert len(lines) == 1 + 2 * (6 + 7)
+    assert len(lines) == 1 + 3 * (6 + 7)
     markdown = (out / "results.md").read_text()
-    assert "### 1-shot\n" in markdown and "### 5-shot\n" in markdown and "1-shot: 1-shot" not in markdown
+    assert "### 1-shot\n" in markdown and "### 5-shot\n" in markdown and "### 20-way 1-shot\n" in markdown
+    assert "1-shot: 1-shot" not in markdown
     header = "| method | 0 steps | 1 step | 5 steps | 10 steps | 100 steps | iterations | train time |"
-    assert markdown.count(header) == 2
+    assert markdown.count(header) == 3
     rows = {
         line.split(" | ")[0]: line.split(" | ") for line in markdown.splitlines() if line.startswith("| ")
     }
     assert rows["| maml"][5] == "—" and rows["| finetune"][5] != "—" and rows["| maml"][6] == "2"
     assert markdown.count("Published on Omniglot, 5-way") == 2 and "MAML 98.7 ± 0.4" in markdown
+    assert markdown.split("### 20-way 1-shot")[1].count("Published on Omniglot, 20-way") == 1
+    twenty = [r for r in csv.DictReader(open(out / "results.csv")) if r["variant"] == "20-way 1-shot"]
+    assert {r["ways"] for r in twenty} == {"20"}
     assert sorted(p.name for p in out.glob("*.png")) == ["accuracy_vs_steps.png", "training_curves.png"]
 
 

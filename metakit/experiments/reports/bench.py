@@ -95,7 +95,8 @@ def make_plan(quick: bool = False, task: str = "sinusoid", **options) -> BenchPl
     else:
         base = replace(BenchPlan(), **FAMILIES.get(task).bench_plan)
     plan = replace(base, task=task, **options)
-    TrainConfig(task=task, shots=plan.shots, ways=plan.ways)  # the task shape, checked as train checks it
+    if plan.shots is not None or plan.ways is not None:  # the task shape, checked as train checks it
+        TrainConfig(task=task, shots=plan.shots, ways=plan.ways, data_root=plan.data_root)
     for method in plan.methods:
         backends = METHODS.get(method).backends
         unfit = [c for c in plan.contenders if c != BASELINE and c.split("-")[0] not in backends]

@@ -204,7 +204,7 @@ def results_markdown(
     tables = dict.fromkeys((r["variant"], r.get("shots")) for r in rows)
     for variant, shots in tables:
         label = "policy-gradient steps" if shots is None else f"{shots}-shot"
-        title = f"{variant}: {label}" if variant and variant != label else label
+        title = variant if variant.endswith(label) else f"{variant}: {label}" if variant else label
         lines += [f"### {title}", ""]
         methods = list(dict.fromkeys(r["method"] for r in rows if r["variant"] == variant))
         own = {METHODS.get(m).test_steps for m in methods} - {None, *reproduction.reported_steps}
@@ -235,8 +235,8 @@ def results_markdown(
         for label, published in reproduction.published.get(shots, {}).items():
             cells = [_published(published[s]) if s in published else "—" for s in columns]
             lines.append(f"| {label} (published) | " + " | ".join(cells) + " | — | — |")
-        if shots in reproduction.published_elsewhere:
-            lines += ["", reproduction.published_elsewhere[shots]]
+        if variant in reproduction.published_elsewhere:
+            lines += ["", reproduction.published_elsewhere[variant]]
         if marked:
             lines += ["", "\\" + horizon_note(marked if None not in marked.values() else None)]
         lines.append("")

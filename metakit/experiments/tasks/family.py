@@ -132,8 +132,9 @@ class Reproduction:
         methods: the methods run when ``--methods`` is not given (``None``: every method).
         published: ``{shots: {label: {steps: value}}}`` rows shown under that shots table; a value
             is a number or a ``(value, ± as printed)`` pair.
-        published_elsewhere: ``{shots: text}``, published numbers printed under that shots table
-            where they cannot be rows of it (e.g. another data set's, after the paper's own steps).
+        published_elsewhere: ``{variant label: text}``, published numbers printed under that
+            variant's tables where they cannot be rows of them (e.g. another data set's, after the
+            paper's own steps).
     """
 
     description: str

@@ -8,9 +8,9 @@ from metakit.experiments.tasks.vision.glyph_set import glyph_splits, load_glyphs
 from metakit.experiments.util.errors import flag
 
 
-def _omniglot_published(rows: str) -> str:
+def _omniglot_published(ways: int, rows: str) -> str:
     return (
-        "Published on Omniglot, 5-way (accuracy %, each paper's own protocol and test steps; a "
+        f"Published on Omniglot, {ways}-way (accuracy %, each paper's own protocol and test steps; a "
         f"different data set from these glyphs, for scale only): {rows}."
     )
 
@@ -27,25 +27,37 @@ class Glyphs(ImageEpisodes):
     protocol = {**ImageEpisodes.protocol, "iterations": 1000, "rotations": False}
     reproduction = Reproduction(
         description=(
-            "Glyphs, 5-way, 4-block conv net (64 filters), MAML's Omniglot settings sized for a CPU: "
-            "1,000 iterations, meta-batch 32 at 1-shot and 8 at 5-shot (about the same images per "
-            "iteration)"
+            "Glyphs, 4-block conv net (64 filters), MAML's Omniglot settings sized for a CPU: "
+            "1,000 iterations; 5-way with meta-batch 32 at 1-shot and 8 at 5-shot (about the same "
+            "images per iteration), 20-way 1-shot with meta-batch 16"
         ),
-        variants=(Variant("1-shot", {"shots": 1}), Variant("5-shot", {"shots": 5, "meta_batch": 8})),
+        variants=(
+            Variant("1-shot", {"shots": 1}),
+            Variant("5-shot", {"shots": 5, "meta_batch": 8}),
+            Variant("20-way 1-shot", {"ways": 20, "shots": 1, "meta_batch": 16}),
+        ),
         eval_shots=None,
         eval_steps=(0, 1, 2, 3, 5, 10),
         reported_steps=(0, 1, 5, 10),
         published_elsewhere={
-            1: _omniglot_published(
+            "1-shot": _omniglot_published(
+                5,
                 "MAML 98.7 ± 0.4 (Finn et al. 2017, Table 1); ProtoNets 98.8 (Snell et al. 2017, Table 1, "
                 "trained 60-way); Reptile 95.39 ± 0.09 (Nichol et al. 2018, Table 2, not transductive); "
                 "MAML++ 99.47 (Antoniou et al. 2019; the authors' code reports an ensemble of the "
-                "best validation checkpoints)"
+                "best validation checkpoints)",
             ),
-            5: _omniglot_published(
+            "5-shot": _omniglot_published(
+                5,
                 "MAML 99.9 ± 0.1 (Finn et al. 2017, Table 1); ProtoNets 99.7 (Snell et al. 2017, Table 1, "
                 "trained 60-way); Reptile 98.90 ± 0.10 (Nichol et al. 2018, Table 2, not transductive); "
-                "MAML++ 99.93 (Antoniou et al. 2019, ensemble as above)"
+                "MAML++ 99.93 (Antoniou et al. 2019, ensemble as above)",
+            ),
+            "20-way 1-shot": _omniglot_published(
+                20,
+                "MAML 95.8 ± 0.3 (Finn et al. 2017, Table 1); ProtoNets 96.0 (Snell et al. 2017, Table 1, "
+                "trained 60-way); Reptile 88.14 ± 0.15 (Nichol et al. 2018, Table 2, not transductive); "
+                "ANIL 96.2 ± 0.5 (Raghu et al. 2020, Table 2)",
             ),
         },
     )
