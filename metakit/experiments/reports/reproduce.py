@@ -250,11 +250,11 @@ def _training_cells(rows: List[dict]) -> list:
     iterations = {r.get("iterations") for r in per_seed}
     seconds = [r.get("train_seconds") for r in per_seed]
     if None in seconds:
-        time = "—"
+        wall = "—"
     else:
         mean = statistics.fmean(seconds)
-        time = f"{mean:.0f} s" if mean < 600 else f"{mean / 60:.0f} min"
-    return [f"{iterations.pop():,}" if len(iterations) == 1 and None not in iterations else "—", time]
+        wall = f"{mean:.0f} s" if mean < 600 else f"{mean / 60:.0f} min"
+    return [f"{iterations.pop():,}" if len(iterations) == 1 and None not in iterations else "—", wall]
 
 
 def _published(value) -> str:
