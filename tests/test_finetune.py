@@ -279,8 +279,9 @@ def test_reproduce_and_bench_take_finetune(glyph_root, tmp_path, monkeypatch):
     args = ["reproduce", "glyphs", "--seeds", 1, "--iterations", 2, "--tasks", 4, "--methods", "finetune"]
     result = invoke(*args, "--quiet", "--out", out)
     assert result.exit_code == 0, result.output
-    assert result.stdout.count("trained") == 2  # 1-shot and 5-shot
-    assert len((out / "results.csv").read_text().splitlines()) == 1 + 2 * 6  # variants × eval steps
+    assert result.stdout.count("trained") == 3  # 5-way 1-shot and 5-shot, 20-way 1-shot
+    # variants × (the reproduction's 6 eval steps and finetune's own 100 passes)
+    assert len((out / "results.csv").read_text().splitlines()) == 1 + 3 * 7
     bench = invoke(
         "bench", "--task", "glyphs", "--quick", "--methods", "finetune", "--contenders", "func", "--json"
     )
