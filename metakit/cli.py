@@ -606,8 +606,9 @@ def plot(run_dirs, out, tasks, shots, seed, data_root, extension):
 @click.option(
     "--compile", type=click.Choice(COMPILE_MODES), default="auto", help="As for `metakit train --compile`."
 )
+@click.option("--data-root", default=None, help=DATA_ROOT_HELP)
 @click.option("--quiet", is_flag=True, help="No progress bars (one line per finished run is still printed).")
-def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, quiet):
+def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, data_root, quiet):
     """Train every method on the protocol of a task family that has one (the choices in the usage
     line), evaluate, and write results.csv, results.md and plots.
 
@@ -620,6 +621,8 @@ def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, quiet)
             f"--methods: unknown {', '.join(unknown) or '(none given)'}; "
             f"choose from {', '.join(METHODS.names())}"
         )
+    if data_root is not None and "data_root" not in FAMILIES.get(benchmark).options:
+        usage_error(f"--data-root does not apply to reproduce {benchmark}")
     out = out or Path("runs") / f"reproduce-{benchmark}"
     _check_writable_dir(out, "--out")
 
@@ -637,6 +640,7 @@ def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, quiet)
             compile=compile,
             progress=not quiet,
             echo=click.echo,
+            data_root=data_root,
         )
     except Interrupted as err:
         click.echo(

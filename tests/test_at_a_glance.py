@@ -316,14 +316,14 @@ def test_top_level_help_lists_every_registered_method():
 
 def test_reproduce_offers_only_the_families_it_accepts():
     accepted = [name for name in FAMILIES.names() if FAMILIES.get(name).reproduction is not None]
-    assert accepted == ["sinusoid", "glyphs", "nav2d"]
+    assert accepted == ["sinusoid", "glyphs", "omniglot", "mini-imagenet", "nav2d"]
     usage = invoke("reproduce", "--help").stdout.splitlines()[0]
     assert usage.endswith(f" reproduce [OPTIONS] [{'|'.join(accepted)}]"), usage
     refused = invoke("reproduce", "harmonic")
     assert refused.exit_code == 2 and refused.stderr.count("\n") == 1
     assert (
-        "task family 'harmonic' has no reproduction protocol; choose from sinusoid, glyphs, nav2d"
-        in refused.stderr
+        "task family 'harmonic' has no reproduction protocol; choose from sinusoid, glyphs, omniglot, "
+        "mini-imagenet, nav2d" in refused.stderr
     )
 
 

@@ -5,6 +5,7 @@ through the command line on small generated data."""
 import json
 import os
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,9 @@ from helpers import protocol_settings
 from PIL import Image
 from test_cli import invoke, snapshot
 
+from metakit.experiments.reports.reproduce import run_config
 from metakit.experiments.tasks import FAMILIES
+from metakit.experiments.tasks.family import Variant
 from metakit.experiments.tasks.vision import mini_imagenet_files
 from metakit.experiments.tasks.vision.image_sets import DataError
 from metakit.experiments.tasks.vision.mini_imagenet import MiniImageNet
@@ -241,3 +244,42 @@ def test_train_two_iterations_and_eval_through_the_cli(tmp_path, layout):
     rows = json.loads(report.stdout)["results"]
     assert [(r["ways"], r["shots"], r["steps"]) for r in rows] == [(3, 1, 0), (3, 1, 1)]
     assert all(0 <= r["accuracy"] <= 1 for r in rows)
+
+
+def test_reproduce_trains_on_the_maml_protocol():
+    reproduction = MiniImageNet.reproduction
+    settings = []
+    for variant in reproduction.variants:
+        config = run_config("mini-imagenet", "maml", 0, None, variant.overrides, data_root="x")
+        settings.append(
+            tuple(getattr(config, k) for k in ("shots", "meta_batch", "inner_steps", "inner_lr", "query"))
+        )
+        assert (config.ways, config.iterations, config.data_root) == (5, 60_000, os.path.abspath("x"))
+    assert settings == [(1, 4, 5, 0.01, 15), (5, 2, 5, 0.01, 15)]  # Finn et al. 2017, §5.2
+    assert reproduction.reported_steps == (0, 1, 5, 10)
+
+
+def test_reproduce_runs_on_the_users_files(tmp_path, monkeypatch):
+    for split in CLASSES:  # 5-way episodes
+        monkeypatch.setitem(CLASSES, split, 5)
+    root = tmp_path / "data"
+    make_pickles(root, per_class=HELD_OUT_PER_CLASS)
+    small = replace(  # the protocol's 1-shot variant, shrunk to run in seconds
+        MiniImageNet.reproduction,
+        variants=(Variant("1-shot", {"shots": 1, "inner_steps": 1, "meta_batch": 1}),),
+        eval_steps=(0, 1),
+        reported_steps=(0, 1),
+    )
+    monkeypatch.setattr(MiniImageNet, "reproduction", small)
+    out = tmp_path / "repro"
+    args = ["reproduce", "mini-imagenet", "--seeds", 1, "--iterations", 1, "--tasks", 2, "--methods", "maml"]
+    refused = invoke(*args, "--quiet", "--out", out)
+    assert refused.exit_code == 2 and "mini-imagenet needs --data-root DIR" in refused.output
+    assert not out.exists()
+    result = invoke(*args, "--data-root", root, "--quiet", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("trained") == 1
+    config = json.loads((out / "runs" / "maml-1-shot-it1-seed0" / "config.json").read_text())
+    assert config["data_root"] == str(root) and config["query"] == 15
+    markdown = (out / "results.md").read_text()
+    assert markdown.count("Published on miniImageNet") == 1 and "MAML 48.70 ± 1.84" in markdown

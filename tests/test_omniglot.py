@@ -14,7 +14,8 @@ import torch
 from PIL import Image, ImageDraw, ImageOps
 from test_cli import invoke
 
-from metakit.experiments.tasks import build_family
+from metakit.experiments.reports.reproduce import run_config
+from metakit.experiments.tasks import FAMILIES, build_family
 from metakit.experiments.tasks.vision import omniglot_folder
 from metakit.experiments.tasks.vision.image_sets import DataError, save_atomic
 from metakit.experiments.tasks.vision.omniglot import Omniglot
@@ -540,3 +541,15 @@ def test_the_split_option_defaults_to_vinyals_and_applies_to_omniglot_only():
     assert TrainConfig(task="glyphs").omniglot_split is None
     with pytest.raises(ConfigError, match="--omniglot-split does not apply to --task glyphs"):
         TrainConfig(task="glyphs", omniglot_split="vinyals")
+
+
+def test_reproduce_trains_on_the_maml_papers_omniglot_settings():
+    reproduction = FAMILIES.get("omniglot").reproduction
+    settings = [
+        run_config("omniglot", "maml", 0, None, variant.overrides, data_root="x")
+        for variant in reproduction.variants
+    ]
+    shapes = [(c.ways, c.shots, c.meta_batch, c.inner_steps, c.inner_lr, c.iterations) for c in settings]
+    assert shapes == [(5, 1, 32, 1, 0.4, 60_000), (5, 5, 32, 1, 0.4, 60_000), (20, 1, 16, 1, 0.4, 60_000)]
+    assert all(c.rotations and c.omniglot_split == "vinyals" for c in settings)
+    assert [v.label for v in reproduction.variants] == list(reproduction.published_elsewhere)

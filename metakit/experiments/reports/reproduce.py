@@ -19,11 +19,20 @@ from metakit.experiments.util.progress import silenced
 
 
 def run_config(
-    task: str, method: str, seed: int, iterations: Optional[int], overrides: dict, compile: str = "auto"
+    task: str,
+    method: str,
+    seed: int,
+    iterations: Optional[int],
+    overrides: dict,
+    compile: str = "auto",
+    data_root: Optional[str] = None,
 ) -> TrainConfig:
-    """The family's reproduction protocol for one method, variant and seed."""
+    """The family's reproduction protocol for one method, variant and seed (on the data in
+    ``data_root`` for families that read a data set)."""
     reproduction = FAMILIES.get(task).reproduction
     options = {**overrides, **reproduction.method_overrides.get(method, {})}
+    if data_root is not None:
+        options["data_root"] = data_root
     return TrainConfig(task=task, method=method, seed=seed, iterations=iterations, compile=compile, **options)
 
 
@@ -63,14 +72,18 @@ def reproduce(
     compile: str = "auto",
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    data_root: Optional[str] = None,
 ) -> Dict[str, Path]:
-    """Train (or resume), evaluate and report every method; returns the paths written. Without
-    ``progress`` nothing but ``echo``'s lines (one per run) is printed."""
+    """Train (or resume), evaluate and report every method (on the data in ``data_root`` for
+    families that read a data set); returns the paths written. Without ``progress`` nothing but
+    ``echo``'s lines (one per run) is printed."""
     with silenced(not progress):
-        return _reproduce(task, out, seeds, iterations, tasks, eval_seed, methods, compile, progress, echo)
+        return _reproduce(
+            task, out, seeds, iterations, tasks, eval_seed, methods, compile, progress, echo, data_root
+        )
 
 
-def _reproduce(task, out, seeds, iterations, tasks, eval_seed, methods, compile, progress, echo):
+def _reproduce(task, out, seeds, iterations, tasks, eval_seed, methods, compile, progress, echo, data_root):
     family_class = FAMILIES.get(task)
     reproduction = family_class.reproduction
     if reproduction is None:
@@ -84,7 +97,7 @@ def _reproduce(task, out, seeds, iterations, tasks, eval_seed, methods, compile,
     ]
     for _, overrides, chosen in plan:  # every invalid combination is refused before any run
         for method in chosen:
-            run_config(task, method, 0, iterations, overrides, compile)
+            run_config(task, method, 0, iterations, overrides, compile, data_root)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     metric = family_class.metric
@@ -92,7 +105,7 @@ def _reproduce(task, out, seeds, iterations, tasks, eval_seed, methods, compile,
     for label, overrides, chosen in plan:
         for method in chosen:
             for seed in range(seeds):
-                config = run_config(task, method, seed, iterations, overrides, compile)
+                config = run_config(task, method, seed, iterations, overrides, compile, data_root)
                 if training_horizon(config) is not None:
                     horizons.setdefault(label, {})[method] = training_horizon(config)
                 name = "-".join(part for part in (method, label) if part)

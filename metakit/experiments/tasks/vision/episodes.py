@@ -265,3 +265,9 @@ class EpisodeHeldOut:
             _to_float(self.query.flatten(1, 2)),
             _labels(tasks, ways, self.query.shape[2]),
         )
+
+
+def published_line(rows: str, data: str) -> str:
+    """The line a reproduction prints under a table for published numbers that cannot be its rows
+    (``rows``: "METHOD VALUE (SOURCE); ..."; ``data``: where they were measured)."""
+    return f"Published on {data} (accuracy %, each paper's own protocol and test steps): {rows}."

@@ -3,16 +3,12 @@
 from pathlib import Path
 
 from metakit.experiments.tasks.family import Reproduction, Variant
-from metakit.experiments.tasks.vision.episodes import ImageEpisodes
+from metakit.experiments.tasks.vision.episodes import ImageEpisodes, published_line
 from metakit.experiments.tasks.vision.glyph_set import glyph_splits, load_glyphs
+from metakit.experiments.tasks.vision.omniglot import OMNIGLOT_PUBLISHED
 from metakit.experiments.util.errors import flag
 
-
-def _omniglot_published(ways: int, rows: str) -> str:
-    return (
-        f"Published on Omniglot, {ways}-way (accuracy %, each paper's own protocol and test steps; a "
-        f"different data set from these glyphs, for scale only): {rows}."
-    )
+DIFFERENT = "a different data set from these glyphs, for scale only"
 
 
 class Glyphs(ImageEpisodes):
@@ -39,26 +35,13 @@ class Glyphs(ImageEpisodes):
         eval_shots=None,
         eval_steps=(0, 1, 2, 3, 5, 10),
         reported_steps=(0, 1, 5, 10),
-        published_elsewhere={
-            "1-shot": _omniglot_published(
-                5,
-                "MAML 98.7 ± 0.4 (Finn et al. 2017, Table 1); ProtoNets 98.8 (Snell et al. 2017, Table 1, "
-                "trained 60-way); Reptile 95.39 ± 0.09 (Nichol et al. 2018, Table 2, not transductive); "
-                "MAML++ 99.47 (Antoniou et al. 2019; the authors' code reports an ensemble of the "
-                "best validation checkpoints)",
-            ),
-            "5-shot": _omniglot_published(
-                5,
-                "MAML 99.9 ± 0.1 (Finn et al. 2017, Table 1); ProtoNets 99.7 (Snell et al. 2017, Table 1, "
-                "trained 60-way); Reptile 98.90 ± 0.10 (Nichol et al. 2018, Table 2, not transductive); "
-                "MAML++ 99.93 (Antoniou et al. 2019, ensemble as above)",
-            ),
-            "20-way 1-shot": _omniglot_published(
-                20,
-                "MAML 95.8 ± 0.3 (Finn et al. 2017, Table 1); ProtoNets 96.0 (Snell et al. 2017, Table 1, "
-                "trained 60-way); Reptile 88.14 ± 0.15 (Nichol et al. 2018, Table 2, not transductive); "
-                "ANIL 96.2 ± 0.5 (Raghu et al. 2020, Table 2)",
-            ),
+        published_elsewhere={  # the same number of ways and shots on Omniglot
+            label: published_line(OMNIGLOT_PUBLISHED[setting], f"Omniglot, {setting}; {DIFFERENT}")
+            for label, setting in (
+                ("1-shot", "5-way 1-shot"),
+                ("5-shot", "5-way 5-shot"),
+                ("20-way 1-shot", "20-way 1-shot"),
+            )
         },
     )
 

@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from metakit.experiments.tasks.vision.episodes import ImageEpisodes
+from metakit.experiments.tasks.family import Reproduction, Variant
+from metakit.experiments.tasks.vision.episodes import ImageEpisodes, published_line
 from metakit.experiments.tasks.vision.mini_imagenet_files import LAYOUT, load_mini_imagenet
 from metakit.experiments.util.errors import flag
 
@@ -35,6 +36,35 @@ class MiniImageNet(ImageEpisodes):
     eval_chunk = 4  # 4 episodes of 5-way 5-shot: 300 images of 84×84 through the conv net at once
     bench_plan = {**ImageEpisodes.bench_plan, "meta_batch": (4,), "inner_steps": (5,)}
     """``metakit bench``: the MAML paper's miniImageNet setting, 5-way 1-shot, meta-batch 4, 5 steps."""
+    reproduction = Reproduction(
+        description=(
+            "miniImageNet (Ravi & Larochelle split), 4-block conv net (32 filters), the MAML paper's "
+            "settings: 60,000 iterations, α = 0.01, 5 inner steps, 15 query images per class; meta-batch "
+            "4 at 1-shot, 2 at 5-shot"
+        ),
+        variants=(Variant("1-shot", {"shots": 1}), Variant("5-shot", {"shots": 5, "meta_batch": 2})),
+        eval_shots=None,
+        eval_steps=(0, 1, 5, 10),
+        reported_steps=(0, 1, 5, 10),
+        published_elsewhere={
+            "1-shot": published_line(
+                "MAML 48.70 ± 1.84 and first-order MAML 48.07 ± 1.75 (Finn et al. 2017, Table 1); "
+                "ProtoNets 49.42 ± 0.78 (Snell et al. 2017, Table 2, trained 30-way); ANIL 46.7 ± 0.4 "
+                "(Raghu et al. 2020, Table 2); Baseline 42.11 and Baseline++ 48.24 (Chen et al. 2019, "
+                "Conv4); Reptile 47.07 ± 0.26 (Nichol et al. 2018, Table 1, not transductive); MAML++ "
+                "52.15 ± 0.26 (Antoniou et al. 2019, an ensemble of the best validation checkpoints)",
+                "miniImageNet",
+            ),
+            "5-shot": published_line(
+                "MAML 63.11 ± 0.92 and first-order MAML 63.15 ± 0.91 (Finn et al. 2017, Table 1); "
+                "ProtoNets 68.20 ± 0.66 (Snell et al. 2017, Table 2, trained 20-way); ANIL 61.5 ± 0.5 "
+                "(Raghu et al. 2020, Table 2); Baseline 62.53 and Baseline++ 66.43 (Chen et al. 2019, "
+                "Conv4); Reptile 62.74 ± 0.37 (Nichol et al. 2018, Table 1, not transductive); MAML++ "
+                "68.32 ± 0.44 (Antoniou et al. 2019, ensemble as above)",
+                "miniImageNet",
+            ),
+        },
+    )
 
     @classmethod
     def check_config(cls, config) -> None:

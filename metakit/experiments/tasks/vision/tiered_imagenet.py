@@ -53,6 +53,8 @@ class TieredImageNet(MiniImageNet):
     inner steps.
     """
 
+    reproduction = None  # miniImageNet's published numbers are not this data set's
+
     @classmethod
     def check_config(cls, config) -> None:
         """tieredImageNet needs ``--data-root``."""
