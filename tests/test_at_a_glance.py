@@ -334,7 +334,7 @@ def test_shell_completion_offers_registered_names():
         assert result.exit_code == 0, result.output
         return [line.split(",", 1)[1] for line in result.stdout.splitlines()]
 
-    assert complete("metakit reproduce ") == ["sinusoid", "glyphs", "nav2d"]
+    assert complete("metakit reproduce ") == ["sinusoid", "glyphs", "omniglot", "mini-imagenet", "nav2d"]
     assert complete("metakit train --method m") == ["maml", "mc", "metasgd"]
     assert complete("metakit train --task g") == ["glyphs"]
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
