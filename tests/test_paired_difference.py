@@ -65,3 +65,8 @@ def test_runs_of_different_families_are_refused(two_runs, tmp_path, capsys):
     train(TrainConfig(task="sinusoid-line", iterations=1, log_every=1), other, progress=False)
     assert load_tool().main([str(two_runs[0]), str(other)]) == 2
     assert "is a sinusoid run" in capsys.readouterr().err
+    assert load_tool().main([str(two_runs[0]), str(tmp_path)]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: {tmp_path} is not a metakit run (no config.json); train one with `metakit train`\n"
+    )

@@ -17,6 +17,7 @@ import torch
 from metakit.experiments.reports.evaluate import training_horizon
 from metakit.experiments.tasks import build_family
 from metakit.experiments.training import runs
+from metakit.experiments.util.errors import MetakitError
 from metakit.experiments.util.statistics import paired_difference
 
 
@@ -38,7 +39,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     steps = [int(s) for s in args.steps.split(",")]
-    config_a, config_b = runs.read_config(args.run_a), runs.read_config(args.run_b)
+    try:
+        config_a, config_b = runs.read_config(args.run_a), runs.read_config(args.run_b)
+    except MetakitError as err:  # not a run, or one without a checkpoint
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if config_a.task != config_b.task:
         print(
             f"error: {args.run_a} is a {config_a.task} run, {args.run_b} a {config_b.task} run",
