@@ -246,3 +246,17 @@ def test_resuming_a_complete_run_trains_and_writes_nothing(small_run):
     summary = train(TrainConfig(**{**CONFIG, "iterations": 14}, checkpoint_every=7), small_run, resume=True)
     assert summary["resumed_from"] == 14 and summary["engine"] is None
     assert {p.name: p.read_bytes() for p in small_run.iterdir()} == before
+
+
+def test_training_seconds_add_up_the_sessions_of_a_resumed_run(tmp_path):
+    assert runs.training_seconds(tmp_path) is None  # no metrics.jsonl
+    lines = [
+        {"iteration": 10, "seconds": 1.0},
+        {"iteration": 20, "seconds": 2.5},
+        "garbled {",
+        {"iteration": 30, "seconds": 0.5},  # resumed: the clock starts again
+        {"iteration": 40, "seconds": 1.5},
+    ]
+    text = "\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines)
+    (tmp_path / runs.METRICS).write_text(text + "\n")
+    assert runs.training_seconds(tmp_path) == 2.5 + 1.5
