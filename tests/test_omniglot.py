@@ -422,6 +422,21 @@ def test_a_short_evaluation_class_is_named_with_what_is_needed(tmp_path):
     ), result.output
 
 
+def test_training_is_refused_when_the_meta_test_classes_cannot_make_an_episode(tmp_path):
+    counts = {"background": {"Alpha/c1": 12, "Alpha/c2": 12}, "evaluation": {"Gamma/c1": 12, "Gamma/c2": 5}}
+    root, run = make_counts(tmp_path / "data", counts), tmp_path / "run"
+    args = ["--task", "omniglot", "--omniglot-split", "background", "--data-root", root, "--ways", 2]
+    with pytest.warns(UserWarning, match="every class keeps only its first 5"):
+        result = invoke("train", *args, "--iterations", 1, "--meta-batch", 1, "--quiet", "--out", run)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (
+        "Error: held-out episodes use --shots + 10 query images per class; the meta-test classes have 5 "
+        f"images (the fewest of any class, in {root / 'images_evaluation' / 'Gamma' / 'c2'}), too few for "
+        "any --shots (at least 11 are needed)"
+    )
+    assert not run.exists()
+
+
 def test_the_background_split_meta_trains_on_images_background_only(tmp_path):
     counts = {
         "background": {"Alpha/c1": 12, "Alpha/c2": 12, "Beta/c1": 12},
@@ -523,6 +538,10 @@ def test_the_shipped_lists_on_a_tree_of_other_names_are_a_one_line_cli_error(tmp
 
 def test_train_on_the_vinyals_split_through_the_cli(tmp_path, small_lists):
     root, run = make_root(tmp_path / "data"), tmp_path / "run"
+    for character in root.glob("images_*/*/*"):  # 11 images: one held-out support + 10 query
+        drawings = sorted(character.glob("*.png"))
+        for d in range(len(drawings), 11):
+            shutil.copy(drawings[d % len(drawings)], character / f"extra_{d:02d}.png")
     args = ["--task", "omniglot", "--data-root", root, "--ways", 2, "--iterations", 2, "--meta-batch", 2]
     result = invoke("train", *args, "--quiet", "--out", run)
     assert result.exit_code == 0, result.output

@@ -212,6 +212,11 @@ class TaskFamily:
         Called before a run writes anything.
         """
 
+    def check_held_out(self, shots: int) -> None:
+        """Raise a one-line ``DataError`` if the prepared data cannot make held-out episodes with
+        ``shots`` support examples per class (asked before a run trains, so that a run is not trained
+        for an evaluation its data cannot give). Nothing to check by default."""
+
     def sample(self, tasks: int, shots: int, query: int, generator: torch.Generator, global_labels=False):
         """A meta-training batch of ``tasks`` tasks (tensors on the CPU; a :class:`TaskBatch` for
         supervised families).

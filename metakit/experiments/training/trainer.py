@@ -469,6 +469,7 @@ def train(
             }
             return {**summary, **done}
         setup = build_training(config, world=world)
+        setup.family.check_held_out(config.shots)  # refused now, not after training for nothing
         opened = distributed.share(world, lambda: _open_run(config, run_dir, resume_from is not None, held))
         start, window, skips, selection = 0, [], Skips(), Selection()
         if opened["state"] is not None:

@@ -157,6 +157,26 @@ class ImageEpisodes(SupervisedFamily):
         """``tasks`` fixed episodes from the meta-test classes (or, with ``split="validation"``, the
         validation classes) with up to ``max_shots`` support and :attr:`eval_query` query images per
         class; each episode has its own random stream."""
+        data, count = self._split_for(max_shots, split).images, self.eval_query
+        per_class = data.shape[1]
+        support, query = [], []
+        for t in range(tasks):
+            generator = held_out_generator(seed, t, 0)
+            chosen = torch.randperm(data.shape[0], generator=generator)[: self.ways]
+            order = torch.stack([torch.randperm(per_class, generator=generator) for _ in range(self.ways)])
+            images = data[chosen[:, None], order]  # [ways, per_class, C, H, W]
+            support.append(images[:, :max_shots])
+            query.append(images[:, per_class - count :])
+        return EpisodeHeldOut(torch.stack(support), torch.stack(query))
+
+    def check_held_out(self, shots: int) -> None:
+        """A one-line ``DataError`` if the meta-test classes have too few images for ``shots`` support
+        and :attr:`eval_query` query images per class (loads the data first)."""
+        self._split_for(shots, "test")
+
+    def _split_for(self, max_shots: int, split: str) -> ClassImages:
+        """The prepared ``split`` ("test" or "validation"), checked to have ``max_shots`` +
+        :attr:`eval_query` images per class (one-line ``DataError`` otherwise)."""
         self.prepare()
         episodes, classes, split_data = {
             "test": ("held-out", "meta-test", self._test),
@@ -165,8 +185,7 @@ class ImageEpisodes(SupervisedFamily):
         if split_data is None:
             where = f" in {self.data_root}" if self.data_root else ""
             raise DataError(f"the data{where} has no {classes} split")
-        data, count = split_data.images, self.eval_query
-        per_class = data.shape[1]
+        count, per_class = self.eval_query, split_data.images.shape[1]
         if max_shots + count > per_class:
             most = per_class - count
             limit = (
@@ -178,15 +197,7 @@ class ImageEpisodes(SupervisedFamily):
                 f"{episodes} episodes use {flag('shots')} + {count} query images per class; the {classes} "
                 f"classes have {per_class} images{_set_by(split_data)}, {limit}"
             )
-        support, query = [], []
-        for t in range(tasks):
-            generator = held_out_generator(seed, t, 0)
-            chosen = torch.randperm(data.shape[0], generator=generator)[: self.ways]
-            order = torch.stack([torch.randperm(per_class, generator=generator) for _ in range(self.ways)])
-            images = data[chosen[:, None], order]  # [ways, per_class, C, H, W]
-            support.append(images[:, :max_shots])
-            query.append(images[:, per_class - count :])
-        return EpisodeHeldOut(torch.stack(support), torch.stack(query))
+        return split_data
 
     def build_model(self, outputs=None):
         """The conv net for the data's channels and size, with a ``ways``-way head (``outputs``-way
