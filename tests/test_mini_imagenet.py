@@ -236,14 +236,7 @@ def test_train_two_iterations_and_eval_through_the_cli(tmp_path, layout):
     assert result.exit_code == 0, result.output
     config = json.loads((run / "config.json").read_text())
     assert (config["task"], config["inner_lr"], config["rotations"]) == ("mini-imagenet", 0.01, False)
-    state = torch.load(run / "checkpoint.pt", weights_only=True)["algorithm"]
-    assert state["module.0.weight"].shape == (32, 3, 3, 3)  # 32 filters on colour images
-    assert state["module.17.weight"].shape == (3, 32 * 5 * 5)  # 84 → 42 → 21 → 10 → 5
-    report = invoke("eval", run, "--tasks", 2, "--shots", 1, "--steps", "0,1", "--json")
-    assert report.exit_code == 0, report.output
-    rows = json.loads(report.stdout)["results"]
-    assert [(r["ways"], r["shots"], r["steps"]) for r in rows] == [(3, 1, 0), (3, 1, 1)]
-    assert all(0 <= r["accuracy"] <= 1 for r in rows)
+    check_colour_run(run, 5)  # 84 → 42 → 21 → 10 → 5
 
 
 def test_reproduce_trains_on_the_maml_protocol():
@@ -283,3 +276,16 @@ def test_reproduce_runs_on_the_users_files(tmp_path, monkeypatch):
     assert config["data_root"] == str(root) and config["query"] == 15
     markdown = (out / "results.md").read_text()
     assert markdown.count("Published on miniImageNet") == 1 and "MAML 48.70 ± 1.84" in markdown
+
+
+def check_colour_run(run: Path, side: int) -> None:
+    """A 3-way run of the 32-filter colour conv net (final feature map ``side × side``) that ``eval``
+    scores at 1 shot after 0 and 1 steps."""
+    state = torch.load(run / "checkpoint.pt", weights_only=True)["algorithm"]
+    assert state["module.0.weight"].shape == (32, 3, 3, 3)  # 32 filters on colour images
+    assert state["module.17.weight"].shape == (3, 32 * side * side)
+    report = invoke("eval", run, "--tasks", 2, "--shots", 1, "--steps", "0,1", "--json")
+    assert report.exit_code == 0, report.output
+    rows = json.loads(report.stdout)["results"]
+    assert [(r["ways"], r["shots"], r["steps"]) for r in rows] == [(3, 1, 0), (3, 1, 1)]
+    assert all(0 <= r["accuracy"] <= 1 for r in rows)
