@@ -483,3 +483,16 @@ def test_engines_that_cannot_freeze_a_layer_refuse_it_by_name(backend):
     with pytest.raises(ValueError, match=r"frozen parameters \(0\.weight, 0\.bias\); use the l2l backend"):
         make_engine(algo, backend=backend)
     make_engine(algo, backend="l2l")  # l2l leaves them as they are
+
+
+def test_query_curves_measure_only_the_recorded_steps_and_the_same_numbers_there():
+    torch.manual_seed(0)
+    algo = make(mlp(), "enhanced", 2)
+    perturb(algo, seed=4)
+    batch = regression_batch(tasks=5, points=4, seed=6)
+    engine = VectorizedEngine(algo)
+    every = engine.query_curves(batch, max_steps=6, guard_from=2)["loss"]
+    some = engine.query_curves(batch, max_steps=6, guard_from=2, record=[5, 0, 2])["loss"]
+    assert some.shape == every.shape == (7, 5)
+    assert torch.equal(some[[0, 2, 5]], every[[0, 2, 5]])
+    assert torch.isnan(some[[1, 3, 4, 6]]).all()

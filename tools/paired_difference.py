@@ -21,10 +21,12 @@ from metakit.experiments.util.errors import MetakitError
 from metakit.experiments.util.statistics import paired_difference
 
 
-def per_task(run_dir, family, held_out, shots: int, max_steps: int) -> torch.Tensor:
-    """The run's per-task metric ``[max_steps + 1, tasks]`` on ``held_out``."""
+def per_task(run_dir, family, held_out, shots: int, steps) -> torch.Tensor:
+    """The run's per-task metric ``[max(steps) + 1, tasks]`` on ``held_out``, measured at ``steps``
+    (NaN at the other step counts)."""
     config, algo, _ = runs.load_run(run_dir)
-    curves = family.held_out_curves(algo, held_out, shots, max_steps, training_horizon(config))
+    horizon = training_horizon(config)
+    curves = family.held_out_curves(algo, held_out, shots, max(steps), horizon, record=steps)
     return curves["score"] if curves["score"] is not None else curves["loss"]
 
 
@@ -53,7 +55,7 @@ def main(argv=None) -> int:
     family = build_family(config_a)
     family.prepare()
     held_out = family.held_out(args.tasks, args.shots, args.seed)
-    a, b = (per_task(run, family, held_out, args.shots, max(steps)) for run in (args.run_a, args.run_b))
+    a, b = (per_task(run, family, held_out, args.shots, steps) for run in (args.run_a, args.run_b))
     name = family.metric.key
     print(f"{args.shots}-shot {name}, {args.tasks} held-out tasks (seed {args.seed})")
     print(f"A = {args.run_a}\nB = {args.run_b}")

@@ -317,18 +317,20 @@ class SupervisedFamily(TaskFamily):
         self.prepare()
         return self.score_held_out(algo, self.held_out(tasks, max(shots), seed), tasks, shots, steps, horizon)
 
-    def held_out_curves(self, algo, held_out, shots: int, max_steps: int, horizon=None, advance=None) -> dict:
+    def held_out_curves(
+        self, algo, held_out, shots: int, max_steps: int, horizon=None, advance=None, record=None
+    ) -> dict:
         """Per task of ``held_out`` at ``shots`` shots, the query loss and score of ``algo`` after
         0 … ``max_steps`` inner steps, ``{"loss", "score"}`` each ``[max_steps + 1, tasks]``
         (:meth:`~metakit.wrappers.engines.vectorized.VectorizedEngine.query_curves`, guarded past a
-        learned rule's ``horizon``), :attr:`eval_chunk` tasks at a time; ``advance(n)`` is called
-        after each ``n`` tasks."""
+        learned rule's ``horizon``; only the step counts in ``record`` if given, NaN elsewhere),
+        :attr:`eval_chunk` tasks at a time; ``advance(n)`` is called after each ``n`` tasks."""
         engine = VectorizedEngine(algo, self.loss)
         device = next(algo.parameters()).device
         batch, chunks = held_out.batch(shots), []
         for i in range(0, batch.num_tasks, self.eval_chunk):
             part = TaskBatch(*(t[i : i + self.eval_chunk].to(device) for t in batch))
-            chunks.append(engine.query_curves(part, max_steps, self.score, horizon))
+            chunks.append(engine.query_curves(part, max_steps, self.score, horizon, record))
             if advance is not None:
                 advance(part.num_tasks)
         return {key: torch.cat([c[key] for c in chunks], 1) for key in ("loss", "score")}
@@ -339,7 +341,8 @@ class SupervisedFamily(TaskFamily):
         results = []
         with progress.bar(tasks * len(shots), "adapting to held-out tasks", unit="task") as shown:
             for k in shots:
-                curves = self.held_out_curves(algo, held_out, k, max(steps), horizon, shown.update)
+                record = {0, *steps}  # step 0: the baseline of "worse"
+                curves = self.held_out_curves(algo, held_out, k, max(steps), horizon, shown.update, record)
                 for s in steps:
                     stats = task_statistics(
                         curves["loss"][s], curves["score"][s], curves["loss"][0], self.metric.higher_is_better

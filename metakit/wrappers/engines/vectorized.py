@@ -274,9 +274,12 @@ class VectorizedEngine:
         max_steps: int,
         score: Optional[Callable] = None,
         guard_from: Optional[int] = None,
+        record: Optional[Sequence[int]] = None,
     ) -> dict:
         """Query loss (and ``score(prediction, target)``) of every task after 0, 1, …, ``max_steps``
-        inner steps: ``{"loss": [max_steps + 1, tasks], "score": same shape or None}``.
+        inner steps: ``{"loss": [max_steps + 1, tasks], "score": same shape or None}``. With
+        ``record`` only those step counts are measured (the query forward passes are most of an
+        evaluation's cost) and the other rows are NaN.
 
         Adapts with the algorithm's own inner rule (first-order, no meta graph), for evaluation:
         the model runs in evaluation mode (``eval()``; e.g. per-step batch norm then normalises
@@ -287,11 +290,11 @@ class VectorizedEngine:
         training = self.algo.training
         self.algo.eval()
         try:
-            return self._query_curves(batch, max_steps, score, guard_from)
+            return self._query_curves(batch, max_steps, score, guard_from, record)
         finally:
             self.algo.train(training)
 
-    def _query_curves(self, batch, max_steps, score, guard_from) -> dict:
+    def _query_curves(self, batch, max_steps, score, guard_from, record) -> dict:
         start = {name: p.detach() for name, p in self.algo.module.named_parameters()}
 
         def measure(prediction, y):
@@ -313,13 +316,17 @@ class VectorizedEngine:
                 return measure(prediction, task.y_query).expand(max_steps + 1, -1)
 
         else:
+            measured = range(max_steps + 1) if record is None else sorted(set(record))
 
             def curve(*task):
-                record = range(max_steps + 1)
                 at = lambda params, x, y, s: measure(self.forward(params, x, s), y)  # noqa: E731
-                return self.unroll(start, TaskBatch(*task), max_steps, True, record, at, guard_from)[1]
+                return self.unroll(start, TaskBatch(*task), max_steps, True, measured, at, guard_from)[1]
 
-        values = vmap(curve)(*batch)  # [tasks, max_steps + 1, 1 or 2]
+        values = vmap(curve)(*batch)  # [tasks, recorded steps, 1 or 2]
+        if self.algo.objective is not Objective.METRIC and record is not None:
+            every = values.new_full((values.shape[0], max_steps + 1, values.shape[2]), float("nan"))
+            every[:, measured] = values
+            values = every
         return {"loss": values[..., 0].T, "score": values[..., 1].T if score is not None else None}
 
     @torch.no_grad()
