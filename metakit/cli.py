@@ -726,22 +726,23 @@ def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, data_r
 @click.option(
     "--paper-protocol",
     is_flag=True,
-    help="Instead, time `metakit train` with every default (MAML, the paper protocol) in a temporary "
-    "folder, beside the plain learn2learn loop's time for the same iterations (extrapolated).",
+    help="Instead, time `metakit train --task TASK` with every other default (MAML on the family's "
+    "protocol) in a temporary folder, beside the plain learn2learn loop's time for the same "
+    "iterations (extrapolated from at most 500).",
 )
 @click.option(
     "--protocol-iterations",
     type=click.IntRange(min=1),
     default=None,
-    help="Iterations for --paper-protocol.  [default: 70000]",
+    help="Iterations for --paper-protocol.  [default: the family's protocol: 70000 for sinusoid]",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def bench(quick, task, threads, paper_protocol, protocol_iterations, as_json, **options):
     """Meta-training throughput (tasks/s) and peak memory of each backend against a plain learn2learn loop."""
     options = {name: value for name, value in options.items() if value is not None}
-    if paper_protocol and (quick or options or task != "sinusoid"):
-        given = ["--quick"] * quick + ["--task"] * (task != "sinusoid")
-        given += [f"--{name.replace('_', '-')}" for name in options]
+    extra = [name for name in options if name != "data_root"]
+    if paper_protocol and (quick or extra):
+        given = ["--quick"] * quick + [f"--{name.replace('_', '-')}" for name in extra]
         usage_error(f"--paper-protocol times one training run; drop {', '.join(given)}")
     if protocol_iterations is not None and not paper_protocol:
         usage_error("--protocol-iterations applies to --paper-protocol only")
@@ -749,6 +750,8 @@ def bench(quick, task, threads, paper_protocol, protocol_iterations, as_json, **
     if "data_root" in options and "data_root" not in FAMILIES.get(task).options:
         usage_error(f"--data-root does not apply to --task {task}")
     family_bench = FAMILIES.get(task).bench
+    if paper_protocol and family_bench is not None:
+        usage_error(f"--paper-protocol times supervised families; --task {task} has a bench of its own")
     if family_bench is not None:  # a family that benchmarks itself (RL: the rollout throughput)
         try:
             report, text = family_bench(task, quick, threads, **options)
@@ -760,8 +763,11 @@ def bench(quick, task, threads, paper_protocol, protocol_iterations, as_json, **
     from metakit.experiments.reports import bench as benchmarks
 
     if paper_protocol:
-        iterations = protocol_iterations or TrainConfig().iterations
-        report = benchmarks.time_paper_protocol(iterations, threads, progress=not as_json)
+        try:
+            config = TrainConfig(task=task, iterations=protocol_iterations, **options)
+        except ValueError as err:  # e.g. a missing --data-root
+            usage_error(str(err))
+        report = benchmarks.time_paper_protocol(config, threads, progress=not as_json)  # bad data: one line
         click.echo(json.dumps(report) if as_json else benchmarks.format_protocol(report))
         return
     try:

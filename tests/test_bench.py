@@ -84,6 +84,27 @@ def test_paper_protocol_times_a_short_training_run(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # no run left behind
 
 
+def test_paper_protocol_of_an_image_family_times_its_protocol(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke("--paper-protocol", "--task", "glyphs", "--protocol-iterations", "2", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    protocol = report["protocol"]
+    assert (protocol["task"], protocol["iterations"], protocol["meta_batch"], protocol["ways"]) == (
+        "glyphs",
+        2,
+        32,
+        5,
+    )
+    assert report["baseline_iterations_timed"] == 2 and report["baseline_seconds"] > 0
+    assert list(tmp_path.iterdir()) == []
+    text = bench.format_protocol(report)
+    assert text.startswith("metakit train (glyphs, maml, 2 iterations, meta-batch 32, 5-way 1-shot, ")
+    assert f"speed-up {report['speedup']:.2f}x" in text
+    refused = invoke("--paper-protocol", "--task", "nav2d")
+    assert refused.exit_code == 2 and "--task nav2d has a bench of its own" in refused.stderr
+
+
 def test_plan_overrides_and_name_checks():
     plan = bench.make_plan(True, methods="enhanced, maml,enhanced", meta_batch=[3], repeats=2)
     assert plan.methods == ("enhanced", "maml") and plan.meta_batch == (3,) and plan.repeats == 2

@@ -42,7 +42,8 @@ class ImageEpisodes(SupervisedFamily):
     same query set; a family whose protocol tests on more (miniImageNet's 15) sets its own."""
     image_size = 28
     """Side that the glyph set is rendered at and Omniglot resized to (the model is sized from the data)."""
-    eval_chunk = 20  # 20 episodes of 5-way 5-shot: ~1,500 images through the conv net at once
+    eval_chunk = 2  # few episodes' activations stay in cache: 40-60 glyph episodes took 0.6-0.9× the
+    # time at 2 that they took at 20 (one core, other work running; 5w1s, 5w5s and 20w1s)
     # glyphs 5-way 1-shot, meta-batch 32, one core: 1.13 s an iteration eagerly, 1.0-1.06 s compiled,
     # after a cold compilation of 47 s (a few seconds with warm caches): it pays off after ~400
     compile_after = 500
