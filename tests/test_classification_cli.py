@@ -245,6 +245,11 @@ def test_reproduce_glyphs_end_to_end(glyph_root, tmp_path, monkeypatch):
     assert markdown.split("### 20-way 1-shot")[1].count("Published on Omniglot, 20-way") == 1
     twenty = [r for r in csv.DictReader(open(out / "results.csv")) if r["variant"] == "20-way 1-shot"]
     assert {r["ways"] for r in twenty} == {"20"}
+    assert sorted(p.name for p in (out / "runs").iterdir()) == [
+        f"{method}-{variant}-it2-seed0"
+        for method in ("finetune", "maml")
+        for variant in ("1-shot", "20-way-1-shot", "5-shot")
+    ]
     assert sorted(p.name for p in out.glob("*.png")) == ["accuracy_vs_steps.png", "training_curves.png"]
 
 

@@ -109,7 +109,8 @@ def _reproduce(task, out, seeds, iterations, tasks, eval_seed, methods, compile,
                 if training_horizon(config) is not None:
                     horizons.setdefault(label, {})[method] = training_horizon(config)
                 name = "-".join(part for part in (method, label) if part)
-                run_dir = out / "runs" / f"{name}-it{config.iterations}-seed{seed}"
+                folder = name.replace(" ", "-")  # e.g. maml-20-way-1-shot-it1000-seed0: no spaces
+                run_dir = out / "runs" / f"{folder}-it{config.iterations}-seed{seed}"
                 started = time.perf_counter()
                 try:
                     status = _train_or_resume(run_dir, config, progress)
