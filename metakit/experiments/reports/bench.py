@@ -386,7 +386,6 @@ def time_paper_protocol(
         with tempfile.TemporaryDirectory() as tmp:
             summary = train(config, Path(tmp) / "run", progress=progress)
         family = build_family(config)
-        family.prepare()
         baseline = plain_learn2learn_iteration(config, family)
         baseline()  # warm-up
         timed = min(baseline_iterations, iterations)

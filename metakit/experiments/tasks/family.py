@@ -338,10 +338,9 @@ class SupervisedFamily(TaskFamily):
     def score_held_out(self, algo, held_out, tasks: int, shots, steps, horizon=None) -> list:
         """The rows of :meth:`evaluate` for a given ``held_out`` set of ``tasks`` tasks (the meta-test
         set, or a validation set)."""
-        results = []
+        results, record = [], {0, *steps}  # step 0: the baseline of "worse"
         with progress.bar(tasks * len(shots), "adapting to held-out tasks", unit="task") as shown:
             for k in shots:
-                record = {0, *steps}  # step 0: the baseline of "worse"
                 curves = self.held_out_curves(algo, held_out, k, max(steps), horizon, shown.update, record)
                 for s in steps:
                     stats = task_statistics(

@@ -278,8 +278,8 @@ class VectorizedEngine:
     ) -> dict:
         """Query loss (and ``score(prediction, target)``) of every task after 0, 1, …, ``max_steps``
         inner steps: ``{"loss": [max_steps + 1, tasks], "score": same shape or None}``. With
-        ``record`` only those step counts are measured (the query forward passes are most of an
-        evaluation's cost) and the other rows are NaN.
+        ``record`` a learner that takes gradient steps is measured at those step counts only (the
+        query forward passes are most of an evaluation's cost) and its other rows are NaN.
 
         Adapts with the algorithm's own inner rule (first-order, no meta graph), for evaluation:
         the model runs in evaluation mode (``eval()``; e.g. per-step batch norm then normalises
