@@ -15,9 +15,7 @@ Contenders are interleaved round by round (in a rotating order, so none always f
 same one); the reported time is the median over rounds.
 """
 
-import ctypes
 import math
-import re
 import statistics
 import tempfile
 import time
@@ -32,6 +30,7 @@ from metakit.experiments.methods import METHODS
 from metakit.experiments.tasks import FAMILIES, build_family
 from metakit.experiments.training.config import TrainConfig
 from metakit.experiments.training.trainer import build_training, resolve_device, train
+from metakit.wrappers.engines.memory import peak_memory_growth
 
 BASELINE = "learn2learn"
 CONTENDERS = ("func", "func-compiled", "l2l", "higher", BASELINE)
@@ -39,7 +38,8 @@ BENCH_METHODS = ("maml", "enhanced")
 """The methods a benchmark can time (``--methods``)."""
 MEMORY_METRIC = (
     "growth of the process's peak resident set during one meta-iteration, after warm-up, with the "
-    "heap trimmed and the kernel's high-water mark reset first (Linux; null elsewhere)"
+    "heap trimmed and the kernel's high-water mark reset first (Linux; null elsewhere); on CUDA the "
+    "growth of the peak of allocated device memory"
 )
 
 
@@ -158,29 +158,6 @@ def metakit_iteration(config: TrainConfig, family, contender: str) -> Callable[[
     return iteration
 
 
-def peak_memory_growth(fn: Callable[[], None]) -> Optional[int]:
-    """Bytes by which the peak resident set grows while ``fn()`` runs, or ``None`` off Linux.
-
-    Freed heap memory is first returned to the system (glibc ``malloc_trim``) so that it cannot
-    hide new allocations, and the kernel's high-water mark is reset to the current resident set
-    (``/proc/self/clear_refs``).
-    """
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        before = _proc_status("VmRSS")
-        fn()
-        return max(0, _proc_status("VmHWM") - before)
-    except (OSError, AttributeError):
-        return None
-
-
-def _proc_status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.M).group(1)) * 1024
-
-
 def iteration_flops(fn: Callable[[], None]) -> Optional[int]:
     """Floating-point operations of one call of ``fn``, as ``torch.utils.flop_counter`` counts
     them (matrix products and convolutions, forward and backward; element-wise work is not
@@ -251,13 +228,14 @@ def bench_setting(plan: BenchPlan, method: str, meta_batch: int, steps: int) -> 
     )
     family = build_family(config)
     family.prepare()
+    device = resolve_device(config.device)
     iterations, first_call = {}, {}
     for name in plan.contenders:
         fn = _synchronised(
             plain_learn2learn_iteration(config, family)
             if name == BASELINE
             else metakit_iteration(config, family, name),
-            resolve_device(config.device),
+            device,
         )
         start = time.perf_counter()
         fn()  # warm-up; compiles func-compiled
@@ -293,7 +271,7 @@ def bench_setting(plan: BenchPlan, method: str, meta_batch: int, steps: int) -> 
             "speedup": median[BASELINE] / median[name] if BASELINE in median else None,
             "gflop_per_iteration": None if flops[name] is None else flops[name] / 1e9,
             "gflops": None if flops[name] is None else flops[name] / 1e9 / median[name],
-            "peak_memory_bytes": peak_memory_growth(iterations[name]),
+            "peak_memory_bytes": peak_memory_growth(iterations[name], device),
             "compile_seconds": first_call[name] if name == "func-compiled" else None,
         }
         for name in names

@@ -26,7 +26,14 @@ from torch.func import functional_call, grad_and_value, vmap
 from metakit.wrappers.base import MetaLearner, Objective, meta_only_names, step_kwargs
 from metakit.wrappers.engines.batch import TaskBatch, accumulate_grad, joint_backward, refuse_frozen
 from metakit.wrappers.engines.inner_step import Params, functional_inner_step
+from metakit.wrappers.engines.memory import available_memory, peak_memory_growth
 from metakit.wrappers.rules import reptile_gradient
+
+MEMORY_SHARE = 0.4
+"""The share of the available memory a meta-gradient's batch of tasks may take, as measured on one
+task and scaled, before :meth:`VectorizedEngine.meta_backward` splits it. The rest is for what that
+estimate misses (on the CPU, chunks after the first take up to 1.4× more: heap fragments, measured
+at glyphs 100-way), the data and other work."""
 
 
 def meta_objective(losses: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -92,6 +99,7 @@ class VectorizedEngine:
         self.loss_fn = loss_fn
         self._objective = _MetaObjective(self)
         self._compiled = None
+        self._chunks = {}  # batch shape and setting -> tasks per chunk (task_chunk)
         # the meta-parameters the compiled gradient is taken for, listed once (walking the
         # modules on every call cost ~50 µs of a ~1 ms iteration)
         self._meta_params = {name: p for name, p in self._objective.named_parameters() if p.requires_grad}
@@ -203,23 +211,84 @@ class VectorizedEngine:
         first_order: Optional[bool] = None,
         step_weights: Optional[Sequence[float]] = None,
     ) -> float:
-        """Same contract as :meth:`metakit.wrappers.engines.loop.LoopEngine.meta_backward`."""
+        """Same contract as :meth:`metakit.wrappers.engines.loop.LoopEngine.meta_backward`.
+
+        A batch whose meta-gradient would not fit in the memory left on its device is taken in
+        equal chunks of tasks (:meth:`task_chunk`), each chunk's gradient weighted by its share of
+        the batch: the same meta-gradient, up to the order of a sum.
+        """
         objective = self.algo.objective
         if objective in (Objective.JOINT, Objective.TRANSFER):
             return joint_backward(self.algo, batch, self.loss_fn)
+        if first_order is None:
+            first_order = self.algo.first_order
+        batch = TaskBatch(*batch)
+        size, tasks = self.task_chunk(batch, steps, first_order, step_weights), batch.num_tasks
+        if size >= tasks:
+            return self._meta_backward(batch, steps, first_order, step_weights)
+        loss = 0.0
+        for start in range(0, tasks, size):
+            chunk = TaskBatch(*(part[start : start + size] for part in batch))
+            loss += self._shared_backward(chunk, size / tasks, steps, first_order, step_weights)
+        return loss
+
+    def task_chunk(self, batch: TaskBatch, steps: int, first_order: bool, step_weights=None) -> int:
+        """How many of ``batch``'s tasks :meth:`meta_backward` takes at a time: all of them, unless
+        the memory one task's meta-gradient takes (measured once per batch shape and setting, on
+        one task, eagerly) times the tasks exceeds :data:`MEMORY_SHARE` of what the device has
+        available; then the largest divisor of the batch size that fits (at least 1). All of
+        them where memory cannot be measured (a CPU off Linux)."""
+        key = (tuple(part.shape for part in batch), steps, first_order, step_weights is None)
+        if key not in self._chunks:
+            self._chunks[key] = self._fitting_chunk(batch, steps, first_order, step_weights)
+        return self._chunks[key]
+
+    def _fitting_chunk(self, batch, steps, first_order, step_weights) -> int:
+        tasks, device = batch.num_tasks, batch.x_support.device
+        free = available_memory(device)
+        if tasks == 1 or free is None:
+            return tasks
+        one = TaskBatch(*(part[:1] for part in batch))
+        probe = lambda: self._shared_backward(one, None, steps, first_order, step_weights, eager=True)  # noqa: E731
+        per_task = peak_memory_growth(probe, device)
+        if per_task is None:
+            return tasks
+        fits = max(1, int(MEMORY_SHARE * free / max(per_task, 1)))
+        if fits >= tasks:
+            return tasks
+        size = max(d for d in range(1, fits + 1) if tasks % d == 0)
+        warnings.warn(
+            f"a batch of {tasks} tasks takes about {tasks * per_task / 2**30:.1f} GiB for its "
+            f"meta-gradient and {free / 2**30:.1f} GiB are available: taking it {size} task(s) at a time"
+        )
+        return size
+
+    def _shared_backward(self, chunk, share, steps, first_order, step_weights, eager=False) -> float:
+        """:meth:`_meta_backward` of ``chunk``, its gradient added into ``.grad`` times ``share``
+        (``None``: dropped, ``.grad`` left as it was); returns its loss times ``share`` (or 0)."""
+        params = [p for p in self.algo.parameters() if p.requires_grad]
+        held = [p.grad for p in params]
+        for p in params:
+            p.grad = None
+        loss = self._meta_backward(chunk, steps, first_order, step_weights, eager)
+        for p, before in zip(params, held):
+            new, p.grad = p.grad, before
+            if new is not None and share is not None:
+                p.grad = new * share if before is None else before + new * share
+        return 0.0 if share is None else loss * share
+
+    def _meta_backward(self, batch, steps, first_order, step_weights, eager=False) -> float:
+        objective = self.algo.objective
         if objective is Objective.INTERPOLATION:
             return self._interpolation_backward(batch, steps)
         if objective is Objective.METRIC:
             losses = self._metric_losses(batch)
             losses.mean().backward()
             return losses.mean().item()
-        if first_order is None:
-            first_order = self.algo.first_order
-        batch = TaskBatch(*batch)
         weights = None
         if step_weights is not None:
             weights = torch.as_tensor(step_weights, dtype=next(self.algo.parameters()).dtype)
-        if self._compiled is not None:
+        if self._compiled is not None and not eager:
             loss = self._compiled_backward(batch, steps, first_order, weights)
             if loss is not None:
                 return loss
