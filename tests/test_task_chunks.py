@@ -125,3 +125,27 @@ def test_the_memory_measurements_see_an_allocation():
     growth = peak_memory_growth(lambda: torch.ones(size).sum())
     assert 0.95 * 4 * size <= growth <= 1.5 * 4 * size
     assert peak_memory_growth(lambda: None) < 0.1 * 4 * size
+
+
+def test_the_compiled_engine_in_chunks_gives_the_whole_batch_meta_gradient_and_probes_eagerly(monkeypatch):
+    batch = regression_batch(tasks=6, points=4, seed=3)
+    prefill = [torch.zeros_like(p) for p in MAML(mlp(), lr=0.3).parameters()]
+    torch.manual_seed(1)
+    whole_batch(monkeypatch)
+    whole = meta_backward_from(MAML(mlp(), lr=0.3), batch, prefill, steps=2)
+
+    short_of_memory(monkeypatch, free=100, per_task=vectorized.MEMORY_SHARE * 100 / 2.5)
+    torch.manual_seed(1)
+    algo = MAML(mlp(), lr=0.3)
+    for p in algo.parameters():
+        p.grad = None
+    engine = VectorizedEngine(algo, compile=True)
+    compiled, sizes = engine._compiled, []
+    engine._compiled = lambda params, chunk, *rest: (
+        sizes.append(chunk.num_tasks) or compiled(params, chunk, *rest)
+    )
+    with pytest.warns(UserWarning, match="taking it 2 task"):
+        loss = engine.meta_backward(batch, 2)
+    assert sizes == [2, 2, 2]  # the one-task probe ran eagerly: no compilation for its shape
+    assert loss == pytest.approx(whole[0], rel=1e-12)
+    assert_close_lists(grads_of(algo), whole[1], rtol=1e-10, atol=1e-12)
