@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import assert_close_lists, grads_of, mlp, regression_batch
+from test_per_step_bn import image_batch, tiny_net
 from test_protonet import episodes, model
 
 import metakit.wrappers.engines.vectorized as vectorized
@@ -149,3 +150,15 @@ def test_the_compiled_engine_in_chunks_gives_the_whole_batch_meta_gradient_and_p
     assert sizes == [2, 2, 2]  # the one-task probe ran eagerly: no compilation for its shape
     assert loss == pytest.approx(whole[0], rel=1e-12)
     assert_close_lists(grads_of(algo), whole[1], rtol=1e-10, atol=1e-12)
+
+
+def test_per_step_batch_moments_in_chunks_equal_the_whole_batch(monkeypatch):
+    batch = image_batch(tasks=4)
+    whole_batch(monkeypatch)
+    whole = VectorizedEngine(MAML(tiny_net(2), lr=0.1), F.cross_entropy).step_moments(batch, 2)
+    probes = short_of_memory(monkeypatch, free=100, per_task=vectorized.MEMORY_SHARE * 100 / 2.5)
+    algo = MAML(tiny_net(2), lr=0.1)
+    with pytest.warns(UserWarning, match="taking it 2 task"):
+        chunked = VectorizedEngine(algo, F.cross_entropy).step_moments(batch, 2)
+    assert len(probes) == 1 and all(p.grad is None for p in algo.parameters())
+    torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-14)

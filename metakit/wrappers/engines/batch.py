@@ -17,6 +17,10 @@ class TaskBatch(NamedTuple):
         """The i-th task alone (no task dimension)."""
         return TaskBatch(*(t[i] for t in self))
 
+    def chunks(self, size: int) -> list:
+        """The batch as consecutive batches of ``size`` tasks (the last may have fewer)."""
+        return [TaskBatch(*(t[i : i + size] for t in self)) for i in range(0, self.num_tasks, size)]
+
     @property
     def num_tasks(self) -> int:
         """Number of tasks in the batch (the leading dimension)."""

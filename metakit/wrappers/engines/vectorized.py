@@ -226,11 +226,10 @@ class VectorizedEngine:
         size, tasks = self.task_chunk(batch, steps, first_order, step_weights), batch.num_tasks
         if size >= tasks:
             return self._meta_backward(batch, steps, first_order, step_weights)
-        loss = 0.0
-        for start in range(0, tasks, size):
-            chunk = TaskBatch(*(part[start : start + size] for part in batch))
-            loss += self._shared_backward(chunk, size / tasks, steps, first_order, step_weights)
-        return loss
+        return sum(
+            self._shared_backward(chunk, size / tasks, steps, first_order, step_weights)
+            for chunk in batch.chunks(size)
+        )
 
     def task_chunk(self, batch: TaskBatch, steps: int, first_order: bool, step_weights=None) -> int:
         """How many of ``batch``'s tasks :meth:`meta_backward` takes at a time: all of them, unless
@@ -250,7 +249,8 @@ class VectorizedEngine:
             return tasks
         one = TaskBatch(*(part[:1] for part in batch))
         probe = lambda: self._shared_backward(one, None, steps, first_order, step_weights, eager=True)  # noqa: E731
-        per_task = peak_memory_growth(probe, device)
+        with torch.enable_grad():  # also when asked from a no-grad computation (step_moments)
+            per_task = peak_memory_growth(probe, device)
         if per_task is None:
             return tasks
         fits = max(1, int(MEMORY_SHARE * free / max(per_task, 1)))
@@ -407,7 +407,8 @@ class VectorizedEngine:
 
         The model's ``record_moments`` takes the result (see
         :class:`~metakit.experiments.tasks.vision.convnet.PerStepConvNet`); the forward values,
-        hence the moments, are the same whichever engine computed the meta-gradient.
+        hence the moments, are the same whichever engine computed the meta-gradient. Tasks are
+        taken as many at a time as a first-order meta-gradient fits (:meth:`task_chunk`).
         """
         start = {name: p.detach() for name, p in self.algo.module.named_parameters()}
         module = self.algo.module
@@ -418,4 +419,6 @@ class VectorizedEngine:
             at = lambda params, x, y, s: functional_call(module, params, (images, s, True))  # noqa: E731
             return self.unroll(start, task, steps, True, range(steps + 1), at)[1]
 
-        return vmap(curve)(*batch).mean(0)
+        batch = TaskBatch(*batch)
+        chunks = batch.chunks(self.task_chunk(batch, steps, True))  # of equal sizes
+        return torch.stack([vmap(curve)(*chunk).mean(0) for chunk in chunks]).mean(0)
