@@ -32,7 +32,7 @@ from metakit.wrappers.rules import reptile_gradient
 MEMORY_SHARE = 0.4
 """The share of the available memory a meta-gradient's batch of tasks may take, as measured on one
 task and scaled, before :meth:`VectorizedEngine.meta_backward` splits it. The rest is for what that
-estimate misses (on the CPU, chunks after the first take up to 1.4× more: heap fragments, measured
+estimate misses (on the CPU a training's peak came to up to 1.4× it, from heap fragments: measured
 at glyphs 100-way), the data and other work."""
 
 
