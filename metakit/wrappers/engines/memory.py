@@ -9,8 +9,8 @@ import torch
 
 
 def peak_memory_growth(fn: Callable[[], None], device: torch.device = torch.device("cpu")) -> Optional[int]:
-    """Bytes by which the peak memory in use grows while ``fn()`` runs, or ``None`` where it
-    cannot be measured (a CPU off Linux).
+    """Bytes by which the peak memory in use grows while ``fn()`` runs, or ``None`` (``fn`` not
+    run) where it cannot be measured (a CPU off Linux).
 
     On the CPU: the process's peak resident set. Freed heap memory is first returned to the system
     (glibc ``malloc_trim``) so that it cannot hide new allocations, and the kernel's high-water
@@ -29,10 +29,10 @@ def peak_memory_growth(fn: Callable[[], None], device: torch.device = torch.devi
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         before = _proc_kib("/proc/self/status", "VmRSS")
-        fn()
-        return max(0, _proc_kib("/proc/self/status", "VmHWM") - before)
-    except (OSError, AttributeError):
+    except (OSError, AttributeError):  # not Linux with glibc: ``fn`` is not run
         return None
+    fn()
+    return max(0, _proc_kib("/proc/self/status", "VmHWM") - before)
 
 
 def available_memory(device: torch.device = torch.device("cpu")) -> Optional[int]:
