@@ -271,11 +271,14 @@ class VectorizedEngine:
         for p in params:
             p.grad = None
         loss = self._meta_backward(chunk, steps, first_order, step_weights, eager)
+        new = [p.grad for p in params]
         for p, before in zip(params, held):
-            new, p.grad = p.grad, before
-            if new is not None and share is not None:
-                p.grad = new * share if before is None else before + new * share
-        return 0.0 if share is None else loss * share
+            p.grad = before
+        if share is None:
+            return 0.0
+        reached = [(p, g * share) for p, g in zip(params, new) if g is not None]
+        accumulate_grad([p for p, _ in reached], [g for _, g in reached])
+        return loss * share
 
     def _meta_backward(self, batch, steps, first_order, step_weights, eager=False) -> float:
         objective = self.algo.objective
