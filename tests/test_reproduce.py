@@ -111,7 +111,7 @@ def test_reproduce_and_plot_end_to_end(tmp_path):
         assert fmt == "PNG" and 400 <= width <= 1600 and 300 <= height <= 1000
     # Running again retrains nothing and gives the same table.
     again = CliRunner().invoke(cli, [*args, "--methods", "maml,reptile,enhanced,pretrain", "--out", str(out)])
-    assert again.exit_code == 0 and again.output.count("done earlier") == 8 + 4
+    assert again.exit_code == 0 and again.output.count("trained earlier in") == 8 + 4
     assert (out / "results.md").read_text() == markdown
 
     plots = tmp_path / "plots"
@@ -149,6 +149,18 @@ def test_reproduce_resumes_an_interrupted_run(tmp_path):
     torch.save(state, run_dir / runs.CHECKPOINT)
     result = CliRunner().invoke(cli, [*args, "--iterations", "4"])
     assert result.exit_code == 0 and "resumed at 2" in result.output
+
+
+def test_reproduce_reports_a_finished_runs_recorded_training_time(tmp_path):
+    out = tmp_path / "repro"
+    args = ["reproduce", "sinusoid", "--seeds", "1", "--iterations", "2", "--tasks", "4", "--methods", "maml"]
+    assert CliRunner().invoke(cli, [*args, "--quiet", "--out", str(out)]).exit_code == 0
+    metrics = out / "runs" / "maml-it2-seed0" / runs.METRICS
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    lines[-1]["seconds"] = 1234.4  # as if its training had taken 20 minutes
+    metrics.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = CliRunner().invoke(cli, [*args, "--quiet", "--out", str(out)])
+    assert result.exit_code == 0 and "[maml seed 0] trained earlier in 1234s;" in result.output, result.output
 
 
 def test_results_tables_mark_cells_beyond_the_trained_horizon():

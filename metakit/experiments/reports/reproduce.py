@@ -42,7 +42,7 @@ def _train_or_resume(run_dir: Path, config: TrainConfig, progress: bool) -> str:
     start = train(config, run_dir, progress=progress, resume=True)["resumed_from"]
     if start is None:
         return "trained"
-    return "done earlier" if start >= config.iterations else f"resumed at {start}"
+    return "trained earlier" if start >= config.iterations else f"resumed at {start}"
 
 
 def _evaluate_cached(run_dir: Path, shots, steps, tasks: int, seed: int) -> List[dict]:
@@ -129,8 +129,11 @@ def _reproduce(task, out, seeds, iterations, tasks, eval_seed, methods, compile,
                 }
                 shot = "" if shots[0] is None else f"{shots[0]}-shot "  # RL rows have no shots
                 steps = reproduction.reported_steps
+                took = time.perf_counter() - started
+                if status == "trained earlier":  # this call only read it: give its recorded training
+                    took = runs.training_seconds(run_dir) or 0.0
                 echo(
-                    f"[{name} seed {seed}] {status} in {time.perf_counter() - started:.0f}s; "
+                    f"[{name} seed {seed}] {status} in {took:.0f}s; "
                     f"{shot}{metric.key} after {'/'.join(map(str, steps))} steps: "
                     + " / ".join(first[s] for s in steps)
                 )
