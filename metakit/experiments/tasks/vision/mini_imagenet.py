@@ -49,18 +49,20 @@ class MiniImageNet(ImageEpisodes):
         published_elsewhere={
             "1-shot": published_line(
                 "MAML 48.70 ± 1.84 and first-order MAML 48.07 ± 1.75 (Finn et al. 2017, Table 1); "
-                "ProtoNets 49.42 ± 0.78 (Snell et al. 2017, Table 2, trained 30-way); ANIL 46.7 ± 0.4 "
-                "(Raghu et al. 2020, Table 2); Baseline 42.11 and Baseline++ 48.24 (Chen et al. 2019, "
-                "Conv4); Reptile 47.07 ± 0.26 (Nichol et al. 2018, Table 1, not transductive); MAML++ "
-                "52.15 ± 0.26 (Antoniou et al. 2019, an ensemble of the best validation checkpoints)",
+                "ProtoNets 49.42 ± 0.78 (Snell et al. 2017, Table 2, trained 30-way); Meta-SGD 50.47 ± 1.87 "
+                "(Li et al. 2017, Table 3); ANIL 46.7 ± 0.4 (Raghu et al. 2020, Table 2, ± a std over 3 "
+                "seeds); Baseline 42.11 and Baseline++ 48.24 (Chen et al. 2019, Conv4); Reptile 47.07 ± "
+                "0.26 (Nichol et al. 2018, Table 1, not transductive); MAML++ 52.15 ± 0.26 (Antoniou et al. "
+                "2019, an ensemble of the best validation checkpoints, ± a std over 3 seeds)",
                 "miniImageNet",
             ),
             "5-shot": published_line(
                 "MAML 63.11 ± 0.92 and first-order MAML 63.15 ± 0.91 (Finn et al. 2017, Table 1); "
-                "ProtoNets 68.20 ± 0.66 (Snell et al. 2017, Table 2, trained 20-way); ANIL 61.5 ± 0.5 "
-                "(Raghu et al. 2020, Table 2); Baseline 62.53 and Baseline++ 66.43 (Chen et al. 2019, "
-                "Conv4); Reptile 62.74 ± 0.37 (Nichol et al. 2018, Table 1, not transductive); MAML++ "
-                "68.32 ± 0.44 (Antoniou et al. 2019, ensemble as above)",
+                "ProtoNets 68.20 ± 0.66 (Snell et al. 2017, Table 2, trained 20-way); Meta-SGD 64.03 ± 0.94 "
+                "(Li et al. 2017, Table 3); ANIL 61.5 ± 0.5 (Raghu et al. 2020, Table 2, ± a std over 3 "
+                "seeds); Baseline 62.53 and Baseline++ 66.43 (Chen et al. 2019, Conv4); Reptile 62.74 ± "
+                "0.37 (Nichol et al. 2018, Table 1, not transductive); MAML++ 68.32 ± 0.44 (Antoniou et al. "
+                "2019, ensemble as above)",
                 "miniImageNet",
             ),
         },
