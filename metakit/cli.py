@@ -144,6 +144,40 @@ class IntList(click.ParamType):
         return sorted(set(items))
 
 
+class SeedCounts(click.ParamType):
+    """Seeds per method: ``3`` for every method, or ``1,maml=3,enhanced=3`` (a count for the methods
+    not named, which may be left out to keep the default, and ``METHOD=COUNT`` for others); each
+    count at least 1. Converts to ``(count, {method: count})``."""
+
+    name = "SEEDS"
+
+    def __init__(self, default: int):
+        self.default = default
+
+    def convert(self, value, param, ctx):
+        """Parse ``"1,maml=3"`` into ``(1, {"maml": 3})``."""
+        if isinstance(value, tuple):
+            return value
+        count, counts = self.default, {}
+        for item in (v.strip() for v in str(value).split(",") if v.strip()):
+            method, _, number = item.rpartition("=")
+            try:
+                number = int(number)
+            except ValueError:
+                self.fail(f"{item!r} is not a count or METHOD=COUNT (e.g. 3 or 1,maml=3)", param, ctx)
+            if number < 1:
+                self.fail(f"{item!r}: a count must be at least 1", param, ctx)
+            if method and method not in METHODS.names():
+                self.fail(f"unknown method {method!r}; choose from {', '.join(METHODS.names())}", param, ctx)
+            if method in counts:
+                self.fail(f"{(method or 'the count of the others')} is given twice in {value!r}", param, ctx)
+            counts[method] = number
+        if not counts:
+            self.fail("give a count, e.g. 3 or 1,maml=3", param, ctx)
+        count = counts.pop("", count)
+        return count, counts
+
+
 class Registered(click.ParamType):
     """A name in a registry (task families, methods), looked up when the command runs, so that
     entries registered after start-up are accepted; with ``accepts`` (entry → bool), only the
@@ -587,7 +621,14 @@ def plot(run_dirs, out, tasks, shots, seed, data_root, extension):
     "benchmark",
     type=Registered(FAMILIES, lambda family: family.reproduction is not None, "has no reproduction protocol"),
 )
-@click.option("--seeds", type=click.IntRange(min=1), default=3, help="Seeds per method.")
+@click.option(
+    "--seeds",
+    type=SeedCounts(default=3),
+    default="3",
+    help="Seeds per method: a count, or counts per method, e.g. 1,maml=3,enhanced=3 (3 for maml and "
+    "enhanced, 1 for the others).",
+    show_default=True,
+)
 @click.option(
     "--iterations", type=click.IntRange(min=1), default=None, help=_family_default("Meta-updates per run.")
 )
@@ -633,7 +674,7 @@ def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, data_r
         paths = run_reproduction(
             benchmark,
             out,
-            seeds,
+            seeds[0],
             iterations,
             tasks=tasks,
             methods=chosen,
@@ -641,6 +682,7 @@ def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, data_r
             progress=not quiet,
             echo=click.echo,
             data_root=data_root,
+            method_seeds=seeds[1],
         )
     except Interrupted as err:
         click.echo(

@@ -295,7 +295,7 @@ def test_a_variant_named_as_its_shots_titles_its_table_once():
         for variant, shots in (("1-shot", 1), ("5-shot", 5))
         for s in reproduction.reported_steps
     ]
-    text = results_markdown(rows, reproduction, FAMILIES.get("glyphs").metric, 2, 4, 10)
+    text = results_markdown(rows, reproduction, FAMILIES.get("glyphs").metric, 4, 10)
     assert "### 1-shot\n" in text and "### 5-shot\n" in text and "1-shot: 1-shot" not in text
 
 

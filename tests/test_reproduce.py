@@ -163,6 +163,45 @@ def test_reproduce_reports_a_finished_runs_recorded_training_time(tmp_path):
     assert result.exit_code == 0 and "[maml seed 0] trained earlier in 1234s;" in result.output, result.output
 
 
+def test_reproduce_takes_seeds_per_method(tmp_path):
+    out = tmp_path / "repro"
+    args = ["reproduce", "sinusoid", "--iterations", "2", "--tasks", "4", "--methods", "maml,fomaml"]
+    result = CliRunner().invoke(cli, [*args, "--seeds", "1,maml=2", "--quiet", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    # maml (and its 10-step variant) gets 2 seeds, fomaml the 1 of the methods not named.
+    assert sorted(p.name for p in (out / "runs").iterdir()) == [
+        "fomaml-it2-seed0",
+        "maml-10-step-it2-seed0",
+        "maml-10-step-it2-seed1",
+        "maml-it2-seed0",
+        "maml-it2-seed1",
+    ]
+    markdown = (out / "results.md").read_text()
+    assert "2 meta-iterations, 2 seeds (maml), 1 seed (fomaml), 4 held-out tasks." in markdown
+    assert "[± std across seeds, for a method with several]" in markdown
+    table = {line.split(" | ")[0]: line for line in markdown.splitlines() if line.startswith("| ")}
+    assert "[±" in table["| maml"] and "[±" not in table["| fomaml"]
+
+
+@pytest.mark.parametrize(
+    "seeds, message",
+    [
+        ("0", "'0': a count must be at least 1"),
+        ("1,maml=x", "'maml=x' is not a count or METHOD=COUNT"),
+        ("mamll=2", "unknown method 'mamll'"),
+        ("maml=2,maml=3", "maml is given twice"),
+        ("1,2", "the count of the others is given twice"),
+        ("fomaml=2", "--seeds gives seeds to fomaml, which this reproduction does not run (it runs maml)"),
+    ],
+)
+def test_reproduce_refuses_bad_seed_counts_before_writing_anything(tmp_path, seeds, message):
+    out = tmp_path / "repro"
+    args = ["reproduce", "sinusoid", "--methods", "maml", "--iterations", "1", "--tasks", "2", "--quiet"]
+    result = CliRunner().invoke(cli, [*args, "--seeds", seeds, "--out", str(out)])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert message in result.output and not out.exists()
+
+
 def test_results_tables_mark_cells_beyond_the_trained_horizon():
     row = dict(variant="", seed=0, shots=5, mse=0.5, ci95=0.1, median=0.4, worse=0, diverged=0, tasks=6)
     rows = [{**row, "method": "maml", "steps": s} for s in (0, 1, 3)]
@@ -176,14 +215,14 @@ def test_results_tables_mark_cells_beyond_the_trained_horizon():
     reproduction = Reproduction(
         description="d", eval_shots=(5,), eval_steps=(0, 1, 3), reported_steps=(0, 1, 3)
     )
-    lines = results_markdown(rows, reproduction, MSE, 1, 6, 3, {"": {"lslr": 2, "mc": 1}}).splitlines()
+    lines = results_markdown(rows, reproduction, MSE, 6, 3, {"": {"lslr": 2, "mc": 1}}).splitlines()
     table = [line.strip("| ").split(" | ") for line in lines if line.startswith("| ")]
     cells = {name: values[:3] for name, *values in table}  # the step columns
     assert [c.endswith("\\*") for c in cells["lslr"]] == [False, False, True]
     assert [c.endswith("\\*") for c in cells["mc"]] == [False, False, True]
     assert not any("*" in c for c in cells["maml"])
     assert "\\* beyond the inner steps the runs were trained for (lslr 2, mc 1)" + GUARDED in lines
-    one = results_markdown(rows[:6], reproduction, MSE, 1, 6, 3, {"": {"lslr": 2, "mc": 1}})
+    one = results_markdown(rows[:6], reproduction, MSE, 6, 3, {"": {"lslr": 2, "mc": 1}})
     assert "\\* beyond the 2 inner steps the run was trained for" + GUARDED in one.splitlines()
 
 

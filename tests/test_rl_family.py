@@ -267,7 +267,7 @@ def test_reproduction_protocol_and_its_returns_table():
         for s in (0, 1)
         for k in reproduction.reported_steps
     ]
-    text = results_markdown(rows, reproduction, RETURN, 2, 40, 300)
+    text = results_markdown(rows, reproduction, RETURN, 40, 300)
     assert "mean return per episode ± 95% CI" in text and "### policy-gradient steps" in text
     assert "| maml | -19.50 ± 0.50 [± 0.71] |" in text
     assert text.count("| pretrain | -39.50 ± 0.50 [± 0.71]") == 1

@@ -5,7 +5,7 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Mapping, Optional
 
 from metakit.experiments.methods import METHODS
 from metakit.experiments.reports.evaluate import evaluate_algorithm, horizon_note, training_horizon
@@ -15,6 +15,7 @@ from metakit.experiments.tasks.family import Metric, format_number
 from metakit.experiments.training import runs
 from metakit.experiments.training.config import TrainConfig
 from metakit.experiments.training.trainer import Divergence, train
+from metakit.experiments.util.errors import MetakitError, flag
 from metakit.experiments.util.progress import silenced
 
 
@@ -73,17 +74,32 @@ def reproduce(
     progress: bool = True,
     echo: Callable[[str], None] = print,
     data_root: Optional[str] = None,
+    method_seeds: Optional[Mapping[str, int]] = None,
 ) -> Dict[str, Path]:
     """Train (or resume), evaluate and report every method (on the data in ``data_root`` for
-    families that read a data set); returns the paths written. Without ``progress`` nothing but
+    families that read a data set), ``seeds`` seeds each or as many as ``method_seeds`` gives a
+    method (e.g. ``{"fomaml": 1}``); returns the paths written. Without ``progress`` nothing but
     ``echo``'s lines (one per run) is printed."""
     with silenced(not progress):
         return _reproduce(
-            task, out, seeds, iterations, tasks, eval_seed, methods, compile, progress, echo, data_root
+            task,
+            out,
+            seeds,
+            method_seeds or {},
+            iterations,
+            tasks,
+            eval_seed,
+            methods,
+            compile,
+            progress,
+            echo,
+            data_root,
         )
 
 
-def _reproduce(task, out, seeds, iterations, tasks, eval_seed, methods, compile, progress, echo, data_root):
+def _reproduce(
+    task, out, seeds, method_seeds, iterations, tasks, eval_seed, methods, compile, progress, echo, data_root
+):
     family_class = FAMILIES.get(task)
     reproduction = family_class.reproduction
     if reproduction is None:
@@ -95,6 +111,12 @@ def _reproduce(task, out, seeds, iterations, tasks, eval_seed, methods, compile,
         (v.label, v.overrides, [m for m in methods if v.methods is None or m in v.methods])
         for v in reproduction.variants
     ]
+    unused = sorted(set(method_seeds) - set(methods))
+    if unused:
+        raise MetakitError(
+            f"{flag('seeds')} gives seeds to {', '.join(unused)}, which this reproduction does not run "
+            f"(it runs {', '.join(methods)})"
+        )
     for _, overrides, chosen in plan:  # every invalid combination is refused before any run
         for method in chosen:
             run_config(task, method, 0, iterations, overrides, compile, data_root)
@@ -104,7 +126,7 @@ def _reproduce(task, out, seeds, iterations, tasks, eval_seed, methods, compile,
     rows, run_dirs, horizons, failures = [], {}, {}, []
     for label, overrides, chosen in plan:
         for method in chosen:
-            for seed in range(seeds):
+            for seed in range(method_seeds.get(method, seeds)):
                 config = run_config(task, method, seed, iterations, overrides, compile, data_root)
                 if training_horizon(config) is not None:
                     horizons.setdefault(label, {})[method] = training_horizon(config)
@@ -143,7 +165,7 @@ def _reproduce(task, out, seeds, iterations, tasks, eval_seed, methods, compile,
                     run_dirs.setdefault(method, run_dir)
     paths = {"csv": out / "results.csv", "markdown": out / "results.md"}
     _write_csv(paths["csv"], rows, with_variant=len(reproduction.variants) > 1)
-    markdown = results_markdown(rows, reproduction, metric, seeds, tasks, config.iterations, horizons)
+    markdown = results_markdown(rows, reproduction, metric, tasks, config.iterations, horizons)
     if failures:
         listed = "".join(f"- {failure}\n" for failure in failures)
         markdown += f"\nRuns whose training diverged (not in the table):\n\n{listed}"
@@ -193,26 +215,28 @@ def summarise(rows: List[dict], metric: Metric) -> Dict[tuple, dict]:
 
 
 def results_markdown(
-    rows: List[dict], reproduction, metric: Metric, seeds: int, tasks: int, iterations: int, horizons=None
+    rows: List[dict], reproduction, metric: Metric, tasks: int, iterations: int, horizons=None
 ) -> str:
     """The results tables: metric ± 95% CI over tasks (mean over seeds), and ± std across seeds
-    (where there are several), after each reported step count and each method's own test steps
-    (``test_steps``, "—" for the other methods), then the runs' iterations and mean training wall
-    time.
+    (for a method with several; the seeds are counted in ``rows``), after each reported step count
+    and each method's own test steps (``test_steps``, "—" for the other methods), then the runs'
+    iterations and mean training wall time.
 
     Cells beyond the trained horizon are marked ``*``; ``horizons`` (``{variant: {method: steps}}``)
     words the footnote.
     """
     summary = summarise(rows, metric)
+    seeds = {
+        m: len({r["seed"] for r in rows if r["method"] == m})
+        for m in dict.fromkeys(r["method"] for r in rows)
+    }
     name = metric.description + " (%)" * metric.percent
-    across = seeds > 1
-    cell = (
-        f"{name} ± 95% CI over tasks (averaged over seeds) [± std across seeds]"
-        if across
-        else (f"{name} ± 95% CI over tasks")
-    )
+    cell = f"{name} ± 95% CI over tasks"
+    if max(seeds.values(), default=1) > 1:
+        several = "" if min(seeds.values()) > 1 else ", for a method with several"
+        cell += f" (averaged over seeds) [± std across seeds{several}]"
     lines = [
-        f"{reproduction.description}; {_count(iterations, 'meta-iteration')}, {_count(seeds, 'seed')}, "
+        f"{reproduction.description}; {_count(iterations, 'meta-iteration')}, {_seed_counts(seeds)}, "
         f"{_count(tasks, 'held-out task')}. Cell: {cell}.",
         "",
     ]
@@ -243,7 +267,7 @@ def results_markdown(
                     value, ci, std = (
                         format_number(scale * s[key], digits) for key in ("value", "ci95", "seed_std")
                     )
-                    cells.append(f"{value} ± {ci}" + (f" [± {std}]" if across else ""))
+                    cells.append(f"{value} ± {ci}" + (f" [± {std}]" if seeds[method] > 1 else ""))
                 if s is not None and s["beyond"]:
                     cells[-1] += "\\*"
                     marked[method] = (horizons or {}).get(variant, {}).get(method)
@@ -277,6 +301,16 @@ def _training_cells(rows: List[dict]) -> list:
 def _published(value) -> str:
     """A published number, or a ``(value, ±)`` pair, as the paper prints it (two decimals)."""
     return f"{value[0]:.2f} ± {value[1]:.2f}" if isinstance(value, tuple) else f"{value:.2f}"
+
+
+def _seed_counts(seeds: Dict[str, int]) -> str:
+    """``3 seeds``, or where methods differ ``3 seeds (maml, enhanced), 1 seed (anil)``."""
+    counts = sorted(set(seeds.values()), reverse=True)
+    if len(counts) <= 1:
+        return _count(counts[0] if counts else 0, "seed")
+    return ", ".join(
+        f"{_count(n, 'seed')} ({', '.join(m for m, k in seeds.items() if k == n)})" for n in counts
+    )
 
 
 def _count(number: int, noun: str) -> str:
