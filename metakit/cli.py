@@ -146,8 +146,8 @@ class IntList(click.ParamType):
 
 class SeedCounts(click.ParamType):
     """Seeds per method: ``3`` for every method, or ``1,maml=3,enhanced=3`` (a count for the methods
-    not named, which may be left out to keep the default, and ``METHOD=COUNT`` for others); each
-    count at least 1. Converts to ``(count, {method: count})``."""
+    not named, the default where it is left out, and ``METHOD=COUNT`` for others); each count at
+    least 1. Converts to ``(count, {method: count})``."""
 
     name = "SEEDS"
 
@@ -160,7 +160,9 @@ class SeedCounts(click.ParamType):
             return value
         count, counts = self.default, {}
         for item in (v.strip() for v in str(value).split(",") if v.strip()):
-            method, _, number = item.rpartition("=")
+            method, _, number = (part.strip() for part in item.rpartition("="))
+            if "=" in item and (not method or "=" in method):
+                self.fail(f"{item!r} is not a count or METHOD=COUNT (e.g. 3 or 1,maml=3)", param, ctx)
             try:
                 number = int(number)
             except ValueError:
@@ -626,7 +628,7 @@ def plot(run_dirs, out, tasks, shots, seed, data_root, extension):
     type=SeedCounts(default=3),
     default="3",
     help="Seeds per method: a count, or counts per method, e.g. 1,maml=3,enhanced=3 (3 for maml and "
-    "enhanced, 1 for the others).",
+    "enhanced, 1 for the others; without a lone count the others get 3).",
     show_default=True,
 )
 @click.option(

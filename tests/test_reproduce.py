@@ -111,7 +111,7 @@ def test_reproduce_and_plot_end_to_end(tmp_path):
         assert fmt == "PNG" and 400 <= width <= 1600 and 300 <= height <= 1000
     # Running again retrains nothing and gives the same table.
     again = CliRunner().invoke(cli, [*args, "--methods", "maml,reptile,enhanced,pretrain", "--out", str(out)])
-    assert again.exit_code == 0 and again.output.count("trained earlier in") == 8 + 4
+    assert again.exit_code == 0 and again.output.count("trained earlier (") == 8 + 4
     assert (out / "results.md").read_text() == markdown
 
     plots = tmp_path / "plots"
@@ -160,7 +160,9 @@ def test_reproduce_reports_a_finished_runs_recorded_training_time(tmp_path):
     lines[-1]["seconds"] = 1234.4  # as if its training had taken 20 minutes
     metrics.write_text("".join(json.dumps(line) + "\n" for line in lines))
     result = CliRunner().invoke(cli, [*args, "--quiet", "--out", str(out)])
-    assert result.exit_code == 0 and "[maml seed 0] trained earlier in 1234s;" in result.output, result.output
+    assert result.exit_code == 0 and "[maml seed 0] trained earlier (1234 s of training);" in result.output, (
+        result.output
+    )
 
 
 def test_reproduce_takes_seeds_per_method(tmp_path):
@@ -179,8 +181,9 @@ def test_reproduce_takes_seeds_per_method(tmp_path):
     markdown = (out / "results.md").read_text()
     assert "2 meta-iterations, 2 seeds (maml), 1 seed (fomaml), 4 held-out tasks." in markdown
     assert "[± std across seeds, for a method with several]" in markdown
-    table = {line.split(" | ")[0]: line for line in markdown.splitlines() if line.startswith("| ")}
-    assert "[±" in table["| maml"] and "[±" not in table["| fomaml"]
+    rows = [line for line in markdown.splitlines() if line.split(" | ")[0] in ("| maml", "| fomaml")]
+    assert len(rows) == 9  # 3 shot counts: maml in both variants' tables, fomaml in the first's
+    assert all(("[±" in row) == row.startswith("| maml |") for row in rows), rows
 
 
 @pytest.mark.parametrize(
@@ -191,6 +194,8 @@ def test_reproduce_takes_seeds_per_method(tmp_path):
         ("mamll=2", "unknown method 'mamll'"),
         ("maml=2,maml=3", "maml is given twice"),
         ("1,2", "the count of the others is given twice"),
+        ("=3", "'=3' is not a count or METHOD=COUNT"),
+        ("maml=3=4", "'maml=3=4' is not a count or METHOD=COUNT"),
         ("fomaml=2", "--seeds gives seeds to fomaml, which this reproduction does not run (it runs maml)"),
     ],
 )
@@ -200,6 +205,37 @@ def test_reproduce_refuses_bad_seed_counts_before_writing_anything(tmp_path, see
     result = CliRunner().invoke(cli, [*args, "--seeds", seeds, "--out", str(out)])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert message in result.output and not out.exists()
+
+
+def test_seed_counts_parse_names_with_spaces_and_keep_the_default_for_the_others():
+    from metakit.cli import SeedCounts
+
+    assert SeedCounts(default=3).convert(" maml = 2 , fomaml=1", None, None) == (3, {"maml": 2, "fomaml": 1})
+    assert SeedCounts(default=3).convert("2", None, None) == (2, {})
+
+
+def test_the_seed_spread_is_shown_only_where_a_cell_has_several_seeds():
+    row = dict(shots=5, steps=1, mse=0.5, ci95=0.1, median=0.4, worse=0, diverged=0, tasks=6)
+    # maml has 2 seeds in the first variant; in the second one of them diverged and left no rows.
+    rows = [
+        {**row, "method": "maml", "variant": v, "seed": s, "mse": 0.5 + s} for v in ("", "b") for s in (0, 1)
+    ]
+    rows = rows[:3]
+    reproduction = Reproduction(description="d", eval_shots=(5,), eval_steps=(1,), reported_steps=(1,))
+    lines = results_markdown(rows, reproduction, MSE, 6, 3).splitlines()
+    cells = [line for line in lines if line.startswith("| maml")]
+    assert cells == ["| maml | 1.000 ± 0.100 [± 0.707] | — | — |", "| maml | 0.500 ± 0.100 | — | — |"]
+
+
+def test_image_families_reproduce_the_fields_ten_methods_unless_told_otherwise():
+    from metakit.experiments.tasks import FAMILIES
+
+    ten = {"maml", "fomaml", "reptile", "mc", "lslr", "enhanced", "metasgd", "anil", "protonet", "finetune"}
+    for task in ("glyphs", "omniglot", "mini-imagenet"):
+        methods = FAMILIES.get(task).reproduction.methods
+        assert len(methods) == 10 and set(methods) == ten, task
+        for method in methods:  # each is a valid configuration of the family
+            TrainConfig(task="glyphs", method=method)
 
 
 def test_results_tables_mark_cells_beyond_the_trained_horizon():

@@ -3,7 +3,6 @@
 import csv
 import json
 import statistics
-import time
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional
 
@@ -39,7 +38,8 @@ def run_config(
 
 def _train_or_resume(run_dir: Path, config: TrainConfig, progress: bool) -> str:
     """Train a run, continue it from its checkpoint, or leave it if it is complete (as
-    :func:`~metakit.experiments.training.runs.start_or_resume` decides with ``resume``)."""
+    :func:`~metakit.experiments.training.runs.start_or_resume` decides with ``resume``); returns
+    which of the three it did, in words."""
     start = train(config, run_dir, progress=progress, resume=True)["resumed_from"]
     if start is None:
         return "trained"
@@ -111,6 +111,8 @@ def _reproduce(
         (v.label, v.overrides, [m for m in methods if v.methods is None or m in v.methods])
         for v in reproduction.variants
     ]
+    if min([seeds, *method_seeds.values()]) < 1:
+        raise MetakitError(f"{flag('seeds')}: every count must be at least 1")
     unused = sorted(set(method_seeds) - set(methods))
     if unused:
         raise MetakitError(
@@ -133,7 +135,6 @@ def _reproduce(
                 name = "-".join(part for part in (method, label) if part)
                 folder = name.replace(" ", "-")  # e.g. maml-20-way-1-shot-it1000-seed0: no spaces
                 run_dir = out / "runs" / f"{folder}-it{config.iterations}-seed{seed}"
-                started = time.perf_counter()
                 try:
                     status = _train_or_resume(run_dir, config, progress)
                 except Divergence as err:  # reported, and the other runs go on
@@ -151,11 +152,10 @@ def _reproduce(
                 }
                 shot = "" if shots[0] is None else f"{shots[0]}-shot "  # RL rows have no shots
                 steps = reproduction.reported_steps
-                took = time.perf_counter() - started
-                if status == "trained earlier":  # this call only read it: give its recorded training
-                    took = runs.training_seconds(run_dir) or 0.0
+                seconds = runs.training_seconds(run_dir)  # all its sessions', as in the table
+                took = "training time not recorded" if seconds is None else f"{seconds:.0f} s of training"
                 echo(
-                    f"[{name} seed {seed}] {status} in {took:.0f}s; "
+                    f"[{name} seed {seed}] {status} ({took}); "
                     f"{shot}{metric.key} after {'/'.join(map(str, steps))} steps: "
                     + " / ".join(first[s] for s in steps)
                 )
@@ -194,7 +194,7 @@ def _write_csv(path: Path, rows: List[dict], with_variant: bool) -> None:
 
 def summarise(rows: List[dict], metric: Metric) -> Dict[tuple, dict]:
     """Per (variant, method, shots, steps): mean metric and mean 95% CI over seeds, std across seeds,
-    and whether the steps lie beyond the trained horizon."""
+    the number of seeds, and whether the steps lie beyond the trained horizon."""
     groups: Dict[tuple, List[dict]] = {}
     for r in rows:
         groups.setdefault((r["variant"], r["method"], r.get("shots"), r["steps"]), []).append(r)
@@ -203,12 +203,19 @@ def summarise(rows: List[dict], metric: Metric) -> Dict[tuple, dict]:
         values = [g[metric.key] for g in group]
         beyond = any(g.get("beyond_horizon") for g in group)
         if None in values:
-            summary[key] = {"value": None, "ci95": None, "seed_std": None, "beyond": beyond}
+            summary[key] = {
+                "value": None,
+                "ci95": None,
+                "seed_std": None,
+                "seeds": len(group),
+                "beyond": beyond,
+            }
             continue
         summary[key] = {
             "value": statistics.fmean(values),
             "ci95": statistics.fmean(g["ci95"] for g in group),
             "seed_std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "seeds": len(group),
             "beyond": beyond,
         }
     return summary
@@ -267,7 +274,7 @@ def results_markdown(
                     value, ci, std = (
                         format_number(scale * s[key], digits) for key in ("value", "ci95", "seed_std")
                     )
-                    cells.append(f"{value} ± {ci}" + (f" [± {std}]" if seeds[method] > 1 else ""))
+                    cells.append(f"{value} ± {ci}" + (f" [± {std}]" if s["seeds"] > 1 else ""))
                 if s is not None and s["beyond"]:
                     cells[-1] += "\\*"
                     marked[method] = (horizons or {}).get(variant, {}).get(method)

@@ -279,6 +279,22 @@ class EpisodeHeldOut:
         )
 
 
+FEW_SHOT_METHODS = (
+    "maml",
+    "fomaml",
+    "reptile",
+    "mc",
+    "lslr",
+    "enhanced",
+    "metasgd",
+    "anil",
+    "protonet",
+    "finetune",
+)
+"""What ``metakit reproduce`` trains on an image family unless ``--methods`` says otherwise: the
+MAML family and the field's baselines (``pretrain``, trained on per-episode labels, is left out)."""
+
+
 def published_line(rows: str, data: str) -> str:
     """The line a reproduction prints under a table for published numbers that cannot be its rows
     (``rows``: "METHOD VALUE (SOURCE); ..."; ``data``: where they were measured)."""

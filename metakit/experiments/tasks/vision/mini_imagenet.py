@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from metakit.experiments.tasks.family import Reproduction, Variant
-from metakit.experiments.tasks.vision.episodes import ImageEpisodes, published_line
+from metakit.experiments.tasks.vision.episodes import FEW_SHOT_METHODS, ImageEpisodes, published_line
 from metakit.experiments.tasks.vision.mini_imagenet_files import LAYOUT, load_mini_imagenet
 from metakit.experiments.util.errors import flag
 
@@ -37,6 +37,7 @@ class MiniImageNet(ImageEpisodes):
     bench_plan = {**ImageEpisodes.bench_plan, "meta_batch": (4,), "inner_steps": (5,)}
     """``metakit bench``: the MAML paper's miniImageNet setting, 5-way 1-shot, meta-batch 4, 5 steps."""
     reproduction = Reproduction(
+        methods=FEW_SHOT_METHODS,
         description=(
             "miniImageNet (Ravi & Larochelle split), 4-block conv net (32 filters), the MAML paper's "
             "settings: 60,000 iterations, α = 0.01, 5 inner steps, 15 query images per class; meta-batch "
