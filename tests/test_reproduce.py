@@ -207,6 +207,18 @@ def test_reproduce_refuses_bad_seed_counts_before_writing_anything(tmp_path, see
     assert message in result.output and not out.exists()
 
 
+@pytest.mark.parametrize("seeds, method_seeds", [(0, {}), (1, {"maml": 0})])
+def test_the_python_api_refuses_a_count_below_one(tmp_path, seeds, method_seeds):
+    from metakit.experiments.reports.reproduce import reproduce
+    from metakit.experiments.util.errors import MetakitError
+
+    with pytest.raises(MetakitError, match="--seeds: every count must be at least 1"):
+        reproduce(
+            "sinusoid", tmp_path / "r", seeds, iterations=1, methods=["maml"], method_seeds=method_seeds
+        )
+    assert not (tmp_path / "r").exists()
+
+
 def test_seed_counts_parse_names_with_spaces_and_keep_the_default_for_the_others():
     from metakit.cli import SeedCounts
 
