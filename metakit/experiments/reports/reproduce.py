@@ -225,7 +225,7 @@ def results_markdown(
     rows: List[dict], reproduction, metric: Metric, tasks: int, iterations: int, horizons=None
 ) -> str:
     """The results tables: metric ± 95% CI over tasks (mean over seeds), and ± std across seeds
-    (for a method with several; the seeds are counted in ``rows``), after each reported step count
+    (in cells with several seeds; the seeds are counted in ``rows``), after each reported step count
     and each method's own test steps (``test_steps``, "—" for the other methods), then the runs'
     iterations and mean training wall time.
 
