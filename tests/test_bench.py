@@ -1,14 +1,17 @@
 """`metakit bench`: the quick smoke run, its JSON schema, the paper-protocol timer and option checks."""
 
+import copy
 import json
 
 import pytest
 import torch
 from click.testing import CliRunner
 
+from metakit._l2l import learn2learn as l2l
 from metakit.cli import cli
 from metakit.experiments.reports import bench
 from metakit.experiments.tasks import build_family
+from metakit.experiments.tasks.vision.convnet import BatchStatNorm2d, conv_net, with_fused_batch_norm
 from metakit.experiments.training.config import TrainConfig
 
 RESULT_KEYS = {
@@ -181,6 +184,52 @@ def test_conv_flops_are_counted_per_task(tmp_path, monkeypatch):
     counted = bench.counted_flops(config, family)
     assert counted == bench.iteration_flops(bench.plain_learn2learn_iteration(config, family)) > 0
     assert bench.iteration_flops(bench.metakit_iteration(config, family, "func")) > counted
+
+
+def test_fused_batch_norm_is_the_same_model():
+    # torch's fused batch norm in place of the element-wise one: the same logits and the same
+    # second-order MAML meta-gradient (two inner steps, float64), outside vmap.
+    torch.manual_seed(0)
+    elementwise = conv_net(3, 1, 16, channels=4, blocks=2).double()
+    for layer in (elementwise[1], elementwise[5]):  # a scale and shift other than the defaults
+        layer.weight.data.uniform_(0.5, 1.5)
+        layer.bias.data.uniform_(-0.5, 0.5)
+    fused = with_fused_batch_norm(copy.deepcopy(elementwise))
+    assert not any(isinstance(m, BatchStatNorm2d) for m in fused.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules()) == 2
+    support, query = (
+        torch.randn(6, 1, 16, 16, dtype=torch.float64),
+        torch.randn(6, 1, 16, 16, dtype=torch.float64),
+    )
+    labels = torch.arange(6) % 3
+    torch.testing.assert_close(fused(support), elementwise(support), rtol=0, atol=1e-12)
+
+    def meta_gradient(net):
+        learner = l2l.algorithms.MAML(net, lr=0.4).clone()
+        for _ in range(2):
+            learner.adapt(torch.nn.functional.cross_entropy(learner(support), labels))
+        loss = torch.nn.functional.cross_entropy(learner(query), labels)
+        return torch.autograd.grad(loss, list(net.parameters()))
+
+    for a, b in zip(meta_gradient(fused), meta_gradient(elementwise)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_plain_loop_runs_the_fused_batch_norm(tmp_path, monkeypatch):
+    import test_mini_imagenet
+
+    for split in test_mini_imagenet.CLASSES:  # 5-way tasks
+        monkeypatch.setitem(test_mini_imagenet.CLASSES, split, 5)
+    monkeypatch.setenv("METAKIT_CACHE", str(tmp_path / "cache"))
+    test_mini_imagenet.make_pickles(tmp_path / "data", per_class=2)
+    config = TrainConfig(
+        task="mini-imagenet", data_root=str(tmp_path / "data"), meta_batch=2, shots=1, query=1, inner_steps=1
+    )
+    iteration = bench.plain_learn2learn_iteration(config, build_family(config))
+    monkeypatch.setattr(
+        BatchStatNorm2d, "forward", lambda self, x: pytest.fail("element-wise batch norm ran")
+    )
+    iteration()
 
 
 def test_metakit_contenders_report_the_counted_products(monkeypatch):

@@ -9,7 +9,8 @@ run :meth:`~metakit.experiments.training.trainer.Training.step`, the training lo
 * ``l2l`` and ``higher``: metakit's per-task reference backends (:func:`meta_backward`);
 * ``learn2learn``: the plain loop of learn2learn's own sine example (``l2l.algorithms.MAML``,
   ``clone()`` / ``adapt()`` per task, one ``backward()`` per task, gradients divided by the
-  batch), the baseline of every speed-up. It is second-order MAML whatever the method.
+  batch; conv nets with torch's fused batch norm, as learn2learn's own), the baseline of every
+  speed-up. It is second-order MAML whatever the method.
 
 Contenders are interleaved round by round (in a rotating order, so none always follows the
 same one); the reported time is the median over rounds.
@@ -28,6 +29,7 @@ import torch
 from metakit._l2l import learn2learn as l2l
 from metakit.experiments.methods import METHODS
 from metakit.experiments.tasks import FAMILIES, build_family
+from metakit.experiments.tasks.vision.convnet import with_fused_batch_norm
 from metakit.experiments.training.config import TrainConfig
 from metakit.experiments.training.trainer import build_training, resolve_device, train
 from metakit.wrappers.engines.memory import peak_memory_growth
@@ -120,10 +122,14 @@ def _names(value: str, allowed: tuple, option: str) -> tuple:
 
 def plain_learn2learn_iteration(config: TrainConfig, family) -> Callable[[], None]:
     """One iteration of the plain learn2learn MAML loop, written like learn2learn's sine and
-    Omniglot examples: clone, adapt, ``backward()`` per task, gradients divided by the batch."""
+    Omniglot examples: clone, adapt, ``backward()`` per task, gradients divided by the batch. Conv
+    nets run torch's fused batch norm there, as learn2learn's own conv nets do
+    (:func:`~metakit.experiments.tasks.vision.convnet.with_fused_batch_norm`: the same model and
+    derivatives; metakit's engines need the element-wise one under ``vmap``)."""
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
-    maml = l2l.algorithms.MAML(family.build_model().to(device), lr=config.inner_lr)
+    model = with_fused_batch_norm(family.build_model())
+    maml = l2l.algorithms.MAML(model.to(device), lr=config.inner_lr)
     optimizer = torch.optim.Adam(maml.parameters(), lr=config.meta_lr)
     generator = torch.Generator().manual_seed(config.seed)
 

@@ -50,6 +50,24 @@ def normalise(x, mean, var, weight, bias, eps: float) -> torch.Tensor:
     return (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + eps) * weight.view(shape) + bias.view(shape)
 
 
+def with_fused_batch_norm(model: nn.Module) -> nn.Module:
+    """``model`` with every :class:`BatchStatNorm2d` replaced, in place, by torch's fused
+    ``nn.BatchNorm2d`` without running statistics (the layer learn2learn's own conv nets use),
+    holding the same scale and shift: the same outputs and derivatives of every order, computed by
+    one fused kernel, but only outside ``torch.func.vmap``. Returns ``model``."""
+    for name, child in model.named_children():
+        if isinstance(child, BatchStatNorm2d):
+            fused = nn.BatchNorm2d(child.weight.shape[0], eps=child.eps, track_running_stats=False)
+            fused.to(child.weight)
+            with torch.no_grad():
+                fused.weight.copy_(child.weight)
+                fused.bias.copy_(child.bias)
+            setattr(model, name, fused)
+        else:
+            with_fused_batch_norm(child)
+    return model
+
+
 class PerStepBatchNorm2d(MetaOnly):
     """MAML++'s per-step batch norm (Antoniou et al. 2019, "How to train your MAML"): per-step
     weights and biases (BNWB) and per-step running statistics (BNRS).
