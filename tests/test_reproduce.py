@@ -12,7 +12,7 @@ from PIL import Image
 
 from metakit.cli import cli
 from metakit.experiments.reports.evaluate import training_horizon
-from metakit.experiments.reports.reproduce import results_markdown
+from metakit.experiments.reports.reproduce import results_markdown, run_config
 from metakit.experiments.tasks.family import MSE, Reproduction
 from metakit.experiments.tasks.regression.sinusoid import Sinusoid
 from metakit.experiments.training import runs
@@ -248,6 +248,24 @@ def test_image_families_reproduce_the_fields_ten_methods_unless_told_otherwise()
         assert len(methods) == 10 and set(methods) == ten, task
         for method in methods:  # each is a valid configuration of the family
             TrainConfig(task="glyphs", method=method)
+    # Reptile as published (5 inner steps on all points, SGD outer steps annealed from ε = 1);
+    # the others on the protocol's own settings.
+    reptile, maml = (run_config("glyphs", m, 0, None, {"shots": 1}) for m in ("reptile", "maml"))
+    assert (reptile.inner_steps, reptile.inner_all_points, reptile.outer_optimizer, reptile.meta_lr) == (
+        5,
+        True,
+        "sgd-annealed",
+        1.0,
+    )
+    assert (maml.inner_steps, maml.inner_all_points, maml.outer_optimizer, maml.meta_lr) == (
+        1,
+        False,
+        "adam",
+        1e-3,
+    )
+    glyphs = FAMILIES.get("glyphs").reproduction.method_overrides
+    for task in ("omniglot", "mini-imagenet"):
+        assert FAMILIES.get(task).reproduction.method_overrides == glyphs, task
 
 
 def test_results_tables_mark_cells_beyond_the_trained_horizon():

@@ -3,7 +3,12 @@
 from pathlib import Path
 
 from metakit.experiments.tasks.family import Reproduction, Variant
-from metakit.experiments.tasks.vision.episodes import FEW_SHOT_METHODS, ImageEpisodes, published_line
+from metakit.experiments.tasks.vision.episodes import (
+    FEW_SHOT_METHODS,
+    REPTILE_AS_PUBLISHED,
+    ImageEpisodes,
+    published_line,
+)
 from metakit.experiments.tasks.vision.glyph_set import glyph_splits, load_glyphs
 from metakit.experiments.tasks.vision.omniglot import OMNIGLOT_PUBLISHED
 from metakit.experiments.util.errors import flag
@@ -23,6 +28,7 @@ class Glyphs(ImageEpisodes):
     protocol = {**ImageEpisodes.protocol, "iterations": 1000, "rotations": False}
     reproduction = Reproduction(
         methods=FEW_SHOT_METHODS,
+        method_overrides=REPTILE_AS_PUBLISHED,
         description=(
             "Glyphs, 4-block conv net (64 filters), MAML's Omniglot settings sized for a CPU: "
             "1,000 iterations; 5-way with meta-batch 32 at 1-shot and 8 at 5-shot (about the same "

@@ -3,7 +3,12 @@
 from pathlib import Path
 
 from metakit.experiments.tasks.family import Reproduction, Variant
-from metakit.experiments.tasks.vision.episodes import FEW_SHOT_METHODS, ImageEpisodes, published_line
+from metakit.experiments.tasks.vision.episodes import (
+    FEW_SHOT_METHODS,
+    REPTILE_AS_PUBLISHED,
+    ImageEpisodes,
+    published_line,
+)
 from metakit.experiments.tasks.vision.mini_imagenet_files import LAYOUT, load_mini_imagenet
 from metakit.experiments.util.errors import flag
 
@@ -38,6 +43,7 @@ class MiniImageNet(ImageEpisodes):
     """``metakit bench``: the MAML paper's miniImageNet setting, 5-way 1-shot, meta-batch 4, 5 steps."""
     reproduction = Reproduction(
         methods=FEW_SHOT_METHODS,
+        method_overrides=REPTILE_AS_PUBLISHED,
         description=(
             "miniImageNet (Ravi & Larochelle split), 4-block conv net (32 filters), the MAML paper's "
             "settings: 60,000 iterations, α = 0.01, 5 inner steps, 15 query images per class; meta-batch "

@@ -4,7 +4,12 @@ from pathlib import Path
 from typing import Optional
 
 from metakit.experiments.tasks.family import Reproduction, Variant
-from metakit.experiments.tasks.vision.episodes import FEW_SHOT_METHODS, ImageEpisodes, published_line
+from metakit.experiments.tasks.vision.episodes import (
+    FEW_SHOT_METHODS,
+    REPTILE_AS_PUBLISHED,
+    ImageEpisodes,
+    published_line,
+)
 from metakit.experiments.tasks.vision.omniglot_folder import load_omniglot, vinyals_splits
 from metakit.experiments.util.errors import flag
 
@@ -53,6 +58,7 @@ class Omniglot(ImageEpisodes):
     options = (*ImageEpisodes.options, "omniglot_split")
     reproduction = Reproduction(
         methods=FEW_SHOT_METHODS,
+        method_overrides=REPTILE_AS_PUBLISHED,
         description=(
             "Omniglot (Vinyals split, rotations as further classes), 4-block conv net (64 filters), the "
             "MAML paper's settings: 60,000 iterations, α = 0.4, one inner step; meta-batch 32 at 5-way, "
