@@ -215,8 +215,9 @@ def small_conv() -> torch.nn.Module:
     return conv_net(ways=3, in_channels=1, image_size=8, channels=3, blocks=2).double()
 
 
-def unrolled_maml_loss(model, batch, steps, alpha):
-    """Second-order MAML meta-loss written out with autograd (cross-entropy), nothing from metakit."""
+def unrolled_maml_loss(model, batch, steps, alpha, first_order=False):
+    """Second-order MAML meta-loss written out with autograd (cross-entropy), nothing from metakit;
+    with ``first_order`` the inner gradients are constants (first-order MAML's meta-gradient)."""
     names = [n for n, _ in model.named_parameters()]
     theta = list(model.parameters())
     total = 0.0
@@ -224,7 +225,8 @@ def unrolled_maml_loss(model, batch, steps, alpha):
         fast = theta
         for _ in range(steps):
             logits = torch.func.functional_call(model, dict(zip(names, fast)), (batch.x_support[i],))
-            grads = torch.autograd.grad(F.cross_entropy(logits, batch.y_support[i]), fast, create_graph=True)
+            loss = F.cross_entropy(logits, batch.y_support[i])
+            grads = torch.autograd.grad(loss, fast, create_graph=not first_order)
             fast = [p - alpha * g for p, g in zip(fast, grads)]
         logits = torch.func.functional_call(model, dict(zip(names, fast)), (batch.x_query[i],))
         total = total + F.cross_entropy(logits, batch.y_query[i])
@@ -241,11 +243,11 @@ def meta_grads(algo, batch, steps, backend):
 
 
 @pytest.mark.parametrize("steps", [1, 2])
-@pytest.mark.parametrize("method", ["maml", "enhanced"])
+@pytest.mark.parametrize("method", ["maml", "fomaml", "enhanced"])
 def test_conv_net_meta_gradients_agree_across_backends(method, steps):
     batch = image_batch()
-    if method == "maml":
-        algo = MAML(small_conv(), lr=0.3)
+    if method in ("maml", "fomaml"):
+        algo = MAML(small_conv(), lr=0.3, first_order=method == "fomaml")
     else:
         algo = MAMLEnhanced(small_conv(), lr=0.3, inner_steps=steps)
         g = torch.Generator().manual_seed(5)
@@ -259,10 +261,11 @@ def test_conv_net_meta_gradients_agree_across_backends(method, steps):
         got = meta_grads(algo, batch, steps, backend)
         for name in reference:
             torch.testing.assert_close(got[name], reference[name], rtol=1e-9, atol=1e-11, msg=name)
-    if method == "maml":
+    if method in ("maml", "fomaml"):
         model = algo.module
         model.zero_grad()
-        expected = torch.autograd.grad(unrolled_maml_loss(model, batch, steps, 0.3), list(model.parameters()))
+        loss = unrolled_maml_loss(model, batch, steps, 0.3, first_order=method == "fomaml")
+        expected = torch.autograd.grad(loss, list(model.parameters()))
         for (name, _), e in zip(model.named_parameters(), expected):
             torch.testing.assert_close(reference[f"module.{name}"], e, rtol=1e-9, atol=1e-11)
 
