@@ -167,10 +167,9 @@ def test_gemm_rate_is_products_per_second(monkeypatch):
     assert rate == pytest.approx(3 * 2 * 64**3 / 0.3 / 1e9)
 
 
-def test_conv_flops_are_counted_per_task(tmp_path, monkeypatch):
-    # Under vmap, per-task conv weights are grouped convolutions, whose backward torch's counter
-    # overcounts; the method's products are counted on the per-task l2l backend instead, the same
-    # products as the plain loop's (second-order MAML).
+@pytest.fixture
+def mini_imagenet(tmp_path, monkeypatch):
+    """A small generated miniImageNet (5-way tasks) and its config: meta-batch 2, 1-shot, 1 query."""
     import test_mini_imagenet
 
     for split in test_mini_imagenet.CLASSES:  # 5-way tasks
@@ -180,7 +179,14 @@ def test_conv_flops_are_counted_per_task(tmp_path, monkeypatch):
     config = TrainConfig(
         task="mini-imagenet", data_root=str(tmp_path / "data"), meta_batch=2, shots=1, query=1
     )
-    family = build_family(config)
+    return config, build_family(config)
+
+
+def test_conv_flops_are_counted_per_task(mini_imagenet):
+    # Under vmap, per-task conv weights are grouped convolutions, whose backward torch's counter
+    # overcounts; the method's products are counted on the per-task l2l backend instead, the same
+    # products as the plain loop's (second-order MAML).
+    config, family = mini_imagenet
     counted = bench.counted_flops(config, family)
     assert counted == bench.iteration_flops(bench.plain_learn2learn_iteration(config, family)) > 0
     assert bench.iteration_flops(bench.metakit_iteration(config, family, "func")) > counted
@@ -215,17 +221,8 @@ def test_fused_batch_norm_is_the_same_model():
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
-def test_plain_loop_runs_the_fused_batch_norm(tmp_path, monkeypatch):
-    import test_mini_imagenet
-
-    for split in test_mini_imagenet.CLASSES:  # 5-way tasks
-        monkeypatch.setitem(test_mini_imagenet.CLASSES, split, 5)
-    monkeypatch.setenv("METAKIT_CACHE", str(tmp_path / "cache"))
-    test_mini_imagenet.make_pickles(tmp_path / "data", per_class=2)
-    config = TrainConfig(
-        task="mini-imagenet", data_root=str(tmp_path / "data"), meta_batch=2, shots=1, query=1, inner_steps=1
-    )
-    iteration = bench.plain_learn2learn_iteration(config, build_family(config))
+def test_plain_loop_runs_the_fused_batch_norm(mini_imagenet, monkeypatch):
+    iteration = bench.plain_learn2learn_iteration(*mini_imagenet)
     monkeypatch.setattr(
         BatchStatNorm2d, "forward", lambda self, x: pytest.fail("element-wise batch norm ran")
     )
