@@ -2,6 +2,7 @@
 
 import copy
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -13,6 +14,7 @@ from PIL import Image
 from metakit.cli import cli
 from metakit.experiments.reports.evaluate import training_horizon
 from metakit.experiments.reports.reproduce import results_markdown, run_config
+from metakit.experiments.tasks import FAMILIES
 from metakit.experiments.tasks.family import MSE, Reproduction
 from metakit.experiments.tasks.regression.sinusoid import Sinusoid
 from metakit.experiments.training import runs
@@ -151,6 +153,39 @@ def test_reproduce_resumes_an_interrupted_run(tmp_path):
     assert result.exit_code == 0 and "resumed at 2" in result.output
 
 
+def test_a_run_trained_again_is_evaluated_again(tmp_path, monkeypatch):
+    out = tmp_path / "repro"
+    args = [
+        "reproduce",
+        "sinusoid",
+        "--seeds",
+        "1",
+        "--iterations",
+        "2",
+        "--tasks",
+        "4",
+        "--methods",
+        "fomaml",
+    ]
+    args += ["--quiet", "--out", str(out)]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    cache = out / "runs" / "fomaml-it2-seed0" / runs.EVALUATION
+    first = json.loads(cache.read_text())
+    # The protocol changes (another inner rate): the run trains afresh under the same name, and the
+    # old model's cached evaluation must not be reported for the new one.
+    changed = dataclasses.replace(Sinusoid.reproduction, method_overrides={"fomaml": {"inner_lr": 0.002}})
+    monkeypatch.setattr(Sinusoid, "reproduction", changed)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0 and "[fomaml seed 0] trained (" in result.output, result.output
+    second = json.loads(cache.read_text())
+    assert second["settings"] == first["settings"] and second["results"] != first["results"]
+    cache.unlink()
+    assert CliRunner().invoke(cli, args).exit_code == 0  # evaluated from scratch: the same
+    assert json.loads(cache.read_text()) == second
+    train(None, cache.parent, progress=False, iterations=3)  # extended: the model changes again
+    assert not cache.exists()
+
+
 def test_reproduce_reports_a_finished_runs_recorded_training_time(tmp_path):
     out = tmp_path / "repro"
     args = ["reproduce", "sinusoid", "--seeds", "1", "--iterations", "2", "--tasks", "4", "--methods", "maml"]
@@ -240,32 +275,30 @@ def test_the_seed_spread_is_shown_only_where_a_cell_has_several_seeds():
 
 
 def test_image_families_reproduce_the_fields_ten_methods_unless_told_otherwise():
-    from metakit.experiments.tasks import FAMILIES
-
     ten = {"maml", "fomaml", "reptile", "mc", "lslr", "enhanced", "metasgd", "anil", "protonet", "finetune"}
     for task in ("glyphs", "omniglot", "mini-imagenet"):
         methods = FAMILIES.get(task).reproduction.methods
         assert len(methods) == 10 and set(methods) == ten, task
         for method in methods:  # each is a valid configuration of the family
             TrainConfig(task="glyphs", method=method)
-    # Reptile as published (5 inner steps on all points, SGD outer steps annealed from ε = 1);
-    # the others on the protocol's own settings.
-    reptile, maml = (run_config("glyphs", m, 0, None, {"shots": 1}) for m in ("reptile", "maml"))
-    assert (reptile.inner_steps, reptile.inner_all_points, reptile.outer_optimizer, reptile.meta_lr) == (
-        5,
-        True,
-        "sgd-annealed",
-        1.0,
+
+
+@pytest.mark.parametrize("task", ["glyphs", "omniglot", "mini-imagenet"])
+def test_image_reproductions_train_reptile_after_nichol_et_al(task, tmp_path):
+    # Reptile: 5 inner steps on the support set, SGD outer steps annealed from ε = 1; every other
+    # method on the family's own protocol (inner steps, Adam at its meta rate).
+    protocol = FAMILIES.get(task).protocol
+    reptile, maml = (
+        run_config(task, m, 0, None, {"shots": 1}, data_root=str(tmp_path)) for m in ("reptile", "maml")
     )
-    assert (maml.inner_steps, maml.inner_all_points, maml.outer_optimizer, maml.meta_lr) == (
-        1,
+    settings = ("inner_steps", "inner_all_points", "outer_optimizer", "meta_lr")
+    assert [getattr(reptile, k) for k in settings] == [5, False, "sgd-annealed", 1.0]
+    assert [getattr(maml, k) for k in settings] == [
+        protocol["inner_steps"],
         False,
         "adam",
-        1e-3,
-    )
-    glyphs = FAMILIES.get("glyphs").reproduction.method_overrides
-    for task in ("omniglot", "mini-imagenet"):
-        assert FAMILIES.get(task).reproduction.method_overrides == glyphs, task
+        protocol["meta_lr"],
+    ]
 
 
 def test_results_tables_mark_cells_beyond_the_trained_horizon():

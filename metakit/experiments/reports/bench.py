@@ -123,7 +123,7 @@ def _names(value: str, allowed: tuple, option: str) -> tuple:
 def plain_learn2learn_iteration(config: TrainConfig, family) -> Callable[[], None]:
     """One iteration of the plain learn2learn MAML loop, written like learn2learn's sine and
     Omniglot examples: clone, adapt, ``backward()`` per task, gradients divided by the batch. Conv
-    nets run torch's fused batch norm there, as learn2learn's own conv nets do
+    nets run torch's fused batch norm there (not the per-step one), as learn2learn's own conv nets do
     (:func:`~metakit.experiments.tasks.vision.convnet.with_fused_batch_norm`: the same model and
     derivatives; metakit's engines need the element-wise one under ``vmap``)."""
     torch.manual_seed(config.seed)

@@ -48,10 +48,11 @@ def _train_or_resume(run_dir: Path, config: TrainConfig, progress: bool) -> str:
 
 def _evaluate_cached(run_dir: Path, shots, steps, tasks: int, seed: int) -> List[dict]:
     """Evaluate a finished run once; the result is kept in ``RUN/eval.json`` for the same settings
-    (rows carry ``beyond_horizon`` past the run's :func:`training_horizon`)."""
+    until the run trains again (rows carry ``beyond_horizon`` past the run's
+    :func:`training_horizon`)."""
     horizon = training_horizon(runs.read_config(run_dir))
     key = {"tasks": tasks, "shots": list(shots), "steps": list(steps), "seed": seed, "horizon": horizon}
-    cache = run_dir / "eval.json"
+    cache = run_dir / runs.EVALUATION
     if cache.exists():
         data = json.loads(cache.read_text())
         if data.get("settings") == key:

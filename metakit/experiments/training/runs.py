@@ -27,6 +27,9 @@ PREVIOUS = "checkpoint.prev.pt"
 SELECTED = "selected.pt"
 """``--select-on validation``: the meta-parameters with the best validation score so far, their
 iteration and score (see :func:`save_selected`)."""
+EVALUATION = "eval.json"
+"""``metakit reproduce``'s cached evaluation of the finished run; removed whenever the run trains
+again (started afresh, resumed or extended)."""
 LOCK = ".lock"
 """Locked (``flock``) by the process training the run; records its pid, host and torchrun job."""
 FORMAT_VERSION = 1
@@ -247,7 +250,16 @@ def _fsync_dir(path: Path) -> None:
 
 def clear_run(run_dir: Path) -> None:
     """Remove the files a previous run left in ``run_dir`` (used with ``--force``)."""
-    for name in (CONFIG, METRICS, CHECKPOINT, PREVIOUS, CHECKPOINT + ".tmp", SELECTED, SELECTED + ".tmp"):
+    for name in (
+        CONFIG,
+        METRICS,
+        CHECKPOINT,
+        PREVIOUS,
+        CHECKPOINT + ".tmp",
+        SELECTED,
+        SELECTED + ".tmp",
+        EVALUATION,
+    ):
         (run_dir / name).unlink(missing_ok=True)
 
 

@@ -384,6 +384,7 @@ def _open_run(config: TrainConfig, run_dir: Path, resume: bool, held: contextlib
         runs.write_json_atomic(run_dir / runs.CONFIG, config.to_dict())
         return {"state": None, "note": None}
     state, note = runs.load_latest_checkpoint(run_dir)
+    (run_dir / runs.EVALUATION).unlink(missing_ok=True)  # the model is about to change
     if runs.read_config(run_dir) != config:  # extended (or shortened), or moved to another device
         runs.write_json_atomic(run_dir / runs.CONFIG, config.to_dict())
     repaired = runs.truncate_metrics(run_dir, state["iteration"])

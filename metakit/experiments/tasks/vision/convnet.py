@@ -54,7 +54,9 @@ def with_fused_batch_norm(model: nn.Module) -> nn.Module:
     """``model`` with every :class:`BatchStatNorm2d` replaced, in place, by torch's fused
     ``nn.BatchNorm2d`` without running statistics (the layer learn2learn's own conv nets use),
     holding the same scale and shift: the same outputs and derivatives of every order, computed by
-    one fused kernel, but only outside ``torch.func.vmap``. Returns ``model``."""
+    one fused kernel, but only outside ``torch.func.vmap``. Only child layers are replaced (not a
+    ``model`` that is itself one), each by its own copy; :class:`PerStepBatchNorm2d` layers are
+    left as they are. Returns ``model``."""
     for name, child in model.named_children():
         if isinstance(child, BatchStatNorm2d):
             fused = nn.BatchNorm2d(child.weight.shape[0], eps=child.eps, track_running_stats=False)

@@ -295,15 +295,16 @@ FEW_SHOT_METHODS = (
 MAML family and the field's baselines (``pretrain``, trained on per-episode labels, is left out)."""
 
 
-REPTILE_AS_PUBLISHED = {
-    "reptile": dict(inner_steps=5, inner_all_points=True, outer_optimizer="sgd-annealed", meta_lr=1.0)
-}
-"""The image reproductions' ``method_overrides``: Reptile trained the way Nichol et al. (2018) train
-it on Omniglot, 5 inner steps on all of a task's points (support and query, in mini-batches of
-the support size) and SGD outer steps with ε annealed linearly from 1 to 0, where the family's
-protocol (one inner step on the support set, Adam) would leave one-step Reptile, which is joint
-training on the tasks' losses and learns next to nothing here. The inner steps stay SGD at the
-protocol's α (the paper's inner loop is Adam)."""
+REPTILE_AS_PUBLISHED = {"reptile": dict(inner_steps=5, outer_optimizer="sgd-annealed", meta_lr=1.0)}
+"""The image reproductions' ``method_overrides``: Reptile after Nichol et al. (2018) — 5 inner
+steps (their Omniglot training's count) and SGD outer steps with ε annealed linearly from 1 to 0
+— where the family's protocol of one inner step would make it joint training on the tasks' losses,
+which learns next to nothing here (miniImageNet's protocol has 5 steps already; only the outer
+rule changes there). Not matched: the paper's inner loop is Adam on shuffled mini-batches of 10
+drawn from 10 (Omniglot) or 15 (miniImageNet) training shots per class, with 5 tasks per
+meta-batch; here the inner steps are SGD at the protocol's α on the support set, with the
+protocol's meta-batch. (``inner_all_points`` is left off: its blocks of support-size points,
+taken in order from the class-by-class support and query sets, would hold some classes only.)"""
 
 
 def published_line(rows: str, data: str) -> str:
