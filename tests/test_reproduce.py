@@ -186,6 +186,36 @@ def test_a_run_trained_again_is_evaluated_again(tmp_path, monkeypatch):
     assert not cache.exists()
 
 
+def test_reproduce_first_says_what_it_will_train(tmp_path):
+    out = tmp_path / "repro"
+    args = ["reproduce", "sinusoid", "--seeds", "1,maml=2", "--iterations", "4", "--tasks", "4"]
+    args += ["--methods", "maml,fomaml", "--quiet", "--out", str(out)]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    # maml: 2 seeds × (the paper protocol, the 10-step variant); fomaml: 1 seed, the protocol only.
+    line = f"reproduce sinusoid: 5 runs in {out / 'runs'} — "
+    assert (
+        first.output.splitlines()[0]
+        == line + "0 finished earlier, 0 to continue from a checkpoint, 5 to train"
+    )
+    # One run interrupted at its iteration-2 checkpoint, one trained under another protocol.
+    run_dir = out / "runs" / "maml-it4-seed1"
+    config = runs.read_config(run_dir)
+    train(TrainConfig(**{**config.to_dict(), "iterations": 2}), tmp_path / "short", progress=False)
+    state = torch.load(tmp_path / "short" / runs.CHECKPOINT, weights_only=True)
+    for name in (runs.CHECKPOINT, runs.PREVIOUS):
+        (run_dir / name).unlink(missing_ok=True)
+    torch.save(state, run_dir / runs.CHECKPOINT)
+    other = out / "runs" / "fomaml-it4-seed0"
+    runs.write_json_atomic(other / runs.CONFIG, {**runs.read_config(other).to_dict(), "inner_lr": 0.5})
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0, again.output
+    assert (
+        again.output.splitlines()[0]
+        == line + "3 finished earlier, 1 to continue from a checkpoint, 1 to train"
+    )
+
+
 def test_reproduce_reports_a_finished_runs_recorded_training_time(tmp_path):
     out = tmp_path / "repro"
     args = ["reproduce", "sinusoid", "--seeds", "1", "--iterations", "2", "--tasks", "4", "--methods", "maml"]

@@ -80,7 +80,8 @@ def reproduce(
     """Train (or resume), evaluate and report every method (on the data in ``data_root`` for
     families that read a data set), ``seeds`` seeds each or as many as ``method_seeds`` gives a
     method (e.g. ``{"fomaml": 1}``); returns the paths written. Without ``progress`` nothing but
-    ``echo``'s lines (one per run) is printed."""
+    ``echo``'s lines is printed: one on the runs planned (how many are finished already, how many
+    continue from a checkpoint), then one per run."""
     with silenced(not progress):
         return _reproduce(
             task,
@@ -126,44 +127,46 @@ def _reproduce(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     metric = family_class.metric
-    rows, run_dirs, horizons, failures = [], {}, {}, []
+    every_run = []  # (variant label, method, seed, config, name, run folder)
     for label, overrides, chosen in plan:
         for method in chosen:
             for seed in range(method_seeds.get(method, seeds)):
                 config = run_config(task, method, seed, iterations, overrides, compile, data_root)
-                if training_horizon(config) is not None:
-                    horizons.setdefault(label, {})[method] = training_horizon(config)
                 name = "-".join(part for part in (method, label) if part)
                 folder = name.replace(" ", "-")  # e.g. maml-20-way-1-shot-it1000-seed0: no spaces
                 run_dir = out / "runs" / f"{folder}-it{config.iterations}-seed{seed}"
-                try:
-                    status = _train_or_resume(run_dir, config, progress)
-                except Divergence as err:  # reported, and the other runs go on
-                    failures.append(f"{name} seed {seed}: {err}")
-                    echo(f"[{name} seed {seed}] training diverged: {err}")
-                    continue
-                shots = reproduction.eval_shots or (config.shots,)
-                results = _evaluate_cached(
-                    run_dir, shots, evaluated_steps(reproduction, method), tasks, eval_seed
-                )
-                first = {
-                    r["steps"]: metric.format(r[metric.key], 1 if metric.percent else 3)
-                    for r in results
-                    if r.get("shots") == shots[0]
-                }
-                shot = "" if shots[0] is None else f"{shots[0]}-shot "  # RL rows have no shots
-                steps = reproduction.reported_steps
-                seconds = runs.training_seconds(run_dir)  # all its sessions', as in the table
-                took = "training time not recorded" if seconds is None else f"{seconds:.0f} s of training"
-                echo(
-                    f"[{name} seed {seed}] {status} ({took}); "
-                    f"{shot}{metric.key} after {'/'.join(map(str, steps))} steps: "
-                    + " / ".join(first[s] for s in steps)
-                )
-                trained = {"iterations": config.iterations, "train_seconds": runs.training_seconds(run_dir)}
-                rows += [{"method": method, "variant": label, "seed": seed, **r, **trained} for r in results]
-                if label == plan[0][0]:
-                    run_dirs.setdefault(method, run_dir)
+                every_run.append((label, method, seed, config, name, run_dir))
+    echo(_plan_line(task, out / "runs", [(config, run_dir) for *_, config, _, run_dir in every_run]))
+    rows, run_dirs, horizons, failures = [], {}, {}, []
+    for label, method, seed, config, name, run_dir in every_run:
+        if training_horizon(config) is not None:
+            horizons.setdefault(label, {})[method] = training_horizon(config)
+        try:
+            status = _train_or_resume(run_dir, config, progress)
+        except Divergence as err:  # reported, and the other runs go on
+            failures.append(f"{name} seed {seed}: {err}")
+            echo(f"[{name} seed {seed}] training diverged: {err}")
+            continue
+        shots = reproduction.eval_shots or (config.shots,)
+        results = _evaluate_cached(run_dir, shots, evaluated_steps(reproduction, method), tasks, eval_seed)
+        first = {
+            r["steps"]: metric.format(r[metric.key], 1 if metric.percent else 3)
+            for r in results
+            if r.get("shots") == shots[0]
+        }
+        shot = "" if shots[0] is None else f"{shots[0]}-shot "  # RL rows have no shots
+        steps = reproduction.reported_steps
+        seconds = runs.training_seconds(run_dir)  # all its sessions', as in the table
+        took = "training time not recorded" if seconds is None else f"{seconds:.0f} s of training"
+        echo(
+            f"[{name} seed {seed}] {status} ({took}); "
+            f"{shot}{metric.key} after {'/'.join(map(str, steps))} steps: "
+            + " / ".join(first[s] for s in steps)
+        )
+        trained = {"iterations": config.iterations, "train_seconds": runs.training_seconds(run_dir)}
+        rows += [{"method": method, "variant": label, "seed": seed, **r, **trained} for r in results]
+        if label == plan[0][0]:
+            run_dirs.setdefault(method, run_dir)
     paths = {"csv": out / "results.csv", "markdown": out / "results.md"}
     _write_csv(paths["csv"], rows, with_variant=len(reproduction.variants) > 1)
     markdown = results_markdown(rows, reproduction, metric, tasks, config.iterations, horizons)
@@ -174,6 +177,24 @@ def _reproduce(
     if rows:  # nothing to plot when every run's training diverged
         paths.update(_plots(out, family_class, rows, run_dirs))
     return paths
+
+
+def _plan_line(task: str, folder: Path, planned: List[tuple]) -> str:
+    """One line on what a reproduction will do with its ``planned`` ``(config, run folder)`` pairs:
+    how many runs are finished already, how many continue from a checkpoint, how many start."""
+    finished = resumed = 0
+    for config, run_dir in planned:
+        try:
+            start = runs.start_or_resume(run_dir, config, resume=True, force=True)[1]
+        except MetakitError:  # e.g. a run another process is training: its own call will say so
+            start = None
+        finished += start is not None and start >= config.iterations
+        resumed += start is not None and start < config.iterations
+    fresh = len(planned) - finished - resumed
+    return (
+        f"reproduce {task}: {len(planned)} runs in {folder} — {finished} finished earlier, "
+        f"{resumed} to continue from a checkpoint, {fresh} to train"
+    )
 
 
 def evaluated_steps(reproduction, method: str) -> tuple:
