@@ -650,7 +650,11 @@ def plot(run_dirs, out, tasks, shots, seed, data_root, extension):
     "--compile", type=click.Choice(COMPILE_MODES), default="auto", help="As for `metakit train --compile`."
 )
 @click.option("--data-root", default=None, help=DATA_ROOT_HELP)
-@click.option("--quiet", is_flag=True, help="No progress bars (one line per finished run is still printed).")
+@click.option(
+    "--quiet",
+    is_flag=True,
+    help="No progress bars (a line on the runs planned and one per finished run are still printed).",
+)
 def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, data_root, quiet):
     """Train every method on the protocol of a task family that has one (the choices in the usage
     line), evaluate, and write results.csv, results.md and plots.

@@ -216,6 +216,29 @@ def test_reproduce_first_says_what_it_will_train(tmp_path):
     )
 
 
+def test_a_run_another_process_trains_stops_reproduce_before_any_training(tmp_path):
+    out = tmp_path / "repro"
+    args = [
+        "reproduce",
+        "sinusoid",
+        "--seeds",
+        "2",
+        "--iterations",
+        "2",
+        "--tasks",
+        "4",
+        "--methods",
+        "fomaml",
+    ]
+    busy = out / "runs" / "fomaml-it2-seed1"
+    busy.mkdir(parents=True)
+    with runs.lock_run(busy):  # as if another process were training seed 1
+        result = CliRunner().invoke(cli, [*args, "--quiet", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert f"{busy} is being trained by process" in result.output
+    assert not (out / "runs" / "fomaml-it2-seed0").exists()  # seed 0 was not trained first
+
+
 def test_reproduce_reports_a_finished_runs_recorded_training_time(tmp_path):
     out = tmp_path / "repro"
     args = ["reproduce", "sinusoid", "--seeds", "1", "--iterations", "2", "--tasks", "4", "--methods", "maml"]

@@ -181,13 +181,12 @@ def _reproduce(
 
 def _plan_line(task: str, folder: Path, planned: List[tuple]) -> str:
     """One line on what a reproduction will do with its ``planned`` ``(config, run folder)`` pairs:
-    how many runs are finished already, how many continue from a checkpoint, how many start."""
+    how many runs are finished already, how many continue from a checkpoint, how many start. A
+    run that cannot be trained (another process is training it, its path is no folder) raises the
+    :class:`~metakit.experiments.training.runs.RunError` now, before any run trains."""
     finished = resumed = 0
     for config, run_dir in planned:
-        try:
-            start = runs.start_or_resume(run_dir, config, resume=True, force=True)[1]
-        except MetakitError:  # e.g. a run another process is training: its own call will say so
-            start = None
+        start = runs.start_or_resume(run_dir, config, resume=True, force=True)[1]
         finished += start is not None and start >= config.iterations
         resumed += start is not None and start < config.iterations
     fresh = len(planned) - finished - resumed
