@@ -124,6 +124,17 @@ def test_reproduce_and_plot_end_to_end(tmp_path):
         assert png_size(plots / name)[0] == "PNG"
 
 
+def stop_at_checkpoint(run_dir, iteration, scratch):
+    """Make the finished run in ``run_dir`` look stopped after its checkpoint at ``iteration``
+    (trained again to there in ``scratch``)."""
+    config = runs.read_config(run_dir)
+    train(TrainConfig(**{**config.to_dict(), "iterations": iteration}), scratch, progress=False)
+    state = torch.load(scratch / runs.CHECKPOINT, weights_only=True)
+    for name in (runs.CHECKPOINT, runs.PREVIOUS):
+        (run_dir / name).unlink(missing_ok=True)
+    torch.save(state, run_dir / runs.CHECKPOINT)
+
+
 def test_reproduce_resumes_an_interrupted_run(tmp_path):
     out = tmp_path / "repro"
     args = [
@@ -140,34 +151,15 @@ def test_reproduce_resumes_an_interrupted_run(tmp_path):
         str(out),
     ]
     assert CliRunner().invoke(cli, [*args, "--iterations", "4"]).exit_code == 0
-    run_dir = out / "runs" / "maml-it4-seed0"
-    # Pretend the run stopped after its checkpoint at iteration 2 of 4.
-    config = TrainConfig(**json.loads((run_dir / runs.CONFIG).read_text()))
-    short = tmp_path / "short"
-    train(TrainConfig(**{**config.to_dict(), "iterations": 2}), short, progress=False)
-    state = torch.load(short / runs.CHECKPOINT, weights_only=True)
-    for name in (runs.CHECKPOINT, runs.PREVIOUS):
-        (run_dir / name).unlink(missing_ok=True)
-    torch.save(state, run_dir / runs.CHECKPOINT)
+    stop_at_checkpoint(out / "runs" / "maml-it4-seed0", 2, tmp_path / "short")
     result = CliRunner().invoke(cli, [*args, "--iterations", "4"])
     assert result.exit_code == 0 and "resumed at 2" in result.output
 
 
 def test_a_run_trained_again_is_evaluated_again(tmp_path, monkeypatch):
     out = tmp_path / "repro"
-    args = [
-        "reproduce",
-        "sinusoid",
-        "--seeds",
-        "1",
-        "--iterations",
-        "2",
-        "--tasks",
-        "4",
-        "--methods",
-        "fomaml",
-    ]
-    args += ["--quiet", "--out", str(out)]
+    args = ["reproduce", "sinusoid", "--seeds", "1", "--iterations", "2", "--tasks", "4"]
+    args += ["--methods", "fomaml", "--quiet", "--out", str(out)]
     assert CliRunner().invoke(cli, args).exit_code == 0
     cache = out / "runs" / "fomaml-it2-seed0" / runs.EVALUATION
     first = json.loads(cache.read_text())
@@ -199,13 +191,7 @@ def test_reproduce_first_says_what_it_will_train(tmp_path):
         == line + "0 finished earlier, 0 to continue from a checkpoint, 5 to train"
     )
     # One run interrupted at its iteration-2 checkpoint, one trained under another protocol.
-    run_dir = out / "runs" / "maml-it4-seed1"
-    config = runs.read_config(run_dir)
-    train(TrainConfig(**{**config.to_dict(), "iterations": 2}), tmp_path / "short", progress=False)
-    state = torch.load(tmp_path / "short" / runs.CHECKPOINT, weights_only=True)
-    for name in (runs.CHECKPOINT, runs.PREVIOUS):
-        (run_dir / name).unlink(missing_ok=True)
-    torch.save(state, run_dir / runs.CHECKPOINT)
+    stop_at_checkpoint(out / "runs" / "maml-it4-seed1", 2, tmp_path / "short")
     other = out / "runs" / "fomaml-it4-seed0"
     runs.write_json_atomic(other / runs.CONFIG, {**runs.read_config(other).to_dict(), "inner_lr": 0.5})
     again = CliRunner().invoke(cli, args)
