@@ -204,18 +204,8 @@ def test_reproduce_first_says_what_it_will_train(tmp_path):
 
 def test_a_run_another_process_trains_stops_reproduce_before_any_training(tmp_path):
     out = tmp_path / "repro"
-    args = [
-        "reproduce",
-        "sinusoid",
-        "--seeds",
-        "2",
-        "--iterations",
-        "2",
-        "--tasks",
-        "4",
-        "--methods",
-        "fomaml",
-    ]
+    args = ["reproduce", "sinusoid", "--seeds", "2", "--iterations", "2", "--tasks", "4"]
+    args += ["--methods", "fomaml"]
     busy = out / "runs" / "fomaml-it2-seed1"
     busy.mkdir(parents=True)
     with runs.lock_run(busy):  # as if another process were training seed 1

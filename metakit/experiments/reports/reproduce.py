@@ -163,7 +163,7 @@ def _reproduce(
             f"{shot}{metric.key} after {'/'.join(map(str, steps))} steps: "
             + " / ".join(first[s] for s in steps)
         )
-        trained = {"iterations": config.iterations, "train_seconds": runs.training_seconds(run_dir)}
+        trained = {"iterations": config.iterations, "train_seconds": seconds}
         rows += [{"method": method, "variant": label, "seed": seed, **r, **trained} for r in results]
         if label == plan[0][0]:
             run_dirs.setdefault(method, run_dir)
