@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from metakit.experiments.reports.evaluate import evaluate_algorithm
 from metakit.experiments.tasks import FAMILIES, build_family, register_family
+from metakit.experiments.tasks.vision import convnet
 from metakit.experiments.tasks.vision.convnet import BatchStatNorm2d, conv_net
 from metakit.experiments.tasks.vision.episodes import ImageEpisodes
 from metakit.experiments.tasks.vision.image_sets import ClassImages, DataError
@@ -268,6 +269,28 @@ def test_conv_net_meta_gradients_agree_across_backends(method, steps):
         expected = torch.autograd.grad(loss, list(model.parameters()))
         for (name, _), e in zip(model.named_parameters(), expected):
             torch.testing.assert_close(reference[f"module.{name}"], e, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("backend", ["l2l", "higher"])
+def test_per_task_backends_run_the_fused_batch_norm_with_the_same_meta_gradient(backend, monkeypatch):
+    batch = image_batch()
+    algo = MAML(small_conv(), lr=0.3)
+    norms = [m for m in algo.modules() if isinstance(m, BatchStatNorm2d)]
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # a scale and shift other than the defaults
+        for norm in norms:
+            norm.weight.uniform_(0.5, 1.5, generator=g)
+            norm.bias.uniform_(-0.5, 0.5, generator=g)
+    loss = unrolled_maml_loss(algo.module, batch, 2, 0.3)  # the element-wise layer, float64 autograd
+    expected = torch.autograd.grad(loss, list(algo.module.parameters()))
+    engine = Tagged(ways=3).meta_engine(algo, backend, compile=False)
+    monkeypatch.setattr(convnet, "batch_moments", lambda x: pytest.fail("element-wise batch norm ran"))
+    algo.zero_grad(set_to_none=True)
+    engine.meta_backward(batch, 2)
+    for (name, p), e in zip(algo.module.named_parameters(), expected):
+        torch.testing.assert_close(p.grad, e, rtol=1e-9, atol=1e-11, msg=name)
+    assert engine.name == backend and not any(norm.fused for norm in norms)  # element-wise again after
+    assert isinstance(Tagged(ways=3).meta_engine(algo, "func", compile=False), VectorizedEngine)
 
 
 def test_config_for_an_image_family_carries_its_protocol():

@@ -1,9 +1,11 @@
 """The standard few-shot conv net, its buffer-free batch norm, MAML++'s per-step batch norm, and
 classification accuracy."""
 
+from contextlib import contextmanager
 from typing import Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from metakit.wrappers.base import MetaOnly
@@ -21,8 +23,13 @@ class BatchStatNorm2d(nn.Module):
     Written with elementary operations rather than ``F.batch_norm``: under ``torch.func.vmap``,
     the second derivative of the fused batch-norm kernel came out wrong (torch 2.14, measured
     against learn2learn, higher and a plain autograd unroll), while these operations differentiate
-    correctly at every order.
+    correctly at every order. Outside ``torch.func`` transforms the fused kernel is right, and
+    faster: :func:`fused_batch_norm` switches a model's layers to it (:attr:`fused`).
     """
+
+    fused = False
+    """Normalise with torch's fused kernel (``F.batch_norm``) instead of the elementary operations:
+    the same outputs and derivatives of every order, but not under ``torch.func.vmap``."""
 
     def __init__(self, channels: int, eps: float = 1e-5):
         super().__init__()
@@ -32,6 +39,8 @@ class BatchStatNorm2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise each channel over the batch and spatial positions, then scale and shift."""
+        if self.fused:
+            return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
         mean, var = batch_moments(x)
         return normalise(x, mean, var, self.weight, self.bias, self.eps)
 
@@ -48,6 +57,46 @@ def normalise(x, mean, var, weight, bias, eps: float) -> torch.Tensor:
     """``(x − mean) / sqrt(var + eps) · weight + bias`` per channel (all four ``[C]``)."""
     shape = (1, -1, 1, 1)
     return (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + eps) * weight.view(shape) + bias.view(shape)
+
+
+@contextmanager
+def fused_batch_norm(model: nn.Module):
+    """A context in which every :class:`BatchStatNorm2d` of ``model`` (and of its clones made inside
+    it, by learn2learn or ``higher``) runs torch's fused kernel (:attr:`BatchStatNorm2d.fused`);
+    for per-task code only, never under ``torch.func.vmap``."""
+    layers = [m for m in model.modules() if isinstance(m, BatchStatNorm2d)]
+    for layer in layers:
+        layer.fused = True
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            del layer.fused
+
+
+class FusedNormEngine:
+    """A per-task engine (``l2l``, ``higher``: one task's graph at a time, no ``vmap``) whose
+    meta-gradients run the conv net's batch norm as torch's fused kernel (:func:`fused_batch_norm`):
+    the same meta-gradients as the element-wise layer, faster.
+
+    Args:
+        engine: the per-task engine (``name`` and ``meta_backward``).
+        model: the model whose batch norm layers it switches while it computes.
+    """
+
+    def __init__(self, engine, model: nn.Module):
+        self.engine = engine
+        self.model = model
+
+    @property
+    def name(self) -> str:
+        """The wrapped engine's backend name."""
+        return self.engine.name
+
+    def meta_backward(self, *args, **kwargs) -> float:
+        """The wrapped engine's ``meta_backward`` with the fused batch norm."""
+        with fused_batch_norm(self.model):
+            return self.engine.meta_backward(*args, **kwargs)
 
 
 def with_fused_batch_norm(model: nn.Module) -> nn.Module:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from metakit.experiments.tasks.family import ACCURACY, SupervisedFamily, held_out_generator
-from metakit.experiments.tasks.vision.convnet import accuracy, conv_net
+from metakit.experiments.tasks.vision.convnet import FusedNormEngine, accuracy, conv_net
 from metakit.experiments.tasks.vision.image_sets import ClassImages, DataError
 from metakit.experiments.util.errors import flag
 from metakit.wrappers.engines.batch import TaskBatch
@@ -51,7 +51,7 @@ class ImageEpisodes(SupervisedFamily):
         methods=("maml",),
         meta_batch=(32,),
         inner_steps=(1,),
-        contenders=("func", "func-compiled", "learn2learn"),
+        contenders=("func", "func-compiled", "l2l", "learn2learn"),
         repeats=3,
         min_time=1.0,
     )
@@ -208,6 +208,13 @@ class ImageEpisodes(SupervisedFamily):
         return conv_net(
             outputs or self.ways, in_channels, (height, width), self.channels, self.blocks, self.per_step_bn
         )
+
+    def meta_engine(self, algo, backend: str, compile: bool):
+        """The engine of :class:`SupervisedFamily`; the per-task backends (``l2l``, ``higher``) run
+        the conv net's batch norm as torch's fused kernel
+        (:class:`~metakit.experiments.tasks.vision.convnet.FusedNormEngine`)."""
+        engine = super().meta_engine(algo, backend, compile)
+        return engine if backend == "func" else FusedNormEngine(engine, algo)
 
     def loss(self, prediction, target):
         """Cross-entropy."""
