@@ -44,8 +44,10 @@ class ImageEpisodes(SupervisedFamily):
     """Side that the glyph set is rendered at and Omniglot resized to (the model is sized from the data)."""
     eval_chunk = 2  # few episodes' activations stay in cache: 40-60 glyph episodes took 0.6-0.9× the
     # time at 2 that they took at 20 (one core, other work running; 5w1s, 5w5s and 20w1s)
-    # glyphs 5-way 1-shot, meta-batch 32, one core: 1.13 s an iteration eagerly, 1.0-1.06 s compiled,
-    # after a cold compilation of 47 s (a few seconds with warm caches): it pays off after ~400
+    # measured (metakit bench, the four conv-net rows of the README, idle 2-core machine):
+    # compilations of 46-206 s against 0.34-3.2 s saved per iteration over the eager engine, so
+    # compiling pays off after 64-136 iterations; 500 leaves room for longer compilations
+    # (enhanced, more inner steps)
     compile_after = 500
     bench_plan = dict(
         methods=("maml",),
