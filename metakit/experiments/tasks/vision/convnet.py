@@ -23,8 +23,7 @@ class BatchStatNorm2d(nn.Module):
     Written with elementary operations rather than ``F.batch_norm``: under ``torch.func.vmap``,
     the second derivative of the fused batch-norm kernel came out wrong (torch 2.14, measured
     against learn2learn, higher and a plain autograd unroll), while these operations differentiate
-    correctly at every order. Outside ``torch.func`` transforms the fused kernel is right, and
-    faster: :func:`fused_batch_norm` switches a model's layers to it (:attr:`fused`).
+    correctly at every order. Outside ``torch.func`` transforms the fused kernel is right: :func:`fused_batch_norm` switches a model's layers to it (:attr:`fused`).
     """
 
     fused = False
@@ -77,7 +76,7 @@ def fused_batch_norm(model: nn.Module):
 class FusedNormEngine:
     """A per-task engine (``l2l``, ``higher``: one task's graph at a time, no ``vmap``) whose
     meta-gradients run the conv net's batch norm as torch's fused kernel (:func:`fused_batch_norm`):
-    the same meta-gradients as the element-wise layer, faster.
+    the same meta-gradients as the element-wise layer, in one kernel per layer.
 
     Args:
         engine: the per-task engine (``name`` and ``meta_backward``).
