@@ -23,7 +23,8 @@ class BatchStatNorm2d(nn.Module):
     Written with elementary operations rather than ``F.batch_norm``: under ``torch.func.vmap``,
     the second derivative of the fused batch-norm kernel came out wrong (torch 2.14, measured
     against learn2learn, higher and a plain autograd unroll), while these operations differentiate
-    correctly at every order. Outside ``torch.func`` transforms the fused kernel is right: :func:`fused_batch_norm` switches a model's layers to it (:attr:`fused`).
+    correctly at every order. Outside ``torch.func`` transforms the fused kernel is right:
+    :func:`fused_batch_norm` switches a model's layers to it (:attr:`fused`).
     """
 
     fused = False
