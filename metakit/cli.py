@@ -733,7 +733,7 @@ def reproduce(benchmark, seeds, iterations, tasks, methods, out, compile, data_r
     "--contenders",
     default=None,
     help="Comma-separated, from func, func-compiled, l2l, higher, learn2learn (the plain learn2learn "
-    "loop every speed-up is relative to).  [default: all; image families func,func-compiled,learn2learn]",
+    "loop every speed-up is relative to).  [default: all; image families func,func-compiled,l2l,learn2learn]",
 )
 @click.option(
     "--repeats",
